@@ -1,0 +1,258 @@
+"""Chatbot: wires the stages of a turn together. Every way in (CLI, HTTP, Python) calls this.
+
+A turn flows one way::
+
+    load → context → rewrite → route → retrieve → generate → persist
+
+The user's message is stored before the model is called; the answer and the turn's trace are
+stored together in one transaction. Stages that cannot help (rewrite, route, retrieve with no
+collections) are skipped and cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import aclosing, contextmanager
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+
+from chatwright.agent import Generation, generate
+from chatwright.config import Settings, load_settings
+from chatwright.errors import InvalidMessage, ModelError, ModelUnavailable
+from chatwright.memory import build_context
+from chatwright.models import Model, ModelRequest, ModelSettings, get_model
+from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
+from chatwright.store.sqlite import check_thread_id
+from chatwright._locks import TurnLocks
+from chatwright.types import (
+    Answer,
+    Message,
+    StageTrace,
+    TextDelta,
+    ToolCallEvent,
+    ToolResultEvent,
+    Trace,
+    TurnEnd,
+)
+
+__all__ = ["Chatbot", "Event"]
+
+Event: TypeAlias = TextDelta | ToolCallEvent | ToolResultEvent | TurnEnd
+T = TypeVar("T")
+
+
+class Chatbot:
+    """A stateful chatbot: threads that persist, one pipeline per turn.
+
+    >>> bot = Chatbot("test:echo", store=SQLiteStore(":memory:"))
+    >>> bot.chat("t1", "hello").text
+    'echo: hello'
+    """
+
+    def __init__(
+        self,
+        model: Model | str | None = None,
+        *,
+        store: Store | None = None,
+        settings: Settings | None = None,
+        system_prompt: str | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        name = model if isinstance(model, str) else self.settings.model
+        self.model: Model = model if not isinstance(model, (str, type(None))) else get_model(
+            name, self.settings
+        )
+        self.store: Store = store or SQLiteStore(self.settings.db_path)
+        self.owner = owner or self.settings.user
+        self.system_prompt = (
+            self.settings.system_prompt if system_prompt is None else system_prompt
+        )
+        lock_dir = None
+        if isinstance(self.store, SQLiteStore) and self.store.path != ":memory:":
+            lock_dir = Path(self.store.path).parent / "locks"
+        self._locks = TurnLocks(lock_dir)
+
+    @classmethod
+    def from_config(
+        cls,
+        config_file: str | Path | None = None,
+        *,
+        store: Store | None = None,
+        **overrides: Any,
+    ) -> Chatbot:
+        """Build from chatwright.toml + CHATWRIGHT_* env vars, with ``overrides`` on top."""
+        settings = load_settings(config_file, **overrides)
+        return cls(store=store, settings=settings)
+
+    # -- turns ----------------------------------------------------------------------------
+    def check_message(self, text: str) -> str:
+        """Refuse an empty or oversized message before anything is stored."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidMessage("the message is empty", hint="type something to send")
+        limit = self.settings.max_message_chars
+        if len(text) > limit:
+            raise InvalidMessage(
+                f"the message has {len(text):,} characters, over the limit of {limit:,}",
+                hint="shorten it, or raise max_message_chars in chatwright.toml",
+            )
+        return text
+
+    async def stream(
+        self, thread_id: str | None, text: str, *, owner: str | None = None
+    ) -> AsyncIterator[Event]:
+        """Run one turn, yielding text deltas (and tool events) as they come, then a TurnEnd.
+
+        ``thread_id`` is the caller's key: an id not seen before starts that thread; None
+        starts a new thread with a generated id.
+        """
+        owner = owner or self.owner
+        self.check_message(text)
+        thread_id = check_thread_id(thread_id) if thread_id else uuid.uuid4().hex[:12]
+        async with self._locks.hold(owner, thread_id):
+            # aclosing: if our consumer stops early, the turn is closed now (keeping the
+            # partial answer), not whenever the garbage collector gets to it.
+            async with aclosing(_Turn(self, owner, thread_id).run(text)) as events:
+                async for event in events:
+                    yield event
+
+    async def achat(self, thread_id: str | None, text: str, *, owner: str | None = None) -> Answer:
+        """Run one turn and return the stored answer."""
+        answer = None
+        async for event in self.stream(thread_id, text, owner=owner):
+            if isinstance(event, TurnEnd):
+                answer = event.answer
+        assert answer is not None  # a turn's stream always ends with TurnEnd
+        return answer
+
+    def chat(self, thread_id: str | None, text: str, *, owner: str | None = None) -> Answer:
+        """Run one turn (blocking) and return the answer; ``str(answer)`` is its text."""
+        return _run_sync(self.achat(thread_id, text, owner=owner))
+
+    # -- threads --------------------------------------------------------------------------
+    def threads(self, *, owner: str | None = None, limit: int = 50) -> list[ThreadInfo]:
+        return self.store.list_threads(owner or self.owner, limit=limit)
+
+    def thread(self, thread_id: str, *, owner: str | None = None) -> ThreadInfo:
+        return self.store.get_thread(owner or self.owner, thread_id)
+
+    def history(self, thread_id: str, *, owner: str | None = None) -> Iterator[StoredMessage]:
+        return self.store.messages(owner or self.owner, thread_id)
+
+    def delete_thread(self, thread_id: str, *, owner: str | None = None) -> None:
+        self.store.delete_thread(owner or self.owner, thread_id)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Chatbot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Turn:
+    """One turn's state: the stages run in order, each timed into the trace."""
+
+    def __init__(self, bot: Chatbot, owner: str, thread_id: str) -> None:
+        self.bot = bot
+        self.owner = owner
+        self.thread_id = thread_id
+        self.trace = Trace(model=bot.model.name)
+        self._started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[StageTrace]:
+        record = StageTrace(name=name)
+        start = time.perf_counter()
+        try:
+            yield record
+        finally:
+            record.ms = round((time.perf_counter() - start) * 1000, 3)
+            self.trace.stages.append(record)
+
+    def skip(self, name: str, why: str) -> None:
+        self.trace.stages.append(StageTrace(name=name, skipped=True, note=why))
+
+    async def run(self, text: str) -> AsyncIterator[Event]:
+        bot, store = self.bot, self.bot.store
+        with self.stage("load") as s:
+            # The user's message is on disk before the model is called.
+            store.append(self.owner, self.thread_id, [Message.user(text)], create=True)
+            history = store.recent(self.owner, self.thread_id, bot.settings.history_messages + 1)
+            s.data = {"loaded": len(history), "through_seq": history[-1].seq}
+        with self.stage("context") as s:
+            messages = build_context(bot.system_prompt, [h.message for h in history])
+            s.data = {"messages": len(messages)}
+        self.skip("rewrite", "no collections")
+        self.skip("route", "no collections")
+        self.skip("retrieve", "no collections")
+        request = ModelRequest(
+            messages=tuple(messages),
+            settings=ModelSettings(
+                max_tokens=bot.settings.max_answer_tokens, temperature=bot.settings.temperature
+            ),
+        )
+        generation = Generation()
+        try:
+            with self.stage("generate") as s:
+                async with asyncio.timeout(bot.settings.model_timeout_s):
+                    async for event in generate(bot.model, request, generation):
+                        yield event
+                s.data = {"finish": generation.finish}
+        except TimeoutError:
+            self._keep_partial(generation, "timed out")
+            raise ModelUnavailable(
+                f"{bot.model.name} did not finish within {bot.settings.model_timeout_s:g} s",
+                hint="raise model_timeout_s in chatwright.toml, or check the model server",
+            ) from None
+        except ModelError as e:
+            self._keep_partial(generation, e.message)
+            raise
+        except BaseException:  # cancelled, interrupted (Ctrl-C), or the consumer went away
+            self._keep_partial(generation, "interrupted")
+            raise
+        yield TurnEnd(answer=self._persist(generation))
+
+    def _finish_trace(self, generation: Generation) -> None:
+        self.trace.input_tokens = generation.usage.input_tokens
+        self.trace.output_tokens = generation.usage.output_tokens
+        self.trace.total_ms = round((time.perf_counter() - self._started) * 1000, 3)
+
+    def _persist(self, generation: Generation, **metadata: Any) -> Answer:
+        if generation.finish not in (None, "stop", "tool_calls"):
+            metadata.setdefault("finish", generation.finish)
+        message = generation.message(**metadata)
+        self._finish_trace(generation)
+        with self.stage("persist"):
+            trace = self.trace if self.bot.settings.store_traces else None
+            stored = self.bot.store.append(self.owner, self.thread_id, [message], trace=trace)
+        return Answer(
+            thread_id=self.thread_id,
+            text=message.text,
+            message=message,
+            seq=stored[-1].seq,
+            trace=self.trace,
+            interrupted=bool(metadata.get("interrupted")),
+        )
+
+    def _keep_partial(self, generation: Generation, why: str) -> None:
+        """Store what was streamed before a turn was cut short, marked as such."""
+        if generation.text or generation.tool_calls:
+            self.trace.notes.append(f"answer cut short: {why}")
+            self._persist(generation, interrupted=True, reason=why)
+
+
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code, also when an event loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -1,0 +1,420 @@
+"""The ``chatwright`` command line: chat, ask, threads.
+
+Every command takes ``--model``, ``--data-dir``, ``--config`` and ``--user``; settings also come
+from chatwright.toml and CHATWRIGHT_* environment variables. Errors print what went wrong and
+how to fix it, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import aclosing, contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chatwright import __version__
+from chatwright.bot import Chatbot
+from chatwright.config import load_settings
+from chatwright.errors import ChatwrightError, UserError
+from chatwright.export import thread_to_json, thread_to_markdown
+from chatwright.store import SQLiteStore
+from chatwright.types import Answer, TextDelta, ToolCallEvent, ToolResultEvent, TurnEnd
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="chatwright",
+    help="Stateful chatbots that remember every thread, offline by default.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+threads_app = typer.Typer(help="List, show, export and delete threads.", no_args_is_help=True)
+app.add_typer(threads_app, name="threads")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model as provider:name, e.g. local:gemma-3-270m, "
+                 "openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, test:echo."),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where threads are stored \\[env: CHATWRIGHT_DATA_DIR]."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file \\[default: ./chatwright.toml]."),
+]
+UserOpt = Annotated[
+    str | None, typer.Option("--user", help="Whose threads to use \\[env: CHATWRIGHT_USER].")
+]
+ThreadOpt = Annotated[
+    str | None,
+    typer.Option("--thread", "-t", help="Thread id; an id not seen before starts that thread."),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _handles_errors(fn: F) -> F:
+    """Turn chatwright errors into a message and exit code 1 (2 for caller mistakes)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ChatwrightError as e:
+            err.print(f"[bold red]error:[/] {e.message}", markup=True)
+            if e.hint:
+                err.print(f"[dim]hint:[/] {e.hint}")
+            raise typer.Exit(2 if isinstance(e, UserError) else 1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _bot(
+    model: str | None, data_dir: Path | None, config: Path | None, user: str | None
+) -> Chatbot:
+    settings = load_settings(config, model=model, data_dir=data_dir, user=user)
+    return Chatbot(settings=settings)
+
+
+@contextmanager
+def _store(
+    data_dir: Path | None, config: Path | None, user: str | None
+) -> Iterator[tuple[SQLiteStore, str]]:
+    """The store and owner, for commands that need no model."""
+    settings = load_settings(config, data_dir=data_dir, user=user)
+    store = SQLiteStore(settings.db_path)
+    try:
+        yield store, settings.user
+    finally:
+        store.close()
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+# -- turns --------------------------------------------------------------------------------
+async def _stream_turn(bot: Chatbot, thread_id: str | None, text: str) -> Answer | None:
+    """Print one streamed turn; returns the answer (None if the stream ended without one)."""
+    answer = None
+    spinner = err.status("thinking…", spinner="dots") if err.is_terminal else None
+    if spinner:
+        spinner.start()
+    try:
+        async with aclosing(bot.stream(thread_id, text)) as events:
+            async for event in events:
+                if spinner:
+                    spinner.stop()
+                    spinner = None
+                if isinstance(event, TextDelta):
+                    out.file.write(event.text)
+                    out.file.flush()
+                elif isinstance(event, ToolCallEvent):
+                    out.print(f"\n[dim]→ {event.call.name}({event.call.arguments})[/]")
+                elif isinstance(event, ToolResultEvent):
+                    out.print(f"[dim]← {event.result.content[:200]}[/]", markup=True)
+                elif isinstance(event, TurnEnd):
+                    answer = event.answer
+    finally:
+        if spinner:
+            spinner.stop()
+    out.file.write("\n")
+    if answer is not None:
+        _print_citations(answer)
+    return answer
+
+
+def _print_citations(answer: Answer) -> None:
+    for c in answer.citations:
+        where = c.title or c.source or c.document_id or "source"
+        page = f", page {c.page}" if c.page else ""
+        out.print(f"  [{c.index}] {where}{page}", markup=False, style="dim")
+
+
+def _run_turn(bot: Chatbot, thread_id: str | None, text: str) -> Answer | None:
+    try:
+        return asyncio.run(_stream_turn(bot, thread_id, text))
+    except KeyboardInterrupt:
+        out.file.write("\n")
+        err.print("[yellow]answer interrupted[/] (what arrived is kept in the thread)")
+        return None
+
+
+@app.command()
+@_handles_errors
+def ask(
+    text: Annotated[str, typer.Argument(help="The message; '-' reads it from standard input.")],
+    thread: ThreadOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    model: ModelOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Ask one question and print the answer (for scripts).
+
+    Keep a conversation going across calls with --thread:
+
+        chatwright ask --thread notes "My name is Ada."
+        chatwright ask --thread notes "What is my name?"
+    """
+    if text == "-":
+        text = sys.stdin.read()
+    with _bot(model, data_dir, config, user) as bot:
+        if as_json:
+            answer = bot.chat(thread, text)
+            payload = {
+                "thread_id": answer.thread_id,
+                "seq": answer.seq,
+                "answer": answer.text,
+                "citations": [c.model_dump(exclude_none=True) for c in answer.citations],
+                "trace": answer.trace.model_dump(),
+            }
+            out.file.write(json.dumps(payload, ensure_ascii=False) + "\n")
+            return
+        answer = _run_turn(bot, thread, text)
+        if answer is None:
+            raise typer.Exit(130)
+        if thread is None:
+            err.print(f"[dim]thread: {answer.thread_id}[/]")
+
+
+_CHAT_HELP = """\
+commands: /help  /thread (show its id)  /new (start a new thread)  /history  /quit
+Ctrl-C stops an answer; Ctrl-D or /quit leaves (the thread is kept)."""
+
+
+@app.command()
+@_handles_errors
+def chat(
+    thread: ThreadOpt = None,
+    model: ModelOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Chat interactively, with streamed answers. Resume a thread with --thread ID."""
+    with _bot(model, data_dir, config, user) as bot:
+        thread_id = thread or _new_id()
+        existing = bot.store.find_thread(bot.owner, thread_id)
+        state = "resuming" if existing else "new"
+        err.print(f"chatwright {__version__} · {bot.model.name} · {state} thread [bold]{thread_id}[/]")
+        err.print("[dim]/help for commands · Ctrl-D to quit[/]")
+        if existing:
+            _show_recent(bot, thread_id)
+        _try_readline()
+        while True:
+            try:
+                line = input("you> ")
+            except (EOFError, KeyboardInterrupt):
+                err.print(f"\nbye · resume with: chatwright chat --thread {thread_id}")
+                return
+            command = line.strip()
+            if not command:
+                continue
+            if command.startswith("/"):
+                thread_id, done = _slash(bot, thread_id, command)
+                if done:
+                    return
+                continue
+            try:
+                bot.check_message(line)
+            except UserError as e:
+                err.print(f"[red]{e.message}[/] · {e.hint}")
+                continue
+            out.print("bot> ", end="", style="bold")
+            _run_turn(bot, thread_id, line)
+
+
+def _new_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def _slash(bot: Chatbot, thread_id: str, command: str) -> tuple[str, bool]:
+    name = command.split()[0].lower()
+    if name in ("/quit", "/exit", "/q"):
+        err.print(f"bye · resume with: chatwright chat --thread {thread_id}")
+        return thread_id, True
+    if name == "/thread":
+        err.print(f"thread {thread_id}")
+    elif name == "/new":
+        thread_id = _new_id()
+        err.print(f"new thread {thread_id}")
+    elif name == "/history":
+        _show_recent(bot, thread_id, limit=1000)
+    else:
+        err.print(_CHAT_HELP)
+    return thread_id, False
+
+
+def _show_recent(bot: Chatbot, thread_id: str, limit: int = 6) -> None:
+    if bot.store.find_thread(bot.owner, thread_id) is None:
+        return
+    for stored in bot.store.recent(bot.owner, thread_id, limit):
+        _print_message(stored.seq, stored.message)
+
+
+def _print_message(seq: int, message: Any) -> None:
+    label = {"user": "you", "assistant": "bot", "tool": "tool", "system": "system"}[message.role]
+    out.print(f"[dim]#{seq}[/] [bold]{label}>[/] ", end="")
+    out.print(message.text, markup=False)
+    for call in message.tool_calls:
+        out.print(f"    → {call.name}({call.arguments})", markup=False, style="dim")
+    for result in message.tool_results:
+        out.print(f"    ← {result.content[:500]}", markup=False, style="dim")
+    if message.metadata.get("interrupted"):
+        out.print("    (cut short)", style="dim")
+
+
+def _try_readline() -> None:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:  # pragma: no cover
+        pass
+
+
+# -- threads ------------------------------------------------------------------------------
+@threads_app.command("list")
+@_handles_errors
+def threads_list(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """List threads, most recently active first."""
+    with _store(data_dir, config, user) as (store, owner):
+        threads = store.list_threads(owner, limit=limit)
+    if as_json:
+        rows = [
+            {"id": t.id, "title": t.title, "messages": t.message_count,
+             "created_at": t.created_at, "updated_at": t.updated_at}
+            for t in threads
+        ]
+        out.file.write(json.dumps(rows, ensure_ascii=False) + "\n")
+        return
+    if not threads:
+        err.print("no threads yet · start one with: chatwright chat")
+        return
+    table = Table("id", "title", "messages", "updated", box=None, pad_edge=False)
+    for t in threads:
+        table.add_row(t.id, t.title or "", str(t.message_count), _when(t.updated_at))
+    out.print(table)
+
+
+@threads_app.command("show")
+@_handles_errors
+def threads_show(
+    thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
+    trace: Annotated[bool, typer.Option("--trace", help="Also show each turn's trace.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Show a thread's whole transcript."""
+    with _store(data_dir, config, user) as (store, owner):
+        info = store.get_thread(owner, thread_id)
+        err.print(f"[bold]{info.title or info.id}[/] · {info.message_count} messages")
+        traces = dict(store.traces(owner, thread_id, limit=10_000)) if trace else {}
+        for stored in store.messages(owner, thread_id):
+            _print_message(stored.seq, stored.message)
+            if stored.seq in traces:
+                _print_trace(traces[stored.seq])
+
+
+def _print_trace(trace: Any) -> None:
+    stages = " · ".join(
+        f"{s.name} skipped" if s.skipped else f"{s.name} {s.ms:.1f} ms" for s in trace.stages
+    )
+    out.print(
+        f"    trace: {trace.model} · {trace.input_tokens} in / {trace.output_tokens} out tokens"
+        f" · {trace.total_ms:.1f} ms · {stages}",
+        markup=False,
+        style="dim",
+    )
+    for note in trace.notes:
+        out.print(f"    note: {note}", markup=False, style="dim")
+
+
+@threads_app.command("export")
+@_handles_errors
+def threads_export(
+    thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json or markdown.")] = "json",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to a file, not stdout.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Export a thread's full transcript as JSON or Markdown."""
+    render = {"json": thread_to_json, "markdown": thread_to_markdown, "md": thread_to_markdown}
+    if fmt not in render:
+        raise UserError(f"unknown format {fmt!r}", hint="use --format json or --format markdown")
+    with _store(data_dir, config, user) as (store, owner):
+        text = render[fmt](store.get_thread(owner, thread_id), store.messages(owner, thread_id))
+    if output is None:
+        out.file.write(text if text.endswith("\n") else text + "\n")
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"wrote {output}")
+
+
+@threads_app.command("delete")
+@_handles_errors
+def threads_delete(
+    thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Delete a thread and all its messages."""
+    with _store(data_dir, config, user) as (store, owner):
+        info = store.get_thread(owner, thread_id)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UserError("refusing to delete without confirmation", hint="add --yes")
+            typer.confirm(
+                f"delete thread {info.id} ({info.message_count} messages)?", abort=True
+            )
+        store.delete_thread(owner, thread_id)
+    err.print(f"deleted thread {thread_id}")
+
+
+@app.command()
+def version() -> None:
+    """Print chatwright's version."""
+    out.print(f"chatwright {__version__}")
+
+
+def main() -> None:
+    app(prog_name="chatwright")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

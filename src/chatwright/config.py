@@ -1,0 +1,183 @@
+"""Typed settings, read from chatwright.toml and CHATWRIGHT_* environment variables.
+
+Precedence, highest first: arguments given in code (or on the command line), environment
+variables (``CHATWRIGHT_MODEL``, ``CHATWRIGHT_OPENAI__BASE_URL`` for nested ones), the config
+file, the defaults below. The config file is the one named by ``--config`` /
+``CHATWRIGHT_CONFIG``, else ``./chatwright.toml`` when it exists.
+
+Settings are a value passed down to whatever needs them, never a module global.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from chatwright.errors import ConfigError
+
+__all__ = [
+    "AnthropicSettings",
+    "LocalSettings",
+    "OpenAISettings",
+    "Settings",
+    "default_data_dir",
+    "find_config_file",
+    "load_settings",
+]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "chatwright"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenAISettings(_Section):
+    """Any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp server, LM Studio."""
+
+    base_url: str | None = None  # default: OPENAI_BASE_URL, else api.openai.com
+    api_key: str | None = None  # default: OPENAI_API_KEY
+    timeout_s: float = 60.0
+    max_retries: int = 2
+
+
+class AnthropicSettings(_Section):
+    base_url: str | None = None
+    api_key: str | None = None  # default: ANTHROPIC_API_KEY
+    timeout_s: float = 60.0
+    max_retries: int = 2
+
+
+class LocalSettings(_Section):
+    """The embedded llama.cpp model."""
+
+    model_path: Path | None = None  # a GGUF file; default: the packaged Gemma 3 270M
+    n_ctx: int = Field(default=4096, ge=256)
+    n_threads: int | None = Field(default=None, ge=1)
+    seed: int = 0
+
+
+class Settings(BaseSettings):
+    """All of chatwright's settings, with their defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHATWRIGHT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    model: str = "local:gemma-3-270m"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    user: str = Field(default="local", min_length=1, max_length=200)
+    system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
+    max_message_chars: int = Field(default=32_000, ge=1)
+    history_messages: int = Field(default=20, ge=0)
+    max_answer_tokens: int = Field(default=512, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    model_timeout_s: float = Field(default=300.0, gt=0)
+    store_traces: bool = True
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if ":" not in value:
+            raise ValueError("must be 'provider:model', e.g. local:gemma-3-270m or openai:gpt-4o")
+        return value
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "chatwright.db"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+_FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("chatwright_file_values", default={})
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The values of the config file being loaded (parsed by :func:`load_settings`)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _FILE_VALUES.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get())
+
+
+def find_config_file(explicit: str | Path | None = None) -> Path | None:
+    """The config file to read: ``explicit``, else ``$CHATWRIGHT_CONFIG``, else ./chatwright.toml."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {str(path)!r} does not exist",
+                hint="pass the path of a chatwright.toml, or leave --config out",
+            )
+        return path
+    env = os.environ.get("CHATWRIGHT_CONFIG")
+    if env:
+        return find_config_file(env)
+    local = Path("chatwright.toml")
+    return local if local.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(
+            f"{path} is not valid TOML: {e}",
+            hint="fix the line named above (TOML syntax: key = \"value\")",
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _describe(error: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(settings)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown setting")
+        else:
+            lines.append(f"  {where}: {item['msg']} (got {item.get('input')!r})")
+    return ConfigError(
+        f"invalid settings ({source}):\n" + "\n".join(lines),
+        hint="see the Configuration section of the README for every setting",
+    )
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from the config file, the environment and ``overrides`` (None ignored)."""
+    path = find_config_file(config_file)
+    values = _read_toml(path) if path else {}
+    token = _FILE_VALUES.set(values)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        raise _describe(e, str(path) if path else "environment or arguments") from None
+    finally:
+        _FILE_VALUES.reset(token)

@@ -1,0 +1,242 @@
+"""Fake OpenAI and Anthropic HTTP servers, for testing the providers without the internet.
+
+:class:`FakeServer` listens on 127.0.0.1 (a free port) in a background thread, answers each
+POST with the next scripted :class:`Reply`, and records every request it receives. The
+builders below write replies in each provider's real wire format: OpenAI's
+``data: {chunk}`` lines ending in ``data: [DONE]``, and Anthropic's ``event:``/``data:`` pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = [
+    "FakeServer",
+    "Recorded",
+    "Reply",
+    "anthropic_error",
+    "anthropic_message_end",
+    "anthropic_message_start",
+    "anthropic_stream",
+    "anthropic_text_block",
+    "anthropic_tool_block",
+    "closed_port_url",
+    "openai_chunk",
+    "openai_error",
+    "openai_stream",
+    "openai_text",
+    "openai_tool_call",
+    "openai_usage",
+]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted HTTP response, sent after ``delay_s`` seconds (to test timeouts)."""
+
+    status: int
+    body: bytes
+    content_type: str = "text/event-stream"
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request the server received: its path, headers and decoded JSON body."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class FakeServer:
+    """A local HTTP server playing back scripted replies; use it as a context manager."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self._replies: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``, without a trailing slash."""
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def last_body(self) -> Any:
+        """The JSON body of the most recent request."""
+        return self.requests[-1].body
+
+    def add(self, *replies: Reply) -> None:
+        """Queue replies, answered one per request in order."""
+        with self._lock:
+            self._replies.extend(replies)
+
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closing.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    def _answer(self, request: Recorded) -> Reply:
+        with self._lock:
+            self.requests.append(request)
+            if self._replies:
+                return self._replies.popleft()
+        return _json_reply(500, {"error": {"message": "the fake server has no reply scripted"}})
+
+
+def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            reply = server._answer(Recorded(self.path, headers, json.loads(raw or b"null")))
+            server._closing.wait(reply.delay_s)
+            try:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+            except ConnectionError:
+                pass  # the client gave up waiting, as timeout tests expect
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Keep test output quiet."""
+
+    return Handler
+
+
+def closed_port_url() -> str:
+    """The URL of a local port where nothing listens (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _json_reply(status: int, body: Any) -> Reply:
+    return Reply(status, json.dumps(body).encode(), "application/json")
+
+
+# -- OpenAI chat completions --------------------------------------------------------------
+def openai_stream(*chunks: dict[str, Any]) -> Reply:
+    """An SSE reply: one ``data:`` line per chunk, then ``data: [DONE]``."""
+    lines = [f"data: {json.dumps(c)}\n\n" for c in chunks]
+    return Reply(200, ("".join(lines) + "data: [DONE]\n\n").encode())
+
+
+def openai_chunk(
+    delta: dict[str, Any] | None = None,
+    finish_reason: str | None = None,
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A ``chat.completion.chunk``; with ``usage`` only, the final usage chunk (no choices)."""
+    choices = [] if usage else [{"index": 0, "delta": delta or {}, "finish_reason": finish_reason}]
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "fake-model",
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def openai_text(*pieces: str) -> list[dict[str, Any]]:
+    """Chunks streaming ``pieces`` of content, the first one also carrying the role."""
+    first = [openai_chunk({"role": "assistant", "content": ""})]
+    return first + [openai_chunk({"content": p}) for p in pieces]
+
+
+def openai_tool_call(index: int, call_id: str, name: str, *arguments: str) -> list[dict[str, Any]]:
+    """Chunks of one streamed tool call: id and name first, then the arguments in pieces."""
+    function = {"name": name, "arguments": ""}
+    head = {"index": index, "id": call_id, "type": "function", "function": function}
+    rest = [{"index": index, "function": {"arguments": a}} for a in arguments]
+    return [openai_chunk({"tool_calls": [d]}) for d in [head, *rest]]
+
+
+def openai_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """The final chunk sent for ``stream_options={"include_usage": true}``."""
+    total = prompt_tokens + completion_tokens
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    return openai_chunk(usage={**usage, "total_tokens": total})
+
+
+def openai_error(status: int, message: str, kind: str = "invalid_request_error") -> Reply:
+    """An error response shaped like OpenAI's."""
+    return _json_reply(status, {"error": {"message": message, "type": kind, "code": None}})
+
+
+# -- Anthropic messages -------------------------------------------------------------------
+def anthropic_stream(*events: dict[str, Any]) -> Reply:
+    """An SSE reply: ``event: <type>`` and ``data: <json>`` for each event."""
+    text = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+    return Reply(200, text.encode())
+
+
+def anthropic_message_start(input_tokens: int) -> dict[str, Any]:
+    message = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": "fake-model",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+    }
+    return {"type": "message_start", "message": message}
+
+
+def anthropic_text_block(index: int, *pieces: str) -> list[dict[str, Any]]:
+    """A text content block streamed as ``text_delta`` pieces."""
+    deltas = [{"type": "text_delta", "text": p} for p in pieces]
+    return _block(index, {"type": "text", "text": ""}, deltas)
+
+
+def anthropic_tool_block(index: int, call_id: str, name: str, *json_pieces: str) -> list[dict]:
+    """A ``tool_use`` content block whose input streams as ``input_json_delta`` pieces."""
+    start = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+    deltas = [{"type": "input_json_delta", "partial_json": p} for p in json_pieces]
+    return _block(index, start, deltas)
+
+
+def _block(index: int, start: dict[str, Any], deltas: list[dict[str, Any]]) -> list[dict]:
+    return [
+        {"type": "content_block_start", "index": index, "content_block": start},
+        *({"type": "content_block_delta", "index": index, "delta": d} for d in deltas),
+        {"type": "content_block_stop", "index": index},
+    ]
+
+
+def anthropic_message_end(stop_reason: str, output_tokens: int) -> list[dict[str, Any]]:
+    """``message_delta`` (stop reason, output usage) then ``message_stop``."""
+    delta = {"stop_reason": stop_reason, "stop_sequence": None}
+    return [
+        {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output_tokens}},
+        {"type": "message_stop"},
+    ]
+
+
+def anthropic_error(status: int, message: str, kind: str) -> Reply:
+    """An error response shaped like Anthropic's."""
+    return _json_reply(status, {"type": "error", "error": {"type": kind, "message": message}})

@@ -1,0 +1,61 @@
+"""The one interface every chat model implements, and what a request to it holds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatwright.types import Done, Message, TextDelta, ToolCallEvent, Usage
+
+__all__ = ["ModelEvent", "ModelRequest", "ModelSettings", "Model", "ToolSpec"]
+
+ModelEvent: TypeAlias = TextDelta | ToolCallEvent | Usage | Done
+
+
+class ToolSpec(BaseModel):
+    """A tool the model may call: its name, what it does, and a JSON schema for its arguments."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+class ModelSettings(BaseModel):
+    """Sampling settings for one request; ``None`` leaves the provider's default."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
+    timeout_s: float | None = None
+
+
+class ModelRequest(BaseModel):
+    """Everything a model receives for one call."""
+
+    model_config = ConfigDict(frozen=True)
+
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    settings: ModelSettings = ModelSettings()
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A chat model. One required method: :meth:`stream`.
+
+    ``stream`` yields :class:`TextDelta` pieces as they come, one :class:`ToolCallEvent` per
+    complete tool call, at most one :class:`Usage`, and ends with exactly one :class:`Done`.
+    It raises :class:`chatwright.errors.ModelError` subclasses on failure.
+    """
+
+    name: str
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]: ...

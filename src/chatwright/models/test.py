@@ -1,0 +1,158 @@
+"""Deterministic models for tests, shipped in the package so users can test their own bots.
+
+- ``test:echo`` answers ``echo: <last user message>``; ``test:slow`` does too, one word every
+  50 ms (for testing streaming and interruption).
+- ``test:context`` answers with the JSON of exactly the request it received (messages, tools).
+- :class:`ScriptedModel` plays back replies and tool calls that a test sets, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from chatwright.errors import ModelResponseError, UnknownModel
+from chatwright.models.base import ModelEvent, ModelRequest
+from chatwright.types import (
+    Done,
+    Message,
+    TextDelta,
+    ToolCallEvent,
+    ToolCallPart,
+    Usage,
+    _jsonable,
+)
+
+__all__ = ["ContextModel", "EchoModel", "ScriptedModel", "test_model"]
+
+_PIECES = re.compile(r"\S+\s*|\s+")
+
+
+def _count_words(messages: Sequence[Message]) -> int:
+    return sum(len(m.text.split()) for m in messages)
+
+
+async def _stream_text(
+    text: str, request: ModelRequest, delay: float = 0.0
+) -> AsyncIterator[ModelEvent]:
+    max_tokens = request.settings.max_tokens
+    reason = "stop"
+    pieces = _PIECES.findall(text)
+    if max_tokens is not None and len(pieces) > max_tokens:
+        pieces, reason = pieces[:max_tokens], "length"
+    for piece in pieces:
+        if delay:
+            await asyncio.sleep(delay)
+        yield TextDelta(text=piece)
+    yield Usage(input_tokens=_count_words(request.messages), output_tokens=len(pieces))
+    yield Done(reason=reason)
+
+
+class EchoModel:
+    """Answers ``echo: <last user message>``, streamed word by word."""
+
+    def __init__(self, name: str = "test:echo", *, delay: float = 0.0) -> None:
+        self.name = name
+        self.delay = delay
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        last = next((m.text for m in reversed(request.messages) if m.role == "user"), "")
+        return _stream_text(f"echo: {last}", request, self.delay)
+
+
+class ContextModel:
+    """Answers with the JSON of the request it received: ``{"messages": [...], "tools": [...]}``.
+
+    Tests parse the answer to assert exactly what a model would have been sent.
+    """
+
+    def __init__(self, name: str = "test:context") -> None:
+        self.name = name
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        payload = {
+            "messages": _jsonable(list(request.messages)),
+            "tools": _jsonable(list(request.tools)),
+        }
+        text = json.dumps(payload, ensure_ascii=False)
+        return _single(text, request)
+
+
+async def _single(text: str, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    yield TextDelta(text=text)
+    yield Usage(input_tokens=_count_words(request.messages), output_tokens=1)
+    yield Done(reason="stop")
+
+
+Reply = str | Message | Exception | Callable[[ModelRequest], "str | Message"]
+
+
+class ScriptedModel:
+    """Plays back ``replies`` in order, one per call; records every request it receives.
+
+    A reply is a string (the answer), a :class:`Message` (its text and tool calls), an
+    exception (raised), or a function of the request returning either. Call
+    :meth:`assert_complete` at the end of a test to check that every reply was used.
+    """
+
+    def __init__(self, replies: Sequence[Reply], name: str = "test:scripted") -> None:
+        self.name = name
+        self.replies = list(replies)
+        self.requests: list[ModelRequest] = []
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        self.requests.append(request)
+        index = len(self.requests) - 1
+        if index >= len(self.replies):
+            raise ModelResponseError(
+                f"ScriptedModel got call {index + 1} but has only {len(self.replies)} replies"
+            )
+        reply = self.replies[index]
+        if callable(reply) and not isinstance(reply, Exception):
+            reply = reply(request)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(reply, str):
+            return _stream_text(reply, request)
+        return _message_events(reply, request)
+
+    def assert_complete(self) -> None:
+        if len(self.requests) != len(self.replies):
+            raise AssertionError(
+                f"ScriptedModel used {len(self.requests)} of {len(self.replies)} replies"
+            )
+
+
+async def _message_events(message: Message, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    if message.text:
+        yield TextDelta(text=message.text)
+    for call in message.tool_calls:
+        yield ToolCallEvent(call=call)
+    yield Usage(input_tokens=_count_words(request.messages), output_tokens=1)
+    yield Done(reason="tool_calls" if message.tool_calls else "stop")
+
+
+def tool_call(name: str, arguments: dict[str, Any] | str | None = None, id: str = "") -> ToolCallPart:
+    """Shorthand for a :class:`ToolCallPart` in a script."""
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+    return ToolCallPart(id=id or f"call_{name}", name=name, arguments=args)
+
+
+def test_model(name: str) -> EchoModel | ContextModel:
+    """Resolve ``test:<name>``."""
+    if name == "echo":
+        return EchoModel()
+    if name == "slow":
+        return EchoModel("test:slow", delay=0.05)
+    if name == "context":
+        return ContextModel()
+    raise UnknownModel(
+        f"unknown test model 'test:{name}'",
+        hint="use test:echo, test:slow or test:context, or build a ScriptedModel in code",
+    )
+
+
+test_model.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

@@ -1,0 +1,91 @@
+"""Versioned schema migrations for the SQLite store, applied in order, once each.
+
+The schema version lives in ``PRAGMA user_version``. Each migration is a function named
+``mNNN_what`` that runs inside the transaction that also bumps the version, so a crash leaves
+the database at the old version or the new one, never between.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from chatwright.errors import StoreError
+
+__all__ = ["MIGRATIONS", "migrate"]
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it commits first, and a migration must stay one transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def m001_initial(db: sqlite3.Connection) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE threads (
+            pk         INTEGER PRIMARY KEY,
+            owner      TEXT NOT NULL,
+            id         TEXT NOT NULL,
+            title      TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            metadata   BLOB,
+            last_seq   INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (owner, id)
+        );
+        CREATE INDEX threads_by_owner_updated ON threads (owner, updated_at DESC);
+
+        -- Append-only log. A plain-text message keeps its text in `text`, any other message
+        -- is the serialized value in `data`. `tokens` caches the message's token count.
+        CREATE TABLE messages (
+            thread_pk  INTEGER NOT NULL REFERENCES threads (pk) ON DELETE CASCADE,
+            seq        INTEGER NOT NULL,
+            role       TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            text       TEXT,
+            data       BLOB,
+            tokens     INTEGER,
+            PRIMARY KEY (thread_pk, seq)
+        ) WITHOUT ROWID;
+
+        -- One trace per turn, keyed by the seq of the turn's final assistant message.
+        CREATE TABLE traces (
+            thread_pk  INTEGER NOT NULL REFERENCES threads (pk) ON DELETE CASCADE,
+            seq        INTEGER NOT NULL,
+            data       BLOB NOT NULL,
+            PRIMARY KEY (thread_pk, seq)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial]
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring ``db`` to the newest schema; returns the version it is at."""
+    latest = len(MIGRATIONS)
+    current = db.execute("PRAGMA user_version").fetchone()[0]
+    if current > latest:
+        raise StoreError(
+            f"the database is at schema version {current}, newer than this chatwright ({latest})",
+            hint="upgrade chatwright (pip install -U chatwright) or use another --data-dir",
+        )
+    for version in range(current + 1, latest + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            if db.execute("PRAGMA user_version").fetchone()[0] >= version:
+                db.execute("ROLLBACK")
+                continue
+            MIGRATIONS[version - 1](db)
+            db.execute(f"PRAGMA user_version = {version}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return latest

@@ -1,0 +1,306 @@
+"""The default store: one SQLite file, WAL journal, synchronous commits.
+
+Messages are an append-only log keyed by (thread, seq). A turn reads the newest messages by
+key range, so its cost and the bytes it adds do not grow with the thread. A commit that
+returned is on disk (``synchronous=FULL``): an acknowledged message survives a crash.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from chatwright.errors import StoreError, ThreadNotFound, UserError
+from chatwright.store.base import StoredMessage, ThreadInfo
+from chatwright.store.migrations import migrate
+from chatwright.types import Message, TextPart, Trace, dump_json, load_json, load_message
+
+__all__ = ["SQLiteStore", "MAX_THREAD_ID_LENGTH"]
+
+MAX_THREAD_ID_LENGTH = 200
+_TITLE_LENGTH = 80
+_BATCH = 500
+_THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata"
+
+
+def _encode(message: Message) -> tuple[str | None, bytes | None]:
+    """(text, None) for a plain-text message whose text is valid UTF-8; else (None, json)."""
+    if message.is_plain_text():
+        text = message.text
+        if text.isascii():
+            return text, None
+        try:
+            text.encode("utf-8")
+            return text, None
+        except UnicodeEncodeError:  # lone surrogates: only the serializer keeps them
+            pass
+    return None, dump_json(message)
+
+
+def _decode(role: str, text: str | None, data: bytes | None) -> Message:
+    if data is None:
+        return Message(role=role, parts=(TextPart(text=text or ""),))  # type: ignore[arg-type]
+    return load_message(data)
+
+
+def _thread(row: sqlite3.Row | tuple[Any, ...]) -> ThreadInfo:
+    tid, owner, title, created, updated, last_seq, metadata = row
+    return ThreadInfo(
+        id=tid,
+        owner=owner,
+        title=title,
+        created_at=created,
+        updated_at=updated,
+        message_count=last_seq,
+        metadata=load_json(metadata) if metadata else {},
+    )
+
+
+def check_thread_id(thread_id: str) -> str:
+    if not thread_id or len(thread_id) > MAX_THREAD_ID_LENGTH or not thread_id.isprintable():
+        raise UserError(
+            f"invalid thread id {thread_id[:40]!r}",
+            hint=f"use 1-{MAX_THREAD_ID_LENGTH} printable characters",
+        )
+    return thread_id
+
+
+class SQLiteStore:
+    """Threads and messages in one SQLite database file (``":memory:"`` for tests)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(
+                    f"cannot create the data directory for {self.path}: {e.strerror}",
+                    hint="set --data-dir or CHATWRIGHT_DATA_DIR to a writable directory",
+                ) from None
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            migrate(self._db)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(
+                f"cannot open the database {self.path}: {e}",
+                hint="the file may be corrupt or not a chatwright database; "
+                "move it aside or point --data-dir elsewhere",
+            ) from None
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _write(self) -> _Transaction:
+        return _Transaction(self)
+
+    def _pk(self, owner: str, thread_id: str) -> tuple[int, int]:
+        row = self._db.execute(
+            "SELECT pk, last_seq FROM threads WHERE owner = ? AND id = ?", (owner, thread_id)
+        ).fetchone()
+        if row is None:
+            raise ThreadNotFound(thread_id)
+        return row[0], row[1]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- threads --------------------------------------------------------------------------
+    def find_thread(self, owner: str, thread_id: str) -> ThreadInfo | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_THREAD_COLUMNS} FROM threads WHERE owner = ? AND id = ?",
+                (owner, thread_id),
+            ).fetchone()
+        return _thread(row) if row else None
+
+    def get_thread(self, owner: str, thread_id: str) -> ThreadInfo:
+        info = self.find_thread(owner, thread_id)
+        if info is None:
+            raise ThreadNotFound(thread_id)
+        return info
+
+    def create_thread(
+        self,
+        owner: str,
+        thread_id: str | None = None,
+        *,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ThreadInfo:
+        thread_id = check_thread_id(thread_id) if thread_id else uuid.uuid4().hex[:12]
+        with self._write() as db:
+            self._insert_thread(db, owner, thread_id, title, metadata)
+        return self.get_thread(owner, thread_id)
+
+    def _insert_thread(
+        self,
+        db: sqlite3.Connection,
+        owner: str,
+        thread_id: str,
+        title: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> int:
+        now = time.time()
+        try:
+            cur = db.execute(
+                "INSERT INTO threads (owner, id, title, created_at, updated_at, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (owner, thread_id, title, now, now, dump_json(metadata) if metadata else None),
+            )
+        except sqlite3.IntegrityError:
+            raise UserError(f"thread {thread_id!r} already exists") from None
+        return int(cur.lastrowid or 0)
+
+    def list_threads(self, owner: str, *, limit: int = 50, offset: int = 0) -> list[ThreadInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_THREAD_COLUMNS} FROM threads WHERE owner = ?"
+                " ORDER BY updated_at DESC LIMIT ? OFFSET ?",
+                (owner, limit, offset),
+            ).fetchall()
+        return [_thread(r) for r in rows]
+
+    def rename_thread(self, owner: str, thread_id: str, title: str) -> ThreadInfo:
+        with self._write() as db:
+            pk, _ = self._pk(owner, thread_id)
+            db.execute("UPDATE threads SET title = ? WHERE pk = ?", (title, pk))
+        return self.get_thread(owner, thread_id)
+
+    def delete_thread(self, owner: str, thread_id: str) -> None:
+        with self._write() as db:
+            pk, _ = self._pk(owner, thread_id)
+            db.execute("DELETE FROM threads WHERE pk = ?", (pk,))
+
+    # -- messages -------------------------------------------------------------------------
+    def append(
+        self,
+        owner: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        *,
+        trace: Trace | None = None,
+        create: bool = False,
+    ) -> list[StoredMessage]:
+        rows = [(m.role, *_encode(m)) for m in messages]  # serialize outside the lock
+        trace_data = dump_json(trace) if trace is not None else None
+        now = time.time()
+        stored: list[StoredMessage] = []
+        with self._write() as db:
+            try:
+                pk, seq = self._pk(owner, thread_id)
+            except ThreadNotFound:
+                if not create:
+                    raise
+                pk, seq = self._insert_thread(db, owner, check_thread_id(thread_id), None, None), 0
+            for message, (role, text, data) in zip(messages, rows, strict=True):
+                seq += 1
+                db.execute(
+                    "INSERT INTO messages (thread_pk, seq, role, created_at, text, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (pk, seq, role, now, text, data),
+                )
+                stored.append(StoredMessage(seq=seq, created_at=now, message=message))
+            if trace_data is not None and stored:
+                db.execute(
+                    "INSERT OR REPLACE INTO traces (thread_pk, seq, data) VALUES (?, ?, ?)",
+                    (pk, seq, trace_data),
+                )
+            title = _title_from(messages)
+            db.execute(
+                "UPDATE threads SET last_seq = ?, updated_at = ?,"
+                " title = COALESCE(title, ?) WHERE pk = ?",
+                (seq, now, title, pk),
+            )
+        return stored
+
+    def recent(self, owner: str, thread_id: str, limit: int) -> list[StoredMessage]:
+        with self._lock:
+            pk, last = self._pk(owner, thread_id)
+            rows = self._db.execute(
+                "SELECT seq, created_at, role, text, data FROM messages"
+                " WHERE thread_pk = ? AND seq > ? ORDER BY seq",
+                (pk, last - limit),
+            ).fetchall()
+        return [StoredMessage(seq, at, _decode(role, t, d)) for seq, at, role, t, d in rows]
+
+    def messages(
+        self, owner: str, thread_id: str, *, after_seq: int = 0
+    ) -> Iterator[StoredMessage]:
+        with self._lock:
+            pk, _ = self._pk(owner, thread_id)
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT seq, created_at, role, text, data FROM messages"
+                    " WHERE thread_pk = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (pk, after_seq, _BATCH),
+                ).fetchall()
+            for seq, at, role, t, d in rows:
+                yield StoredMessage(seq, at, _decode(role, t, d))
+            if len(rows) < _BATCH:
+                return
+            after_seq = rows[-1][0]
+
+    def traces(self, owner: str, thread_id: str, *, limit: int = 20) -> list[tuple[int, Trace]]:
+        with self._lock:
+            pk, _ = self._pk(owner, thread_id)
+            rows = self._db.execute(
+                "SELECT seq, data FROM traces WHERE thread_pk = ? ORDER BY seq DESC LIMIT ?",
+                (pk, limit),
+            ).fetchall()
+        return [(seq, Trace.model_validate(load_json(d))) for seq, d in reversed(rows)]
+
+
+def _title_from(messages: Sequence[Message]) -> str | None:
+    first = next((m.text for m in messages if m.role == "user" and m.text.strip()), None)
+    if first is None:
+        return None
+    line = " ".join(first.split())
+    line = line.encode("utf-8", "replace").decode("utf-8")
+    return line if len(line) <= _TITLE_LENGTH else line[: _TITLE_LENGTH - 1] + "…"
+
+
+class _Transaction:
+    """``with store._write() as db:`` — one IMMEDIATE transaction under the store's lock."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store._lock.acquire()
+        try:
+            self.store._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self.store._lock.release()
+            raise StoreError(f"cannot write to {self.store.path}: {e}") from None
+        return self.store._db
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self.store._db.execute("COMMIT")
+                except sqlite3.Error as e:
+                    self.store._db.execute("ROLLBACK")
+                    raise StoreError(f"cannot write to {self.store.path}: {e}") from None
+            else:
+                self.store._db.execute("ROLLBACK")
+                if isinstance(exc, (sqlite3.Error, OverflowError)):
+                    raise StoreError(
+                        f"cannot write to {self.store.path}: {exc}; nothing was written",
+                        hint="check free disk space and that the file is writable",
+                    ) from exc
+        finally:
+            self.store._lock.release()
