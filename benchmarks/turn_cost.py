@@ -37,6 +37,7 @@ import asyncio
 import cProfile
 import datetime as _dt
 import io
+import itertools
 import json
 import os
 import platform
@@ -67,7 +68,7 @@ TARGET_RATIO_VS_TURN_10 = 1.5
 TARGET_BYTES_RATIO = 2.0
 
 # -- realistic user messages ------------------------------------------------------------------
-_WORDS = (
+_WORD_LIST = (
     "the a an my our your this that some every each any one two few many more less "
     "I you we they it he she people team customer manager friend teacher doctor "
     "want need think know remember forget explain plan check compare write send read "
@@ -79,11 +80,19 @@ _WORDS = (
     "good better best cheap expensive small large new old early late simple clear "
     "about with for from into over after before during without between because "
     "and but or so if when while although since until"
-).split()
+)
+_WORDS = _WORD_LIST.split()
 _OPENERS = (
-    "Could you help me", "I was wondering", "Please explain", "Can you tell me",
-    "I need to know", "Quick question", "Thanks for that", "One more thing",
-    "Let me ask", "I am trying to figure out",
+    "Could you help me",
+    "I was wondering",
+    "Please explain",
+    "Can you tell me",
+    "I need to know",
+    "Quick question",
+    "Thanks for that",
+    "One more thing",
+    "Let me ask",
+    "I am trying to figure out",
 )
 
 
@@ -198,56 +207,77 @@ def payload_bytes(db_path: Path) -> dict[str, float]:
     }
 
 
-# -- the benchmark -----------------------------------------------------------------------------
+def pressure() -> dict[str, float] | None:
+    """Linux PSI: microseconds some task waited for a CPU / for I/O, and the clock, now."""
+    out: dict[str, float] = {"at": time.perf_counter()}
+    for kind in ("cpu", "io"):
+        try:
+            line = Path(f"/proc/pressure/{kind}").read_text().splitlines()[0]
+        except (OSError, IndexError):
+            return None
+        out[kind] = float(line.rsplit("total=", 1)[1])
+    return out
+
+
+def pressure_share(start: dict[str, float] | None, end: dict[str, float] | None) -> Any:
+    """Share of a window's time during which some task on the machine waited for a CPU or for
+    I/O (I/O includes this benchmark's own commits). High CPU pressure means other processes
+    competed for the 2 cores during the window."""
+    if not start or not end:
+        return None
+    span = (end["at"] - start["at"]) * 1e6
+    return {k: round((end[k] - start[k]) / span, 3) for k in ("cpu", "io")}
+
+
 # -- the disk --------------------------------------------------------------------------------
 class Disk:
-    """Probes the disk's flush latency (4 KiB pwrite + fdatasync) in the database's directory.
+    """Probes the disk's flush latency (4 KiB overwrite + fdatasync) next to the database.
 
     A turn's two synchronous commits wait for such flushes; when other processes keep the
     disk busy, that wait (not the engine) dominates a turn. :meth:`wait_quiet` holds a timed
-    window back until the disk is quiet, up to a limit, and says whether it was.
+    window back until the disk is quiet, up to a limit; :meth:`probe` between timed turns
+    (outside their timing) says whether each ran on a quiet disk.
     """
 
     def __init__(self, directory: Path, threshold_ms: float, max_wait_s: float) -> None:
-        self.directory = directory
         self.threshold_ms = threshold_ms
         self.max_wait_s = max_wait_s
-        self.probes: list[float] = []
+        self.probes: list[float] = []  # medians of the 20-flush probes of wait_quiet
+        directory.mkdir(parents=True, exist_ok=True)
+        self._path = directory / "fsync-probe"
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.pwrite(self._fd, b"\0" * 65536, 0)  # allocated once: later flushes are data only
+        os.fsync(self._fd)
+        self._sync = getattr(os, "fdatasync", os.fsync)
+        self._n = 0
 
-    def probe(self, count: int = 20) -> float:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / "fsync-probe"
-        block = b"x" * 4096
-        sync = getattr(os, "fdatasync", os.fsync)
+    def probe(self, count: int = 1) -> float:
+        """Median ms of ``count`` flushes of a 4 KiB overwrite."""
         times = []
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            for i in range(count):
-                start = time.perf_counter()
-                os.pwrite(fd, block, (i % 16) * 4096)
-                sync(fd)
-                times.append((time.perf_counter() - start) * 1000)
-        finally:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-        median = round(statistics.median(times), 4)
-        self.probes.append(median)
-        return median
+        for _ in range(count):
+            self._n += 1
+            start = time.perf_counter()
+            os.pwrite(self._fd, b"x" * 4096, (self._n % 16) * 4096)
+            self._sync(self._fd)
+            times.append((time.perf_counter() - start) * 1000)
+        return round(statistics.median(times), 4)
+
+    def busy(self, ms: float) -> bool:
+        return ms > self.threshold_ms
 
     async def wait_quiet(self) -> dict[str, Any]:
         start = time.perf_counter()
         while True:
-            ms = self.probe()
+            ms = self.probe(20)
+            self.probes.append(ms)
             waited = time.perf_counter() - start
-            if ms <= self.threshold_ms or waited >= self.max_wait_s:
-                return {"fsync_ms": ms, "waited_s": round(waited, 2),
-                        "quiet": ms <= self.threshold_ms}
+            if not self.busy(ms) or waited >= self.max_wait_s:
+                return {"fsync_ms": ms, "waited_s": round(waited, 2), "quiet": not self.busy(ms)}
             await asyncio.sleep(0.5)
 
-
-def _gate(before: dict[str, Any], after_ms: float, threshold_ms: float) -> dict[str, Any]:
-    return {**before, "fsync_after_ms": after_ms,
-            "disk_busy": not before["quiet"] or after_ms > threshold_ms}
+    def close(self) -> None:
+        os.close(self._fd)
+        self._path.unlink(missing_ok=True)
 
 
 # -- the benchmark -----------------------------------------------------------------------------
@@ -272,53 +302,60 @@ def window_figures(wall: list[float], cpu: list[float], traces: list[Any]) -> di
 
 
 async def fresh_threads(
-    directory: Path, checkpoints: list[int], threads: int, messages: list[str], disk: Disk,
+    directory: Path,
+    checkpoints: list[int],
+    threads: int,
+    messages: list[str],
+    disk: Disk,
     batch: int = 50,
-) -> dict[int, dict[str, Any]]:
+    min_clean: int = 30,
+) -> dict[Any, Any]:
     """The Nth turn of ``threads`` fresh threads, for each N in ``checkpoints``.
 
-    Threads run in batches, each started on a quiet disk when possible; the figures come from
-    the batches that ran on a quiet disk (all batches if none did, flagged).
+    Threads run in batches, each started on a quiet disk when possible, and the disk is probed
+    just before each recorded turn; the figures come from the turns that found it quiet (all of
+    them, flagged, when fewer than ``min_clean`` did).
     """
     bot = make_bot(directory)
     last = max(checkpoints)
-    samples: dict[int, list[tuple[float, float, Any, bool]]] = {c: [] for c in checkpoints}
-    gates = []
+    samples: dict[int, list[tuple[float, float, Any, float]]] = {c: [] for c in checkpoints}
+    waits = []
     try:
         for i in range(20):  # warm-up on a throwaway thread (first-call costs, caches)
             await bot.achat("warmup", messages[i % len(messages)])
         k = 0
         for first in range(0, threads, batch):
-            before = await disk.wait_quiet()
-            got: dict[int, list[tuple[float, float, Any]]] = {c: [] for c in checkpoints}
+            waits.append(await disk.wait_quiet())
             for t in range(first, min(first + batch, threads)):
                 for turn in range(1, last + 1):
                     text = messages[k % len(messages)]
                     k += 1
+                    fsync = disk.probe() if turn in samples else 0.0
                     wall, cpu, answer = await timed_turn(bot, f"fresh-{t:05d}", text)
-                    if turn in got:
-                        got[turn].append((wall, cpu, answer.trace))
-            gate = _gate(before, disk.probe(), disk.threshold_ms)
-            gates.append(gate)
-            for c in checkpoints:
-                samples[c].extend((w, u, tr, gate["disk_busy"]) for w, u, tr in got[c])
+                    if turn in samples:
+                        samples[turn].append((wall, cpu, answer.trace, fsync))
     finally:
         bot.close()
-    out = {}
+    out: dict[Any, Any] = {}
     for c in checkpoints:
-        clean = [s for s in samples[c] if not s[3]]
-        use = clean or samples[c]
+        clean = [s for s in samples[c] if not disk.busy(s[3])]
+        use = clean if len(clean) >= min_clean else samples[c]
         out[c] = {
             **window_figures([s[0] for s in use], [s[1] for s in use], [s[2] for s in use]),
-            "disk_busy": not clean,
-            "busy_samples_dropped": len(samples[c]) - len(use),
+            "fsync_median_ms": round(statistics.median(s[3] for s in samples[c]), 4),
+            "busy_samples": len(samples[c]) - len(clean),
+            "disk_busy": use is not clean,
         }
-    out["gates"] = gates  # type: ignore[assignment]
+    out["waits"] = waits
     return out
 
 
 async def long_thread(
-    directory: Path, checkpoints: list[int], window: int, messages: list[str], disk: Disk,
+    directory: Path,
+    checkpoints: list[int],
+    window: int,
+    messages: list[str],
+    disk: Disk,
     profile_turns: int = 0,
 ) -> dict[str, Any]:
     """Drive ONE thread to max(checkpoints) + window - 1 turns; time every turn.
@@ -331,35 +368,40 @@ async def long_thread(
     db_path = Path(bot.store.path)  # type: ignore[attr-defined]
     total_turns = max(checkpoints) + window - 1
     starts = set(checkpoints)
-    ends = {c + window - 1: c for c in checkpoints}
+    ends = {c + window - 1 for c in checkpoints}
     sizes = {0: db_bytes(db_path)}
     wall_ms: list[float] = [0.0] * (total_turns + 1)  # 1-based
     cpu_ms: list[float] = [0.0] * (total_turns + 1)
     traces: dict[int, Any] = {}
     in_window = {t for c in checkpoints for t in range(c, c + window)}
-    gates: dict[int, dict[str, Any]] = {}
-    open_gates: dict[int, dict[str, Any]] = {}
+    waits: dict[int, dict[str, Any]] = {}
+    psi_start: dict[int, dict[str, float] | None] = {}
+    psi: dict[int, dict[str, float] | None] = {}
+    fsync_ms: dict[int, float] = {}
     raw_text = 0
     profile_text = None
     drive_start = time.perf_counter()
     try:
         for turn in range(1, total_turns + 1):
             if turn in starts:
-                open_gates[turn] = await disk.wait_quiet()
+                waits[turn] = await disk.wait_quiet()
+                psi_start[turn] = pressure()
+            if turn in in_window:
+                fsync_ms[turn] = disk.probe()  # the disk's state, outside the turn's timing
             text = messages[(turn - 1) % len(messages)]
             wall_ms[turn], cpu_ms[turn], answer = await timed_turn(bot, "long", text)
             if turn in in_window:
                 traces[turn] = answer.trace
             raw_text += len(text.encode("utf-8")) + len(answer.text.encode("utf-8"))
             if turn in ends:
-                after = disk.probe()
                 for c in checkpoints:  # windows may overlap (1..50 and 10..59)
                     if c + window - 1 == turn:
-                        gates[c] = _gate(open_gates.pop(c), after, disk.threshold_ms)
+                        psi[c] = pressure_share(psi_start.pop(c), pressure())
                 sizes[turn] = db_bytes(db_path)  # snapshots after a window, never inside one
         drive_s = time.perf_counter() - drive_start
         payload = payload_bytes(db_path)
         if profile_turns:
+            await disk.wait_quiet()
             profiler = cProfile.Profile()
             for turn in range(total_turns + 1, total_turns + profile_turns + 1):
                 text = messages[(turn - 1) % len(messages)]
@@ -367,8 +409,10 @@ async def long_thread(
                 await bot.achat("long", text)
                 profiler.disable()
             out = io.StringIO()
-            out.write(f"cProfile of turns {total_turns + 1:,}..{total_turns + profile_turns:,}"
-                      " of the long thread (run after the timed windows)\n")
+            out.write(
+                f"cProfile of turns {total_turns + 1:,}..{total_turns + profile_turns:,}"
+                " of the long thread (run after the timed windows)\n"
+            )
             stats = pstats.Stats(profiler, stream=out)
             stats.sort_stats("tottime").print_stats(25)
             stats.sort_stats("cumulative").print_stats(40)
@@ -380,23 +424,36 @@ async def long_thread(
         turns = range(c, c + window)
         windows[c] = {
             "turns": [c, c + window - 1],
-            **window_figures([wall_ms[t] for t in turns], [cpu_ms[t] for t in turns],
-                             [traces[t] for t in turns]),
-            "disk": gates[c],
-            "disk_busy": gates[c]["disk_busy"],
+            **window_figures(
+                [wall_ms[t] for t in turns], [cpu_ms[t] for t in turns], [traces[t] for t in turns]
+            ),
+            "disk": {
+                **waits[c],
+                "fsync_median_ms": round(statistics.median(fsync_ms[t] for t in turns), 4),
+                "fsync_p90_ms": round(percentile([fsync_ms[t] for t in turns], 90), 4),
+                "busy_turns": sum(disk.busy(fsync_ms[t]) for t in turns),
+            },
+            "machine_pressure": psi[c],
+            "disk_busy": disk.busy(statistics.median(fsync_ms[t] for t in turns)),
         }
     growth = sizes[total_turns]["total"] - sizes[0]["total"]
     marks = sorted(sizes)
     segments = [
-        {"after_turn": a, "to_turn": b, "bytes": sizes[b]["total"] - sizes[a]["total"],
-         "bytes_per_turn": round((sizes[b]["total"] - sizes[a]["total"]) / (b - a), 1)}
-        for a, b in zip(marks, marks[1:])
+        {
+            "after_turn": a,
+            "to_turn": b,
+            "bytes": sizes[b]["total"] - sizes[a]["total"],
+            "bytes_per_turn": round((sizes[b]["total"] - sizes[a]["total"]) / (b - a), 1),
+        }
+        for a, b in itertools.pairwise(marks)
     ]
     result = {
         "turns": total_turns,
         "drive_seconds": round(drive_s, 3),
-        "all_turns_ms": {**summarize(wall_ms[1:]),
-                         "cpu_median_ms": round(statistics.median(cpu_ms[1:]), 4)},
+        "all_turns_ms": {
+            **summarize(wall_ms[1:]),
+            "cpu_median_ms": round(statistics.median(cpu_ms[1:]), 4),
+        },
         "windows": windows,
         "storage": {
             "bytes_start": sizes[0]["total"],
@@ -435,9 +492,14 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             )
         last_round = r == args.rounds - 1
         one["long_thread"] = await long_thread(
-            base / "long", checkpoints, args.window, messages, disk,
+            base / "long",
+            checkpoints,
+            args.window,
+            messages,
+            disk,
             profile_turns=args.profile_turns if args.profile and last_round else 0,
         )
+        disk.close()
         one["fsync_probes_ms"] = disk.probes
         one["seconds"] = round(time.perf_counter() - round_start, 2)
         rounds.append(one)
@@ -445,8 +507,10 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             shutil.rmtree(base, ignore_errors=True)
         elapsed = time.perf_counter() - started
         if r < args.rounds - 1 and elapsed + one["seconds"] > args.budget:
-            print(f"stopping after {r + 1} round(s): another would pass --budget "
-                  f"{args.budget:g} s (this one took {one['seconds']:.0f} s)")
+            print(
+                f"stopping after {r + 1} round(s): another would pass --budget "
+                f"{args.budget:g} s (this one took {one['seconds']:.0f} s)"
+            )
             break
     return {
         "rounds": rounds,
@@ -496,40 +560,88 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="chatwright engine cost per turn (test:echo, one SQLite thread on disk).",
     )
     p.add_argument(
-        "--checkpoints", type=lambda s: [int(x) for x in s.replace("_", "").split(",")],
+        "--checkpoints",
+        type=lambda s: [int(x) for x in s.replace("_", "").split(",")],
         default=list(DEFAULT_CHECKPOINTS),
         help="comma-separated turn numbers (default: 1,10,100,1000,10000)",
     )
-    p.add_argument("--window", type=int, default=50,
-                   help="consecutive turns timed on the long thread at each checkpoint (50)")
-    p.add_argument("--fresh-threads", type=int, default=300,
-                   help="fresh threads for the small checkpoints, per round (300)")
-    p.add_argument("--fresh-below", type=int, default=100,
-                   help="checkpoints below this are also measured over fresh threads (100)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="independent rounds, fresh databases each; headline figures are the "
-                        "median over rounds (3)")
-    p.add_argument("--budget", type=float, default=150.0,
-                   help="start no further round once this many seconds would be passed (150)")
-    p.add_argument("--quiet-fsync-ms", type=float, default=1.0,
-                   help="the disk counts as quiet when a 4 KiB write + fdatasync takes at most "
-                        "this long, median of 20 (1.0)")
-    p.add_argument("--quiet-wait", type=float, default=10.0,
-                   help="the longest wait for a quiet disk before a timed window (10 s)")
-    p.add_argument("--messages", type=int, default=1000,
-                   help="distinct generated user messages, used in rotation (1000)")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=50,
+        help="consecutive turns timed on the long thread at each checkpoint (50)",
+    )
+    p.add_argument(
+        "--fresh-threads",
+        type=int,
+        default=300,
+        help="fresh threads for the small checkpoints, per round (300)",
+    )
+    p.add_argument(
+        "--fresh-below",
+        type=int,
+        default=100,
+        help="checkpoints below this are also measured over fresh threads (100)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="independent rounds, fresh databases each; headline figures are the "
+        "median over rounds (3)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=150.0,
+        help="start no further round once this many seconds would be passed (150)",
+    )
+    p.add_argument(
+        "--quiet-fsync-ms",
+        type=float,
+        default=1.0,
+        help="the disk counts as quiet when a 4 KiB write + fdatasync takes at most "
+        "this long, median of 20 (1.0)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="the longest wait for a quiet disk before a timed window (10 s)",
+    )
+    p.add_argument(
+        "--messages",
+        type=int,
+        default=1000,
+        help="distinct generated user messages, used in rotation (1000)",
+    )
     p.add_argument("--seed", type=int, default=20261123, help="seed of the message generator")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"JSON results path (default: {DEFAULT_OUT.relative_to(ROOT)})")
-    p.add_argument("--tmp-dir", type=Path, default=None,
-                   help="where to create the temporary data directory (default: system temp; "
-                        "it must be on the disk you want to measure)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"JSON results path (default: {DEFAULT_OUT.relative_to(ROOT)})",
+    )
+    p.add_argument(
+        "--tmp-dir",
+        type=Path,
+        default=None,
+        help="where to create the temporary data directory (default: system temp; "
+        "it must be on the disk you want to measure)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary databases")
-    p.add_argument("--profile", action="store_true",
-                   help="after the last round's timed windows, run --profile-turns more turns "
-                        "under cProfile and print the hot spots")
-    p.add_argument("--profile-turns", type=int, default=1000,
-                   help="turns run under cProfile with --profile (1000)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the last round's timed windows, run --profile-turns more turns "
+        "under cProfile and print the hot spots",
+    )
+    p.add_argument(
+        "--profile-turns",
+        type=int,
+        default=1000,
+        help="turns run under cProfile with --profile (1000)",
+    )
     args = p.parse_args(argv)
     if not args.checkpoints or min(args.checkpoints) < 1:
         p.error("--checkpoints must be positive turn numbers")
@@ -541,7 +653,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def machine() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
-        "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpus_usable": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
@@ -571,8 +683,11 @@ def main(argv: list[str] | None = None) -> int:
     profile_text = rounds[-1]["long_thread"].pop("profile_text", None)
     fresh = {}
     if "fresh_threads" in rounds[0]:
-        fresh = {c: combine([r["fresh_threads"][c] for r in rounds])
-                 for c in checkpoints if c in rounds[0]["fresh_threads"]}
+        fresh = {
+            c: combine([r["fresh_threads"][c] for r in rounds])
+            for c in checkpoints
+            if c in rounds[0]["fresh_threads"]
+        }
     windows = {c: combine([r["long_thread"]["windows"][c] for r in rounds]) for c in checkpoints}
     storage = rounds[0]["long_thread"]["storage"]  # the same bytes every round (same turns)
     turns = rounds[0]["long_thread"]["turns"]
@@ -583,26 +698,39 @@ def main(argv: list[str] | None = None) -> int:
     last = max(checkpoints)
     last_median = windows[last]["median_ms"]
     ref = fresh.get(10) or windows.get(10)
-    targets = [{
-        "name": f"median at turn {last:,} <= {TARGET_MS:g} ms",
-        "value": last_median, "limit": TARGET_MS, "pass": last_median <= TARGET_MS,
-        "disk_busy": windows[last]["disk_busy"],
-    }]
+    targets = [
+        {
+            "name": f"median at turn {last:,} <= {TARGET_MS:g} ms",
+            "value": last_median,
+            "limit": TARGET_MS,
+            "pass": last_median <= TARGET_MS,
+            "disk_busy": windows[last]["disk_busy"],
+        }
+    ]
     if ref:
         limit = round(TARGET_RATIO_VS_TURN_10 * ref["median_ms"], 4)
-        targets.append({
-            "name": f"median at turn {last:,} <= {TARGET_RATIO_VS_TURN_10:g}x median at turn 10",
-            "value": last_median, "limit": limit, "pass": last_median <= limit,
-            "ratio": round(last_median / ref["median_ms"], 3),
-            "disk_busy": windows[last]["disk_busy"] or ref["disk_busy"],
-        })
+        targets.append(
+            {
+                "name": f"median at turn {last:,} <= {TARGET_RATIO_VS_TURN_10:g}x"
+                " median at turn 10",
+                "value": last_median,
+                "limit": limit,
+                "pass": last_median <= limit,
+                "ratio": round(last_median / ref["median_ms"], 3),
+                "disk_busy": windows[last]["disk_busy"] or ref["disk_busy"],
+            }
+        )
     limit = round(TARGET_BYTES_RATIO * storage["raw_text_bytes_per_turn"], 1)
-    targets.append({
-        "name": f"bytes stored per turn <= {TARGET_BYTES_RATIO:g}x raw text of a turn",
-        "value": storage["bytes_per_turn"], "limit": limit,
-        "pass": storage["bytes_per_turn"] <= limit, "ratio": storage["ratio"],
-        "disk_busy": False,
-    })
+    targets.append(
+        {
+            "name": f"bytes stored per turn <= {TARGET_BYTES_RATIO:g}x raw text of a turn",
+            "value": storage["bytes_per_turn"],
+            "limit": limit,
+            "pass": storage["bytes_per_turn"] <= limit,
+            "ratio": storage["ratio"],
+            "disk_busy": False,
+        }
+    )
 
     result = {
         "benchmark": "turn_cost",
@@ -626,8 +754,12 @@ def main(argv: list[str] | None = None) -> int:
             "long_thread_all_turns_per_round": all_turns,
             "drive_seconds_per_round": drive_s,
             "storage": storage,
-            "fsync_probe_ms": {"min": min(probes), "median": statistics.median(probes),
-                               "max": max(probes), "count": len(probes)},
+            "fsync_probe_ms": {
+                "min": min(probes),
+                "median": statistics.median(probes),
+                "max": max(probes),
+                "count": len(probes),
+            },
         },
         "targets": targets,
         "rounds": rounds,
@@ -638,12 +770,16 @@ def main(argv: list[str] | None = None) -> int:
     print("chatwright turn cost: test:echo, SQLite on disk (WAL, synchronous=FULL)")
     print(f"{m['nproc']} CPUs, Python {m['python']}, SQLite {m['sqlite']}, {m['platform']}")
     mc = figures["message_chars"]
-    print(f"user messages: {mc['min']}-{mc['max']} chars (median {mc['median']:g}); "
-          f"{len(rounds)} round(s); window {args.window} turns; {args.fresh_threads} fresh "
-          "threads per round")
+    print(
+        f"user messages: {mc['min']}-{mc['max']} chars (median {mc['median']:g}); "
+        f"{len(rounds)} round(s); window {args.window} turns; {args.fresh_threads} fresh "
+        "threads per round"
+    )
     print()
-    header = (f"{'turn':>7}  {'measured over':<34} {'n':>4} {'median ms':>9} {'p90 ms':>7}"
-              f" {'cpu ms':>6} {'load':>6} {'persist':>7}  round medians")
+    header = (
+        f"{'turn':>7}  {'measured over':<34} {'n':>4} {'median ms':>9} {'p90 ms':>7}"
+        f" {'cpu ms':>6} {'load':>6} {'persist':>7}  round medians"
+    )
     print(header)
     print("-" * (len(header) + 10))
     for c in checkpoints:
@@ -654,39 +790,61 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"one thread, turns {w['turns'][0]:,}..{w['turns'][1]:,}", w))
         for label, s in rows:
             st = s["stages_median_ms"]
-            rm = " ".join(f"{v:.2f}{'*' if b else ''}"
-                          for v, b in zip(s["round_medians_ms"], s["round_disk_busy"]))
+            rm = " ".join(
+                f"{v:.2f}{'*' if b else ''}"
+                for v, b in zip(s["round_medians_ms"], s["round_disk_busy"], strict=True)
+            )
             flag = " (disk busy)" if s["disk_busy"] else ""
-            print(f"{c:>7,}  {label:<34} {s['n_per_round']:>4} {s['median_ms']:>9.3f}"
-                  f" {s['p90_ms']:>7.3f} {s['cpu_median_ms']:>6.3f} {st.get('load', 0):>6.3f}"
-                  f" {st.get('persist', 0):>7.3f}  {rm}{flag}")
+            print(
+                f"{c:>7,}  {label:<34} {s['n_per_round']:>4} {s['median_ms']:>9.3f}"
+                f" {s['p90_ms']:>7.3f} {s['cpu_median_ms']:>6.3f} {st.get('load', 0):>6.3f}"
+                f" {st.get('persist', 0):>7.3f}  {rm}{flag}"
+            )
     print("median, p90: wall ms per turn, median over rounds; cpu ms: the process's CPU time per")
     print("turn; load, persist: those stages' ms from the turns' own traces (each includes one")
     print("synchronous commit); * = that round ran on a busy disk (left out of the headline when")
     print("another round did not)")
     print()
-    print(f"drove one thread to {turns:,} turns in "
-          + ", ".join(f"{d:.1f}" for d in drive_s) + " s; all its turns, median wall "
-          + ", ".join(f"{a['median_ms']:.3f}" for a in all_turns) + " ms, cpu "
-          + ", ".join(f"{a['cpu_median_ms']:.3f}" for a in all_turns) + " ms (per round)")
+    print(
+        f"drove one thread to {turns:,} turns in "
+        + ", ".join(f"{d:.1f}" for d in drive_s)
+        + " s; all its turns, median wall "
+        + ", ".join(f"{a['median_ms']:.3f}" for a in all_turns)
+        + " ms, cpu "
+        + ", ".join(f"{a['cpu_median_ms']:.3f}" for a in all_turns)
+        + " ms (per round)"
+    )
     fp = result["summary"]["fsync_probe_ms"]
-    print(f"disk: 4 KiB write + fdatasync, {fp['count']} probes: min {fp['min']:.3f}, "
-          f"median {fp['median']:.3f}, max {fp['max']:.3f} ms")
+    print(
+        f"disk: 4 KiB write + fdatasync, {fp['count']} probes: min {fp['min']:.3f}, "
+        f"median {fp['median']:.3f}, max {fp['max']:.3f} ms"
+    )
     print()
-    print(f"storage: {storage['bytes_start']:,} -> {storage['bytes_end']:,} bytes after "
-          f"{turns:,} turns (db + wal after wal_checkpoint(TRUNCATE))")
-    print(f"  {storage['bytes_per_turn']:,.1f} bytes stored per turn vs "
-          f"{storage['raw_text_bytes_per_turn']:,.1f} bytes of raw text per turn "
-          f"(x{storage['ratio']:.2f})")
+    print(
+        f"storage: {storage['bytes_start']:,} -> {storage['bytes_end']:,} bytes after "
+        f"{turns:,} turns (db + wal after wal_checkpoint(TRUNCATE))"
+    )
+    print(
+        f"  {storage['bytes_per_turn']:,.1f} bytes stored per turn vs "
+        f"{storage['raw_text_bytes_per_turn']:,.1f} bytes of raw text per turn "
+        f"(x{storage['ratio']:.2f})"
+    )
     p = storage["payload_per_turn"]
-    print(f"  payload per turn: message text {p['messages.text']:,.0f} B, message json "
-          f"{p['messages.data']:,.0f} B, trace json {p['traces.data']:,.0f} B")
+    print(
+        f"  payload per turn: message text {p['messages.text']:,.0f} B, message json "
+        f"{p['messages.data']:,.0f} B, trace json {p['traces.data']:,.0f} B"
+    )
     if storage["per_table_bytes_end"]:
-        parts = ", ".join(f"{k} {v / turns:,.0f}"
-                          for k, v in storage["per_table_bytes_end"].items() if v / turns >= 1)
+        parts = ", ".join(
+            f"{k} {v / turns:,.0f}"
+            for k, v in storage["per_table_bytes_end"].items()
+            if v / turns >= 1
+        )
         print(f"  pages per turn by table (bytes): {parts}")
-    segs = ", ".join(f"{s['after_turn']:,}-{s['to_turn']:,}: {s['bytes_per_turn']:,.0f}"
-                     for s in storage["segments"])
+    segs = ", ".join(
+        f"{s['after_turn']:,}-{s['to_turn']:,}: {s['bytes_per_turn']:,.0f}"
+        for s in storage["segments"]
+    )
     print(f"  bytes/turn by stretch of the thread: {segs}")
     print()
     failed = []
@@ -698,8 +856,9 @@ def main(argv: list[str] | None = None) -> int:
         if not t["pass"]:
             failed.append(t["name"])
     print()
-    print("all targets met" if not failed else f"{len(failed)} target(s) missed: "
-          + "; ".join(failed))
+    print(
+        "all targets met" if not failed else f"{len(failed)} target(s) missed: " + "; ".join(failed)
+    )
     if profile_text:
         print()
         print(profile_text)

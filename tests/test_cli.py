@@ -42,7 +42,10 @@ def test_ask_answers_and_keeps_the_thread_across_processes(tmp_path):
     )
     run(tmp_path, "ask", "-m", "test:echo", "--thread", "t", "again")
     assert [m.text for m in stored(tmp_path, "t")] == [
-        "hello", "echo: hello", "again", "echo: again"
+        "hello",
+        "echo: hello",
+        "again",
+        "echo: again",
     ]
 
 
@@ -52,7 +55,8 @@ def test_ask_in_a_shell_loop_holds_a_50_turn_thread(tmp_path):
     script = (
         f'for i in $(seq 1 49); do "{sys.executable}" -m chatwright ask --thread loop '
         '"turn $i" > /dev/null || exit 1; done; '
-        f'"{sys.executable}" -m chatwright ask -m test:context --thread loop "turn 50" > out_50.json'
+        f'"{sys.executable}" -m chatwright ask -m test:context --thread loop "turn 50"'
+        " > out_50.json"
     )
     subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, check=True, timeout=300)
     messages = stored(tmp_path, "loop")
@@ -146,9 +150,7 @@ def test_threads_list_show_export_delete(tmp_path):
     assert markdown.startswith("# alpha question") and "## assistant · #2" in markdown
 
     run(tmp_path, "threads", "delete", "a", "--yes")
-    assert [t["id"] for t in json.loads(run(tmp_path, "threads", "list", "--json").stdout)] == [
-        "b"
-    ]
+    assert [t["id"] for t in json.loads(run(tmp_path, "threads", "list", "--json").stdout)] == ["b"]
 
 
 def test_delete_without_a_terminal_needs_yes(tmp_path):
@@ -171,9 +173,7 @@ def test_chat_continues_a_thread_after_a_restart(tmp_path):
     second = run(tmp_path, "chat", "-m", "test:echo", "--thread", "c", stdin="more\n")
     assert "resuming thread" in second.stderr
     assert "you> hello" in second.stdout  # recent history is shown on resume
-    assert [m.text for m in stored(tmp_path, "c")] == [
-        "hello", "echo: hello", "more", "echo: more"
-    ]
+    assert [m.text for m in stored(tmp_path, "c")] == ["hello", "echo: hello", "more", "echo: more"]
 
 
 def test_ctrl_c_mid_answer_keeps_what_arrived_and_the_chat_goes_on(tmp_path):
@@ -181,7 +181,11 @@ def test_ctrl_c_mid_answer_keeps_what_arrived_and_the_chat_goes_on(tmp_path):
     env["CHATWRIGHT_DATA_DIR"] = str(tmp_path)
     proc = subprocess.Popen(
         [*CLI, "chat", "-m", "test:slow", "--thread", "i"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     long = " ".join(f"w{i}" for i in range(200))  # 10 s to stream at 50 ms a word
     proc.stdin.write(long + "\n")
@@ -192,7 +196,7 @@ def test_ctrl_c_mid_answer_keeps_what_arrived_and_the_chat_goes_on(tmp_path):
         seen += os.read(proc.stdout.fileno(), 100).decode()
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
-    stdout, stderr = proc.communicate("after\n", timeout=30)
+    _stdout, stderr = proc.communicate("after\n", timeout=30)
     assert proc.returncode == 0, stderr
     assert "answer interrupted" in stderr and "Traceback" not in stderr
     messages = stored(tmp_path, "i")

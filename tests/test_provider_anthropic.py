@@ -12,17 +12,6 @@ import pytest
 from chatwright.config import AnthropicSettings, Settings
 from chatwright.errors import ModelError, ModelResponseError, ModelUnavailable
 from chatwright.models import get_model
-from chatwright.models._fake_servers import (
-    FakeServer,
-    Reply,
-    anthropic_error,
-    anthropic_message_end,
-    anthropic_message_start,
-    anthropic_stream,
-    anthropic_text_block,
-    anthropic_tool_block,
-    closed_port_url,
-)
 from chatwright.models.anthropic import AnthropicModel
 from chatwright.models.base import ModelEvent, ModelRequest, ModelSettings, ToolSpec
 from chatwright.types import (
@@ -33,6 +22,17 @@ from chatwright.types import (
     ToolCallPart,
     ToolResultPart,
     Usage,
+)
+from fake_servers import (
+    FakeServer,
+    Reply,
+    anthropic_error,
+    anthropic_message_end,
+    anthropic_message_start,
+    anthropic_stream,
+    anthropic_text_block,
+    anthropic_tool_block,
+    closed_port_url,
 )
 
 WEATHER = ToolSpec(
@@ -241,6 +241,16 @@ async def test_error_event_in_the_middle_of_the_stream(server: FakeServer) -> No
     assert received == [TextDelta(text="Hi")]
 
 
+async def test_connection_dropped_mid_stream_is_unavailable(server: FakeServer) -> None:
+    cut = anthropic_stream(anthropic_message_start(3), *anthropic_text_block(0, "Hi"))
+    server.add(Reply(cut.status, cut.body, cut_short=True))
+    received = []
+    with pytest.raises(ModelUnavailable, match=server.url):
+        async for event in AnthropicModel("claude-test", settings_for(server)).stream(request()):
+            received.append(event)
+    assert received == [TextDelta(text="Hi")]
+
+
 async def test_request_timeout_is_unavailable(server: FakeServer) -> None:
     slow = reply(anthropic_text_block(0, "late"))
     server.add(Reply(slow.status, slow.body, delay_s=10.0))
@@ -281,13 +291,16 @@ async def test_base_url_without_key_sends_a_placeholder_key(server: FakeServer) 
     assert server.requests[0].headers["authorization"] == "Bearer not-needed"
 
 
-async def test_key_comes_from_the_environment(
+async def test_base_url_and_key_come_from_the_environment(
     server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    server.add(reply(anthropic_text_block(0, "a")), reply(anthropic_text_block(0, "b")))
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    await collect(AnthropicModel("claude-test", AnthropicSettings(max_retries=0)))
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-env")
-    server.add(reply(anthropic_text_block(0, "ok")))
-    await collect(AnthropicModel("claude-test", settings_for(server, api_key=None)))
-    assert server.requests[0].headers["authorization"] == "Bearer sk-ant-env"
+    await collect(AnthropicModel("claude-test", AnthropicSettings(max_retries=0)))
+    keys = [r.headers["authorization"] for r in server.requests]
+    assert keys == ["Bearer not-needed", "Bearer sk-ant-env"]
 
 
 async def test_get_model_builds_the_provider_from_settings(server: FakeServer) -> None:

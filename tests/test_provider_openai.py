@@ -12,17 +12,6 @@ import pytest
 from chatwright.config import OpenAISettings, Settings
 from chatwright.errors import ModelError, ModelResponseError, ModelUnavailable
 from chatwright.models import get_model
-from chatwright.models._fake_servers import (
-    FakeServer,
-    Reply,
-    closed_port_url,
-    openai_chunk,
-    openai_error,
-    openai_stream,
-    openai_text,
-    openai_tool_call,
-    openai_usage,
-)
 from chatwright.models.base import ModelEvent, ModelRequest, ModelSettings, ToolSpec
 from chatwright.models.openai import OpenAIModel
 from chatwright.types import (
@@ -33,6 +22,17 @@ from chatwright.types import (
     ToolCallPart,
     ToolResultPart,
     Usage,
+)
+from fake_servers import (
+    FakeServer,
+    Reply,
+    closed_port_url,
+    openai_chunk,
+    openai_error,
+    openai_stream,
+    openai_text,
+    openai_tool_call,
+    openai_usage,
 )
 
 WEATHER = ToolSpec(
@@ -215,6 +215,16 @@ async def test_error_in_the_middle_of_the_stream(server: FakeServer) -> None:
     received = []
     with pytest.raises(ModelResponseError, match="sent an error: overloaded"):
         async for event in model.stream(request()):
+            received.append(event)
+    assert received == [TextDelta(text="Hi")]
+
+
+async def test_connection_dropped_mid_stream_is_unavailable(server: FakeServer) -> None:
+    cut = openai_stream(*openai_text("Hi")).body.removesuffix(b"data: [DONE]\n\n")
+    server.add(Reply(200, cut, cut_short=True))
+    received = []
+    with pytest.raises(ModelUnavailable, match=server.url):
+        async for event in OpenAIModel("gpt-test", settings_for(server)).stream(request()):
             received.append(event)
     assert received == [TextDelta(text="Hi")]
 

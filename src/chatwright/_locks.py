@@ -38,6 +38,7 @@ class TurnLocks:
         self.directory = directory
         self._locks: dict[tuple[str, str], _Entry] = {}  # only threads with a turn under way
         self._guard = threading.Lock()
+        self._made = False
 
     def _local(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
@@ -74,7 +75,9 @@ class TurnLocks:
             return
         digest = hashlib.blake2b("\0".join(key).encode("utf-8", "surrogatepass"), digest_size=8)
         bucket = int.from_bytes(digest.digest(), "big") % _BUCKETS
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._made:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._made = True
         fd = os.open(self.directory / f"{bucket:04d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             while True:

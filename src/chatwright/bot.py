@@ -20,6 +20,7 @@ from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
+from chatwright._locks import TurnLocks
 from chatwright.agent import Generation, generate
 from chatwright.config import Settings, load_settings
 from chatwright.errors import InvalidMessage, ModelError, ModelUnavailable
@@ -27,7 +28,6 @@ from chatwright.memory import build_context
 from chatwright.models import Model, ModelRequest, ModelSettings, get_model
 from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
 from chatwright.store.sqlite import check_thread_id
-from chatwright._locks import TurnLocks
 from chatwright.types import (
     Answer,
     Message,
@@ -64,14 +64,12 @@ class Chatbot:
     ) -> None:
         self.settings = settings or Settings()
         name = model if isinstance(model, str) else self.settings.model
-        self.model: Model = model if not isinstance(model, (str, type(None))) else get_model(
-            name, self.settings
+        self.model: Model = (
+            model if not isinstance(model, (str, type(None))) else get_model(name, self.settings)
         )
         self.store: Store = store or SQLiteStore(self.settings.db_path)
         self.owner = owner or self.settings.user
-        self.system_prompt = (
-            self.settings.system_prompt if system_prompt is None else system_prompt
-        )
+        self.system_prompt = self.settings.system_prompt if system_prompt is None else system_prompt
         lock_dir = None
         if isinstance(self.store, SQLiteStore) and self.store.path != ":memory:":
             lock_dir = Path(self.store.path).parent / "locks"
@@ -113,12 +111,14 @@ class Chatbot:
         owner = owner or self.owner
         self.check_message(text)
         thread_id = check_thread_id(thread_id) if thread_id else uuid.uuid4().hex[:12]
-        async with self._locks.hold(owner, thread_id):
-            # aclosing: if our consumer stops early, the turn is closed now (keeping the
-            # partial answer), not whenever the garbage collector gets to it.
-            async with aclosing(_Turn(self, owner, thread_id).run(text)) as events:
-                async for event in events:
-                    yield event
+        # aclosing: if our consumer stops early, the turn is closed now (keeping the partial
+        # answer), not whenever the garbage collector gets to it.
+        async with (
+            self._locks.hold(owner, thread_id),
+            aclosing(_Turn(self, owner, thread_id).run(text)) as events,
+        ):
+            async for event in events:
+                yield event
 
     async def achat(self, thread_id: str | None, text: str, *, owner: str | None = None) -> Answer:
         """Run one turn and return the stored answer."""
@@ -229,9 +229,12 @@ class _Turn:
             metadata.setdefault("finish", generation.finish)
         message = generation.message(**metadata)
         self._finish_trace(generation)
+        # The stored trace goes into the same transaction as the answer, so it ends at
+        # `generate`: a commit cannot time itself. The returned trace adds `persist`.
+        trace = self.trace.model_copy(deep=True) if self.bot.settings.store_traces else None
         with self.stage("persist"):
-            trace = self.trace if self.bot.settings.store_traces else None
             stored = self.bot.store.append(self.owner, self.thread_id, [message], trace=trace)
+        self._finish_trace(generation)
         return Answer(
             thread_id=self.thread_id,
             text=message.text,

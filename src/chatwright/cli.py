@@ -8,6 +8,7 @@ how to fix it, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -48,8 +49,12 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Model as provider:name, e.g. local:gemma-3-270m, "
-                 "openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, test:echo."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model as provider:name, e.g. local:gemma-3-270m, "
+        "openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, test:echo.",
+    ),
 ]
 DataDirOpt = Annotated[
     Path | None,
@@ -218,7 +223,9 @@ def chat(
         thread_id = thread or _new_id()
         existing = bot.store.find_thread(bot.owner, thread_id)
         state = "resuming" if existing else "new"
-        err.print(f"chatwright {__version__} · {bot.model.name} · {state} thread [bold]{thread_id}[/]")
+        err.print(
+            f"chatwright {__version__} · {bot.model.name} · {state} thread [bold]{thread_id}[/]"
+        )
         err.print("[dim]/help for commands · Ctrl-D to quit[/]")
         if existing:
             _show_recent(bot, thread_id)
@@ -289,10 +296,8 @@ def _print_message(seq: int, message: Any) -> None:
 
 
 def _try_readline() -> None:
-    try:
-        import readline  # noqa: F401  (line editing and history for input())
-    except ImportError:  # pragma: no cover
-        pass
+    with contextlib.suppress(ImportError):  # line editing and history for input()
+        import readline  # noqa: F401
 
 
 # -- threads ------------------------------------------------------------------------------
@@ -310,8 +315,13 @@ def threads_list(
         threads = store.list_threads(owner, limit=limit)
     if as_json:
         rows = [
-            {"id": t.id, "title": t.title, "messages": t.message_count,
-             "created_at": t.created_at, "updated_at": t.updated_at}
+            {
+                "id": t.id,
+                "title": t.title,
+                "messages": t.message_count,
+                "created_at": t.created_at,
+                "updated_at": t.updated_at,
+            }
             for t in threads
         ]
         out.file.write(json.dumps(rows, ensure_ascii=False) + "\n")
@@ -399,9 +409,7 @@ def threads_delete(
         if not yes:
             if not sys.stdin.isatty():
                 raise UserError("refusing to delete without confirmation", hint="add --yes")
-            typer.confirm(
-                f"delete thread {info.id} ({info.message_count} messages)?", abort=True
-            )
+            typer.confirm(f"delete thread {info.id} ({info.message_count} messages)?", abort=True)
         store.delete_thread(owner, thread_id)
     err.print(f"deleted thread {thread_id}")
 

@@ -113,21 +113,21 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _FileSource(settings_cls))
 
 
-_FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("chatwright_file_values", default={})
+_FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("chatwright_file", default=None)
 
 
 class _FileSource(PydanticBaseSettingsSource):
     """The values of the config file being loaded (parsed by :func:`load_settings`)."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _FILE_VALUES.get().get(field_name), field_name, False
+        return (_FILE_VALUES.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_FILE_VALUES.get())
+        return dict(_FILE_VALUES.get() or {})
 
 
 def find_config_file(explicit: str | Path | None = None) -> Path | None:
-    """The config file to read: ``explicit``, else ``$CHATWRIGHT_CONFIG``, else ./chatwright.toml."""
+    """The config file: ``explicit``, else ``$CHATWRIGHT_CONFIG``, else ./chatwright.toml."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -150,7 +150,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(
             f"{path} is not valid TOML: {e}",
-            hint="fix the line named above (TOML syntax: key = \"value\")",
+            hint='fix the line named above (TOML syntax: key = "value")',
         ) from None
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None

@@ -56,7 +56,11 @@ def _markdown_body(m: StoredMessage) -> str:
 
 
 def thread_to_markdown(info: ThreadInfo, messages: Iterable[StoredMessage]) -> str:
-    out = [f"# {info.title or info.id}", "", f"Thread `{info.id}`, started {_iso(info.created_at)}."]
+    out = [
+        f"# {info.title or info.id}",
+        "",
+        f"Thread `{info.id}`, started {_iso(info.created_at)}.",
+    ]
     for m in messages:
         out += ["", f"## {m.message.role} · #{m.seq} · {_iso(m.created_at)}", "", _markdown_body(m)]
     return _escape_surrogates("\n".join(out) + "\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any, Literal, TypeAlias, Union
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -87,7 +87,7 @@ class CitationPart(_Value):
 
 
 Part = Annotated[
-    Union[TextPart, ToolCallPart, ToolResultPart, CitationPart], Field(discriminator="kind")
+    TextPart | ToolCallPart | ToolResultPart | CitationPart, Field(discriminator="kind")
 ]
 
 
@@ -327,8 +327,10 @@ def from_openai(items: Iterable[dict[str, Any]]) -> list[Message]:
             continue
         if role == "assistant":
             calls = []
-            for call in item.get("tool_calls") or []:
-                fn = call.get("function") or {}
+            for j, call in enumerate(item.get("tool_calls") or []):
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(fn, dict):
+                    raise ValueError(f"messages[{i}].tool_calls[{j}] needs a function object")
                 args = fn.get("arguments")
                 calls.append(
                     ToolCallPart(

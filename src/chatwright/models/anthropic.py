@@ -14,6 +14,7 @@ parameters. Every failure is raised while the stream is iterated, as a
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,11 @@ class AnthropicModel:
                     yield event
         except sdk.APIError as error:
             raise self._error(sdk, error) from error
+        except _network_errors() as error:
+            raise ModelUnavailable(
+                f"lost the connection to {self.base_url or _DEFAULT_URL} mid-answer: {error}",
+                hint="is the server running? check your network and try again",
+            ) from error
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         system, messages = to_anthropic(request.messages)
@@ -134,6 +140,15 @@ class AnthropicModel:
         if isinstance(error, sdk.APIStatusError) and error.status_code >= 400:
             return ModelResponseError(f"{where} answered HTTP {error.status_code}: {detail}")
         return ModelResponseError(f"{where} sent an error: {detail}")  # e.g. mid-stream
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """What the SDK's HTTP library (httpx2, or httpx before 2.0) raises when a stream breaks.
+
+    The SDK turns network errors into ``APIConnectionError`` only until the response starts.
+    """
+    libraries = (sys.modules.get(name) for name in ("httpx2", "httpx"))
+    return tuple(lib.TransportError for lib in libraries if lib is not None)
 
 
 def _tool(spec: ToolSpec) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatwright.types import Done, Message, TextDelta, ToolCallEvent, Usage
 
-__all__ = ["ModelEvent", "ModelRequest", "ModelSettings", "Model", "ToolSpec"]
+__all__ = ["Model", "ModelEvent", "ModelRequest", "ModelSettings", "ToolSpec"]
 
 ModelEvent: TypeAlias = TextDelta | ToolCallEvent | Usage | Done
 
@@ -21,9 +21,7 @@ class ToolSpec(BaseModel):
 
     name: str
     description: str = ""
-    parameters: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "object", "properties": {}}
-    )
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
 class ModelSettings(BaseModel):

@@ -37,8 +37,13 @@ _INSTALL = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install "chatwright[local]"  '
     "(compiles llama.cpp, about 15 minutes)"
 )
+# Measured on 6 probe conversations: these four pairs made the 270M base model answer from
+# what the user said earlier ("What is my name?") more often than plain trivia pairs, without
+# leaking the examples' facts into answers.
 _FEW_SHOT = (
     ("What is the capital of Germany?", "Berlin."),
+    ("My favourite colour is green.", "Noted: your favourite colour is green."),
+    ("What is my favourite colour?", "Your favourite colour is green."),
     ("How many legs does a spider have?", "Eight."),
 )
 STOP = ("\nUser:", "\nAssistant:", "\n\n\n")
@@ -107,9 +112,7 @@ def _load(path: Path, settings: LocalSettings) -> Any:
     try:
         import llama_cpp
     except ImportError:
-        raise ModelUnavailable(
-            "the embedded model needs llama-cpp-python", hint=_INSTALL
-        ) from None
+        raise ModelUnavailable("the embedded model needs llama-cpp-python", hint=_INSTALL) from None
     threads = settings.n_threads or max(1, min(4, os.cpu_count() or 1))
     key = (str(path), settings.n_ctx, threads)
     with _models_lock:
@@ -132,7 +135,7 @@ def _load(path: Path, settings: LocalSettings) -> Any:
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelUnavailable(
                 f"cannot load the model file {path}: {e}",
-                hint="the file is corrupt or not a GGUF model; delete it to re-assemble the default",
+                hint="the file is corrupt or not a GGUF model; delete it to re-assemble it",
             ) from None
         if not _models:
             atexit.register(_close_all)
@@ -154,7 +157,9 @@ def local_model(name: str, settings: LocalSettings) -> LocalModel:
 def _line(message: Message) -> str:
     text = " ".join(message.text.split())
     if message.role == "tool":
-        results = "; ".join(f"{r.name or 'tool'} returned {r.content}" for r in message.tool_results)
+        results = "; ".join(
+            f"{r.name or 'tool'} returned {r.content}" for r in message.tool_results
+        )
         return f"Tool: {' '.join(results.split())}"
     if message.role == "assistant" and message.tool_calls:
         calls = ", ".join(f"{c.name}({c.arguments})" for c in message.tool_calls)
@@ -257,7 +262,9 @@ class LocalModel:
         try:
             choice = json.loads(raw)
         except json.JSONDecodeError:
-            raise ModelResponseError(f"the local model returned invalid JSON: {raw[:200]!r}") from None
+            raise ModelResponseError(
+                f"the local model returned invalid JSON: {raw[:200]!r}"
+            ) from None
         if choice.get("tool") in (None, "none"):
             return None
         args = json.dumps(choice.get("arguments") or {}, ensure_ascii=False)
@@ -301,8 +308,10 @@ class LocalModel:
         finally:
             cancelled.set()
             await asyncio.shield(worker)
-        yield Usage(input_tokens=len(llm.tokenize(prompt.encode("utf-8", "replace"))),
-                    output_tokens=produced)
+        yield Usage(
+            input_tokens=len(llm.tokenize(prompt.encode("utf-8", "replace"))),
+            output_tokens=produced,
+        )
         yield Done(reason=finish)
 
     @staticmethod

@@ -135,7 +135,9 @@ async def _message_events(message: Message, request: ModelRequest) -> AsyncItera
     yield Done(reason="tool_calls" if message.tool_calls else "stop")
 
 
-def tool_call(name: str, arguments: dict[str, Any] | str | None = None, id: str = "") -> ToolCallPart:
+def tool_call(
+    name: str, arguments: dict[str, Any] | str | None = None, id: str = ""
+) -> ToolCallPart:
     """Shorthand for a :class:`ToolCallPart` in a script."""
     args = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
     return ToolCallPart(id=id or f"call_{name}", name=name, arguments=args)

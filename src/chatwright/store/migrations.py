@@ -52,14 +52,15 @@ def m001_initial(db: sqlite3.Connection) -> None:
             PRIMARY KEY (thread_pk, seq)
         ) WITHOUT ROWID;
 
-        -- One trace per turn, keyed by the seq of the turn's final assistant message.
+        -- One trace per turn, keyed by the seq of the turn's final assistant message
+        -- (zlib-compressed JSON).
         CREATE TABLE traces (
             thread_pk  INTEGER NOT NULL REFERENCES threads (pk) ON DELETE CASCADE,
             seq        INTEGER NOT NULL,
             data       BLOB NOT NULL,
             PRIMARY KEY (thread_pk, seq)
         ) WITHOUT ROWID;
-        """
+        """,
     )
 
 

@@ -38,12 +38,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Reply:
-    """One scripted HTTP response, sent after ``delay_s`` seconds (to test timeouts)."""
+    """One scripted HTTP response.
+
+    It is sent after ``delay_s`` seconds (to test timeouts); with ``cut_short`` the headers
+    promise more bytes than the body has, so the client sees the connection drop mid-stream.
+    """
 
     status: int
     body: bytes
     content_type: str = "text/event-stream"
     delay_s: float = 0.0
+    cut_short: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             try:
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(reply.body)))
+                length = len(reply.body) + (1000 if reply.cut_short else 0)
+                self.send_header("Content-Length", str(length))
                 self.end_headers()
                 self.wfile.write(reply.body)
             except ConnectionError:
