@@ -119,8 +119,10 @@ def _when(ts: float) -> str:
 
 
 # -- turns --------------------------------------------------------------------------------
-async def _stream_turn(bot: Chatbot, thread_id: str | None, text: str) -> Answer | None:
-    """Print one streamed turn; returns the answer (None if the stream ended without one)."""
+async def _stream_turn(
+    bot: Chatbot, thread_id: str | None, text: str, label: str = ""
+) -> Answer | None:
+    """Print one streamed turn after ``label``; returns the answer (None if none came)."""
     answer = None
     spinner = err.status("thinking…", spinner="dots") if err.is_terminal else None
     if spinner:
@@ -128,9 +130,12 @@ async def _stream_turn(bot: Chatbot, thread_id: str | None, text: str) -> Answer
     try:
         async with aclosing(bot.stream(thread_id, text)) as events:
             async for event in events:
-                if spinner:
+                if spinner:  # it draws on this line: stop it before printing anything
                     spinner.stop()
                     spinner = None
+                if label:
+                    out.print(label, end="", style="bold")
+                    label = ""
                 if isinstance(event, TextDelta):
                     out.file.write(event.text)
                     out.file.flush()
@@ -156,9 +161,9 @@ def _print_citations(answer: Answer) -> None:
         out.print(f"  [{c.index}] {where}{page}", markup=False, style="dim")
 
 
-def _run_turn(bot: Chatbot, thread_id: str | None, text: str) -> Answer | None:
+def _run_turn(bot: Chatbot, thread_id: str | None, text: str, label: str = "") -> Answer | None:
     try:
-        return asyncio.run(_stream_turn(bot, thread_id, text))
+        return asyncio.run(_stream_turn(bot, thread_id, text, label))
     except KeyboardInterrupt:
         out.file.write("\n")
         err.print("[yellow]answer interrupted[/] (what arrived is kept in the thread)")
@@ -249,8 +254,7 @@ def chat(
             except UserError as e:
                 err.print(f"[red]{e.message}[/] · {e.hint}")
                 continue
-            out.print("bot> ", end="", style="bold")
-            _run_turn(bot, thread_id, line)
+            _run_turn(bot, thread_id, line, label="bot> ")
 
 
 def _new_id() -> str:
