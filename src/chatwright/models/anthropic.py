@@ -13,21 +13,19 @@ parameters. Every failure is raised while the stream is iterated, as a
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from chatwright.config import AnthropicSettings
-from chatwright.errors import ModelError, ModelResponseError, ModelUnavailable
+from chatwright.errors import ModelUnavailable
+from chatwright.models._remote import RemoteModel
 from chatwright.models.base import ModelEvent, ModelRequest, ToolSpec
 from chatwright.types import Done, Message, TextDelta, ToolCallEvent, ToolCallPart, Usage
 
 __all__ = ["AnthropicModel", "to_anthropic"]
 
-_NO_KEY = "not-needed"
-_DEFAULT_URL = "https://api.anthropic.com"
 _DEFAULT_MAX_TOKENS = 1024  # the API requires max_tokens
 _REASONS = {
     "end_turn": "stop",
@@ -37,54 +35,23 @@ _REASONS = {
 }
 
 
-def _import_sdk() -> Any:
-    try:
-        import anthropic
-    except ImportError:
-        raise ModelUnavailable(
-            "the anthropic provider needs the anthropic package",
-            hint='pip install "chatwright[anthropic]"',
-        ) from None
-    return anthropic
-
-
-class AnthropicModel:
+class AnthropicModel(RemoteModel):
     """A chat model served over Anthropic's Messages API."""
 
+    provider = "anthropic"
+    client_class = "AsyncAnthropic"
+    default_url = "https://api.anthropic.com"
+    server_label = "Anthropic API"
+    not_found_hint = "check the model name after 'anthropic:', e.g. anthropic:claude-sonnet-4-5"
+
     def __init__(self, model: str, settings: AnthropicSettings | None = None) -> None:
-        self.model = model
-        self.name = f"anthropic:{model}"
-        self.settings = settings or AnthropicSettings()
-        self._client: Any = None
+        super().__init__(model, settings or AnthropicSettings())
 
-    @property
-    def base_url(self) -> str | None:
-        """The configured server, or ``None`` for the SDK's default (api.anthropic.com)."""
-        return self.settings.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-
-    def _api_key(self) -> str:
-        key = self.settings.api_key or os.environ.get("ANTHROPIC_API_KEY")
-        if key:
-            return key
-        if self.base_url:
-            return _NO_KEY
-        raise ModelUnavailable(
-            f"no API key for {self.name}",
-            hint="set ANTHROPIC_API_KEY, or api_key under [anthropic] in chatwright.toml",
-        )
-
-    def _get_client(self, sdk: Any) -> Any:
-        if self._client is None:
-            self._client = sdk.AsyncAnthropic(
-                api_key=self._api_key(),
-                base_url=self.base_url,
-                timeout=self.settings.timeout_s,
-                max_retries=self.settings.max_retries,
-            )
-        return self._client
+    def _detail(self, error: Any) -> str:
+        return str(getattr(error, "api_message", None) or error.message)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        sdk = _import_sdk()
+        sdk = self._sdk()
         client = self._get_client(sdk)
         try:
             events = await client.messages.create(**self._params(request))
@@ -95,7 +62,7 @@ class AnthropicModel:
             raise self._error(sdk, error) from error
         except _network_errors() as error:
             raise ModelUnavailable(
-                f"lost the connection to {self.base_url or _DEFAULT_URL} mid-answer: {error}",
+                f"lost the connection to {self.base_url or self.default_url} mid-answer: {error}",
                 hint="is the server running? check your network and try again",
             ) from error
 
@@ -117,29 +84,6 @@ class AnthropicModel:
         if settings.timeout_s is not None:
             params["timeout"] = settings.timeout_s
         return params
-
-    def _error(self, sdk: Any, error: Any) -> ModelError:
-        where = self.base_url or _DEFAULT_URL
-        if isinstance(error, sdk.APIConnectionError):
-            return ModelUnavailable(
-                f"cannot reach the Anthropic API at {where}: {error.message}",
-                hint="is the server running? check [anthropic] base_url in chatwright.toml "
-                "or ANTHROPIC_BASE_URL, and your network",
-            )
-        detail = getattr(error, "api_message", None) or error.message
-        if isinstance(error, sdk.AuthenticationError):
-            return ModelUnavailable(
-                f"{where} rejected the API key (HTTP 401): {detail}",
-                hint="check ANTHROPIC_API_KEY, or api_key under [anthropic] in chatwright.toml",
-            )
-        if isinstance(error, sdk.NotFoundError):
-            return ModelUnavailable(
-                f"model {self.model!r} was not found at {where} (HTTP 404): {detail}",
-                hint="check the model name after 'anthropic:', e.g. anthropic:claude-sonnet-4-5",
-            )
-        if isinstance(error, sdk.APIStatusError) and error.status_code >= 400:
-            return ModelResponseError(f"{where} answered HTTP {error.status_code}: {detail}")
-        return ModelResponseError(f"{where} sent an error: {detail}")  # e.g. mid-stream
 
 
 def _network_errors() -> tuple[type[Exception], ...]:

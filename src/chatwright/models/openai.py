@@ -9,71 +9,38 @@ raised while the stream is iterated, as a :class:`chatwright.errors.ModelError`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from chatwright.config import OpenAISettings
-from chatwright.errors import ModelError, ModelResponseError, ModelUnavailable
+from chatwright.models._remote import RemoteModel
 from chatwright.models.base import ModelEvent, ModelRequest, ToolSpec
 from chatwright.types import Done, TextDelta, ToolCallEvent, ToolCallPart, Usage, to_openai
 
 __all__ = ["OpenAIModel"]
 
-_NO_KEY = "not-needed"  # sent to servers that ignore the key
-_DEFAULT_URL = "https://api.openai.com/v1"
 
-
-def _import_sdk() -> Any:
-    try:
-        import openai
-    except ImportError:
-        raise ModelUnavailable(
-            "the openai provider needs the openai package",
-            hint='pip install "chatwright[openai]"',
-        ) from None
-    return openai
-
-
-class OpenAIModel:
+class OpenAIModel(RemoteModel):
     """A chat model served over the OpenAI chat-completions API."""
 
+    provider = "openai"
+    client_class = "AsyncOpenAI"
+    default_url = "https://api.openai.com/v1"
+    server_label = "OpenAI-compatible server"
+    not_found_hint = "check the model name after 'openai:' and that base_url ends in /v1"
+
     def __init__(self, model: str, settings: OpenAISettings | None = None) -> None:
-        self.model = model
-        self.name = f"openai:{model}"
-        self.settings = settings or OpenAISettings()
-        self._client: Any = None
+        super().__init__(model, settings or OpenAISettings())
 
-    @property
-    def base_url(self) -> str | None:
-        """The configured server, or ``None`` for the SDK's default (api.openai.com)."""
-        return self.settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
-
-    def _api_key(self) -> str:
-        key = self.settings.api_key or os.environ.get("OPENAI_API_KEY")
-        if key:
-            return key
-        if self.base_url:
-            return _NO_KEY
-        raise ModelUnavailable(
-            f"no API key for {self.name}",
-            hint="set OPENAI_API_KEY, or api_key under [openai] in chatwright.toml "
-            "(or base_url there for a local OpenAI-compatible server)",
-        )
-
-    def _get_client(self, sdk: Any) -> Any:
-        if self._client is None:
-            self._client = sdk.AsyncOpenAI(
-                api_key=self._api_key(),
-                base_url=self.base_url,
-                timeout=self.settings.timeout_s,
-                max_retries=self.settings.max_retries,
-            )
-        return self._client
+    def _detail(self, error: Any) -> str:
+        body = error.body
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            return body["message"]
+        return str(error.message)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        sdk = _import_sdk()
+        sdk = self._sdk()
         client = self._get_client(sdk)
         try:
             chunks = await client.chat.completions.create(**self._params(request))
@@ -103,43 +70,12 @@ class OpenAIModel:
             params["timeout"] = settings.timeout_s
         return params
 
-    def _error(self, sdk: Any, error: Any) -> ModelError:
-        where = self.base_url or _DEFAULT_URL
-        if isinstance(error, sdk.APIConnectionError):
-            return ModelUnavailable(
-                f"cannot reach the OpenAI-compatible server at {where}: {error.message}",
-                hint="is the server running? check [openai] base_url in chatwright.toml "
-                "or OPENAI_BASE_URL",
-            )
-        detail = _server_message(error)
-        if isinstance(error, sdk.AuthenticationError):
-            return ModelUnavailable(
-                f"{where} rejected the API key (HTTP 401): {detail}",
-                hint="check OPENAI_API_KEY, or api_key under [openai] in chatwright.toml",
-            )
-        if isinstance(error, sdk.NotFoundError):
-            return ModelUnavailable(
-                f"model {self.model!r} was not found at {where} (HTTP 404): {detail}",
-                hint="check the model name after 'openai:' and that base_url ends in /v1",
-            )
-        if isinstance(error, sdk.APIStatusError):
-            return ModelResponseError(f"{where} answered HTTP {error.status_code}: {detail}")
-        return ModelResponseError(f"{where} sent an error: {detail}")
-
 
 def _tool(spec: ToolSpec) -> dict[str, Any]:
     function: dict[str, Any] = {"name": spec.name, "parameters": spec.parameters}
     if spec.description:
         function["description"] = spec.description
     return {"type": "function", "function": function}
-
-
-def _server_message(error: Any) -> str:
-    """The server's own words: ``error.message`` of the body when there is one."""
-    body = error.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return str(error.message)
 
 
 @dataclass
