@@ -20,7 +20,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.model == "local:gemma-3-270m"
     assert s.user == "local"
     assert s.max_message_chars == 32_000
-    assert s.history_messages == 20
+    assert s.history_messages == 40
     assert s.model_timeout_s == 300.0
     assert s.store_traces is True
     assert s.openai.base_url is None

@@ -23,10 +23,11 @@ from typing import Any, TypeAlias, TypeVar
 from chatwright._locks import TurnLocks
 from chatwright.agent import Generation, generate
 from chatwright.config import Settings, load_settings
-from chatwright.errors import InvalidMessage, ModelError, ModelUnavailable
-from chatwright.memory import build_context
+from chatwright.errors import InvalidMessage, ModelError, ModelUnavailable, UserError
+from chatwright.memory import STRATEGIES, Context, Memory, counter_for
 from chatwright.models import Model, ModelRequest, ModelSettings, get_model
 from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
+from chatwright.store.base import MemoryItem
 from chatwright.store.sqlite import check_thread_id
 from chatwright.types import (
     Answer,
@@ -74,6 +75,16 @@ class Chatbot:
         if isinstance(self.store, SQLiteStore) and self.store.path != ":memory:":
             lock_dir = Path(self.store.path).parent / "locks"
         self._locks = TurnLocks(lock_dir)
+        summarizer_name = self.settings.memory.summarizer_model
+        self.memory = Memory(
+            self.store,
+            self.settings.memory,
+            self.model,
+            counter_for(self.model),
+            history_messages=self.settings.history_messages,
+            answer_tokens=self.settings.max_answer_tokens,
+            summarizer=get_model(summarizer_name, self.settings) if summarizer_name else None,
+        )
 
     @classmethod
     def from_config(
@@ -146,7 +157,52 @@ class Chatbot:
     def delete_thread(self, thread_id: str, *, owner: str | None = None) -> None:
         self.store.delete_thread(owner or self.owner, thread_id)
 
+    def set_memory_strategy(
+        self, thread_id: str, strategy: str | None, *, owner: str | None = None
+    ) -> ThreadInfo:
+        """Choose this thread's memory strategy (None: back to the bot's default)."""
+        if strategy is not None and strategy not in STRATEGIES:
+            raise UserError(
+                f"unknown memory strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}"
+            )
+        owner = owner or self.owner
+        metadata = dict(self.store.get_thread(owner, thread_id).metadata)
+        metadata.pop("memory_strategy", None)
+        if strategy is not None:
+            metadata["memory_strategy"] = strategy
+        return self.store.update_thread_metadata(owner, thread_id, metadata)
+
+    def preview_context(
+        self, thread_id: str, text: str = "(your next message)", *, owner: str | None = None
+    ) -> Context:
+        """What the model would see if ``text`` were sent next (nothing is stored)."""
+        owner = owner or self.owner
+        self.store.get_thread(owner, thread_id)
+        loaded = self.memory.load(owner, thread_id)
+        return self.memory.build(owner, thread_id, loaded, Message.user(text), self.system_prompt)
+
+    # -- user memory ----------------------------------------------------------------------
+    def remember(self, text: str, *, owner: str | None = None) -> MemoryItem:
+        """Keep a short fact about the user, shown in the context of all their threads."""
+        text = " ".join(text.split())
+        if not text:
+            raise InvalidMessage("nothing to remember", hint="give the fact as text")
+        if len(text) > 500:
+            raise InvalidMessage("a memory is at most 500 characters", hint="keep it to one fact")
+        return self.store.add_memory(owner or self.owner, text)
+
+    def memories(self, *, owner: str | None = None) -> list[MemoryItem]:
+        return self.store.list_memories(owner or self.owner)
+
+    def forget(self, memory_id: int, *, owner: str | None = None) -> None:
+        self.store.delete_memory(owner or self.owner, memory_id)
+
+    def wait_background(self, timeout: float | None = None) -> None:
+        """Wait for background work (summary updates) to finish."""
+        self.memory.wait(timeout)
+
     def close(self) -> None:
+        self.memory.wait()
         self.store.close()
 
     def __enter__(self) -> Chatbot:
@@ -180,15 +236,24 @@ class _Turn:
         self.trace.stages.append(StageTrace(name=name, skipped=True, note=why))
 
     async def run(self, text: str) -> AsyncIterator[Event]:
-        bot, store = self.bot, self.bot.store
+        bot, store, memory = self.bot, self.bot.store, self.bot.memory
         with self.stage("load") as s:
             # The user's message is on disk before the model is called.
-            store.append(self.owner, self.thread_id, [Message.user(text)], create=True)
-            history = store.recent(self.owner, self.thread_id, bot.settings.history_messages + 1)
-            s.data = {"loaded": len(history), "through_seq": history[-1].seq}
+            user = Message.user(text)
+            tokens = memory.count(user)
+            [stored] = store.append(
+                self.owner, self.thread_id, [user], create=True, tokens=[tokens]
+            )
+            loaded = memory.load(self.owner, self.thread_id, before_seq=stored.seq)
+            s.data = {"messages": len(loaded.entries), "user_seq": stored.seq}
         with self.stage("context") as s:
-            messages = build_context(bot.system_prompt, [h.message for h in history])
-            s.data = {"messages": len(messages)}
+            context = memory.build(
+                self.owner, self.thread_id, loaded, user, bot.system_prompt, new_tokens=tokens
+            )
+            messages = context.messages
+            s.data = context.report()
+            self.trace.notes.extend(context.notes)
+        self.loaded, self.context = loaded, context
         self.skip("rewrite", "no collections")
         self.skip("route", "no collections")
         self.skip("retrieve", "no collections")
@@ -217,7 +282,9 @@ class _Turn:
         except BaseException:  # cancelled, interrupted (Ctrl-C), or the consumer went away
             self._keep_partial(generation, "interrupted")
             raise
-        yield TurnEnd(answer=self._persist(generation))
+        answer = self._persist(generation)
+        memory.after_turn(self.owner, self.thread_id, loaded, context)
+        yield TurnEnd(answer=answer)
 
     def _finish_trace(self, generation: Generation) -> None:
         self.trace.input_tokens = generation.usage.input_tokens
@@ -233,7 +300,13 @@ class _Turn:
         # `generate`: a commit cannot time itself. The returned trace adds `persist`.
         trace = self.trace.model_copy(deep=True) if self.bot.settings.store_traces else None
         with self.stage("persist"):
-            stored = self.bot.store.append(self.owner, self.thread_id, [message], trace=trace)
+            stored = self.bot.store.append(
+                self.owner,
+                self.thread_id,
+                [message],
+                trace=trace,
+                tokens=[self.bot.memory.count(message)],
+            )
         self._finish_trace(generation)
         return Answer(
             thread_id=self.thread_id,

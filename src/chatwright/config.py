@@ -14,7 +14,7 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -24,6 +24,7 @@ from chatwright.errors import ConfigError
 __all__ = [
     "AnthropicSettings",
     "LocalSettings",
+    "MemorySettings",
     "OpenAISettings",
     "Settings",
     "default_data_dir",
@@ -66,6 +67,24 @@ class LocalSettings(_Section):
     seed: int = 0
 
 
+class MemorySettings(_Section):
+    """What of a thread the model sees: strategy, token shares, summaries, recall."""
+
+    strategy: Literal["window", "tokens", "summary"] = "summary"
+    recall: bool = True  # bring back older turns that match the new message
+    window_turns: int = Field(default=10, ge=1)  # for strategy = "window"
+    context_tokens: int | None = Field(default=None, ge=256)  # default: the model's window
+    user_memory_tokens: int = Field(default=300, ge=0)
+    summary_tokens: int = Field(default=400, ge=0)
+    recall_tokens: int = Field(default=400, ge=0)
+    recall_k: int = Field(default=3, ge=0)
+    passages_tokens: int = Field(default=1500, ge=0)
+    summarize_after_tokens: int = Field(default=800, ge=1)  # out-of-window text that triggers it
+    summarize_batch_tokens: int = Field(default=3000, ge=100)  # most new text per update
+    summarizer_model: str | None = None  # default: the chat model
+    summary_timeout_s: float = Field(default=120.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of chatwright's settings, with their defaults."""
 
@@ -81,7 +100,7 @@ class Settings(BaseSettings):
     user: str = Field(default="local", min_length=1, max_length=200)
     system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
     max_message_chars: int = Field(default=32_000, ge=1)
-    history_messages: int = Field(default=20, ge=0)
+    history_messages: int = Field(default=40, ge=0)  # most recent messages a turn considers
     max_answer_tokens: int = Field(default=512, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     model_timeout_s: float = Field(default=300.0, gt=0)
@@ -89,6 +108,7 @@ class Settings(BaseSettings):
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
 
     @field_validator("model")
     @classmethod

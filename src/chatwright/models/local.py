@@ -203,6 +203,7 @@ class LocalModel:
         self.name = f"local:{name}"
         self._model_name = name
         self.settings = settings
+        self.context_window = settings.n_ctx
         self._lock = threading.Lock()  # a llama.cpp context serves one generation at a time
 
     def _llm(self) -> Any:

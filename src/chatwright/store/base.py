@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from chatwright.types import Message, Trace
 
-__all__ = ["Store", "StoredMessage", "ThreadInfo"]
+__all__ = ["MemoryItem", "Store", "StoredMessage", "Summary", "ThreadInfo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +28,33 @@ class ThreadInfo:
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message as stored: its place in the thread and when it was written."""
+    """A message as stored: its place in the thread, when it was written, its token count."""
 
     seq: int
     created_at: float
     message: Message
+    tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A version of a thread's running summary, covering every message up to ``through_seq``."""
+
+    through_seq: int
+    text: str
+    tokens: int
+    created_at: float = 0.0
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryItem:
+    """A fact a user asked to be remembered across their threads."""
+
+    id: int
+    text: str
+    created_at: float
+    updated_at: float
 
 
 class Store(Protocol):
@@ -67,9 +89,29 @@ class Store(Protocol):
         *,
         trace: Trace | None = None,
         create: bool = False,
+        tokens: Sequence[int | None] | None = None,
     ) -> list[StoredMessage]:
-        """Append ``messages`` (and the turn's ``trace``) in one transaction, durably."""
+        """Append ``messages`` (with their token counts, and the turn's ``trace``) in one
+        transaction, durably."""
         ...
+
+    def update_thread_metadata(
+        self, owner: str, thread_id: str, metadata: dict[str, Any]
+    ) -> ThreadInfo: ...
+
+    def save_summary(self, owner: str, thread_id: str, summary: Summary) -> None: ...
+
+    def latest_summary(self, owner: str, thread_id: str) -> Summary | None: ...
+
+    def summaries(self, owner: str, thread_id: str) -> list[Summary]: ...
+
+    def add_memory(self, owner: str, text: str) -> MemoryItem: ...
+
+    def list_memories(self, owner: str) -> list[MemoryItem]: ...
+
+    def update_memory(self, owner: str, memory_id: int, text: str) -> MemoryItem: ...
+
+    def delete_memory(self, owner: str, memory_id: int) -> None: ...
 
     def recent(self, owner: str, thread_id: str, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages, oldest first; cost does not grow with the thread."""

@@ -64,7 +64,35 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial]
+def m002_memory(db: sqlite3.Connection) -> None:
+    _run(
+        db,
+        """
+        -- Running summaries, one row per version: each covers the thread up to through_seq.
+        CREATE TABLE summaries (
+            thread_pk   INTEGER NOT NULL REFERENCES threads (pk) ON DELETE CASCADE,
+            through_seq INTEGER NOT NULL,
+            text        TEXT NOT NULL,
+            tokens      INTEGER NOT NULL,
+            model       TEXT,
+            created_at  REAL NOT NULL,
+            PRIMARY KEY (thread_pk, through_seq)
+        ) WITHOUT ROWID;
+
+        -- Facts a user asked to be remembered, shown in all of that user's threads.
+        CREATE TABLE memories (
+            pk         INTEGER PRIMARY KEY,
+            owner      TEXT NOT NULL,
+            text       TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX memories_by_owner ON memories (owner, pk);
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_memory]
 
 
 def migrate(db: sqlite3.Connection) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chatwright.errors import StoreError, ThreadNotFound, UserError
-from chatwright.store.base import StoredMessage, ThreadInfo
+from chatwright.store.base import MemoryItem, StoredMessage, Summary, ThreadInfo
 from chatwright.store.migrations import migrate
 from chatwright.types import Message, TextPart, Trace, dump_json, load_json, load_message
 
@@ -27,6 +27,7 @@ MAX_THREAD_ID_LENGTH = 200
 _TITLE_LENGTH = 80
 _BATCH = 500
 _THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata"
+_MESSAGE_COLUMNS = "seq, created_at, role, text, data, tokens"
 
 
 def _encode(message: Message) -> tuple[str | None, bytes | None]:
@@ -47,6 +48,11 @@ def _decode(role: str, text: str | None, data: bytes | None) -> Message:
     if data is None:
         return Message(role=role, parts=(TextPart(text=text or ""),))  # type: ignore[arg-type]
     return load_message(data)
+
+
+def _stored(row: tuple[Any, ...]) -> StoredMessage:
+    seq, at, role, text, data, tokens = row
+    return StoredMessage(seq, at, _decode(role, text, data), tokens)
 
 
 def _thread(row: sqlite3.Row | tuple[Any, ...]) -> ThreadInfo:
@@ -179,6 +185,17 @@ class SQLiteStore:
             db.execute("UPDATE threads SET title = ? WHERE pk = ?", (title, pk))
         return self.get_thread(owner, thread_id)
 
+    def update_thread_metadata(
+        self, owner: str, thread_id: str, metadata: dict[str, Any]
+    ) -> ThreadInfo:
+        with self._write() as db:
+            pk, _ = self._pk(owner, thread_id)
+            db.execute(
+                "UPDATE threads SET metadata = ? WHERE pk = ?",
+                (dump_json(metadata) if metadata else None, pk),
+            )
+        return self.get_thread(owner, thread_id)
+
     def delete_thread(self, owner: str, thread_id: str) -> None:
         with self._write() as db:
             pk, _ = self._pk(owner, thread_id)
@@ -193,8 +210,10 @@ class SQLiteStore:
         *,
         trace: Trace | None = None,
         create: bool = False,
+        tokens: Sequence[int | None] | None = None,
     ) -> list[StoredMessage]:
         rows = [(m.role, *_encode(m)) for m in messages]  # serialize outside the lock
+        counts = list(tokens) if tokens is not None else [None] * len(messages)
         trace_data = _pack_trace(trace) if trace else None
         now = time.time()
         stored: list[StoredMessage] = []
@@ -205,14 +224,14 @@ class SQLiteStore:
                 if not create:
                     raise
                 pk, seq = self._insert_thread(db, owner, check_thread_id(thread_id), None, None), 0
-            for message, (role, text, data) in zip(messages, rows, strict=True):
+            for message, (role, text, data), count in zip(messages, rows, counts, strict=True):
                 seq += 1
                 db.execute(
-                    "INSERT INTO messages (thread_pk, seq, role, created_at, text, data)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (pk, seq, role, now, text, data),
+                    "INSERT INTO messages (thread_pk, seq, role, created_at, text, data, tokens)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (pk, seq, role, now, text, data, count),
                 )
-                stored.append(StoredMessage(seq=seq, created_at=now, message=message))
+                stored.append(StoredMessage(seq, now, message, count))
             if trace_data is not None and stored:
                 db.execute(
                     "INSERT OR REPLACE INTO traces (thread_pk, seq, data) VALUES (?, ?, ?)",
@@ -230,11 +249,11 @@ class SQLiteStore:
         with self._lock:
             pk, last = self._pk(owner, thread_id)
             rows = self._db.execute(
-                "SELECT seq, created_at, role, text, data FROM messages"
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
                 " WHERE thread_pk = ? AND seq > ? ORDER BY seq",
                 (pk, last - limit),
             ).fetchall()
-        return [StoredMessage(seq, at, _decode(role, t, d)) for seq, at, role, t, d in rows]
+        return [_stored(row) for row in rows]
 
     def messages(
         self, owner: str, thread_id: str, *, after_seq: int = 0
@@ -244,12 +263,12 @@ class SQLiteStore:
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT seq, created_at, role, text, data FROM messages"
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
                     " WHERE thread_pk = ? AND seq > ? ORDER BY seq LIMIT ?",
                     (pk, after_seq, _BATCH),
                 ).fetchall()
-            for seq, at, role, t, d in rows:
-                yield StoredMessage(seq, at, _decode(role, t, d))
+            for row in rows:
+                yield _stored(row)
             if len(rows) < _BATCH:
                 return
             after_seq = rows[-1][0]
@@ -262,6 +281,85 @@ class SQLiteStore:
                 (pk, limit),
             ).fetchall()
         return [(seq, _unpack_trace(d)) for seq, d in reversed(rows)]
+
+    # -- summaries ------------------------------------------------------------------------
+    def save_summary(self, owner: str, thread_id: str, summary: Summary) -> None:
+        with self._write() as db:
+            pk, _ = self._pk(owner, thread_id)
+            db.execute(
+                "INSERT OR REPLACE INTO summaries"
+                " (thread_pk, through_seq, text, tokens, model, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    pk,
+                    summary.through_seq,
+                    summary.text,
+                    summary.tokens,
+                    summary.model,
+                    summary.created_at or time.time(),
+                ),
+            )
+
+    def latest_summary(self, owner: str, thread_id: str) -> Summary | None:
+        found = self._summaries(owner, thread_id, "DESC LIMIT 1")
+        return found[0] if found else None
+
+    def summaries(self, owner: str, thread_id: str) -> list[Summary]:
+        return self._summaries(owner, thread_id, "ASC")
+
+    def _summaries(self, owner: str, thread_id: str, order: str) -> list[Summary]:
+        with self._lock:
+            pk, _ = self._pk(owner, thread_id)
+            rows = self._db.execute(
+                "SELECT through_seq, text, tokens, created_at, model FROM summaries"
+                f" WHERE thread_pk = ? ORDER BY through_seq {order}",
+                (pk,),
+            ).fetchall()
+        return [Summary(*row) for row in rows]
+
+    # -- user memory ----------------------------------------------------------------------
+    def add_memory(self, owner: str, text: str) -> MemoryItem:
+        now = time.time()
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO memories (owner, text, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (owner, text, now, now),
+            )
+        return MemoryItem(int(cur.lastrowid or 0), text, now, now)
+
+    def list_memories(self, owner: str) -> list[MemoryItem]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT pk, text, created_at, updated_at FROM memories WHERE owner = ? ORDER BY pk",
+                (owner,),
+            ).fetchall()
+        return [MemoryItem(*row) for row in rows]
+
+    def update_memory(self, owner: str, memory_id: int, text: str) -> MemoryItem:
+        now = time.time()
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE memories SET text = ?, updated_at = ? WHERE pk = ? AND owner = ?",
+                (text, now, memory_id, owner),
+            )
+            if cur.rowcount == 0:
+                raise _memory_not_found(memory_id)
+            created = db.execute(
+                "SELECT created_at FROM memories WHERE pk = ?", (memory_id,)
+            ).fetchone()[0]
+        return MemoryItem(memory_id, text, created, now)
+
+    def delete_memory(self, owner: str, memory_id: int) -> None:
+        with self._write() as db:
+            cur = db.execute("DELETE FROM memories WHERE pk = ? AND owner = ?", (memory_id, owner))
+            if cur.rowcount == 0:
+                raise _memory_not_found(memory_id)
+
+
+def _memory_not_found(memory_id: int) -> UserError:
+    return UserError(
+        f"memory {memory_id} not found", hint="list them with `chatwright memory list`"
+    )
 
 
 def _pack_trace(trace: Trace) -> bytes:

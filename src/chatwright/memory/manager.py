@@ -1,0 +1,231 @@
+"""Memory for a chatbot: loads what a turn needs, builds its context, keeps the summary current.
+
+The bot calls :meth:`Memory.load` and :meth:`Memory.build` in a turn's load and context stages,
+and :meth:`Memory.after_turn` once the answer is stored. Summary updates run in a background
+thread, after the answer was delivered; one that fails leaves a note for the next turn's
+trace and is retried after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from chatwright.config import MemorySettings
+from chatwright.memory.context import Budget, Context, Entry, Recalled, build_context
+from chatwright.memory.summary import select_batch, summarize
+from chatwright.memory.tokens import TokenCounter, count_message
+from chatwright.models.base import Model
+from chatwright.store.base import Store, StoredMessage, Summary
+from chatwright.types import Message
+
+__all__ = ["STRATEGIES", "Loaded", "Memory", "Recall"]
+
+log = logging.getLogger("chatwright.memory")
+
+STRATEGIES = ("window", "tokens", "summary")
+_DEFAULT_WINDOW = 8192
+
+
+class Recall(Protocol):
+    """Finds older turns of a thread that match a query (keyword, and vectors if configured)."""
+
+    def recall(
+        self, owner: str, thread_id: str, query: str, *, k: int, before_seq: int
+    ) -> list[Recalled]: ...
+
+
+@dataclass
+class Loaded:
+    """What a turn read from the store for its context."""
+
+    strategy: Literal["window", "tokens", "summary"]
+    entries: list[Entry]
+    summary: Summary | None = None
+    user_memory: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Memory:
+    def __init__(
+        self,
+        store: Store,
+        settings: MemorySettings,
+        model: Model,
+        counter: TokenCounter,
+        *,
+        history_messages: int,
+        answer_tokens: int,
+        summarizer: Model | None = None,
+        recall: Recall | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.model = model
+        self.counter = counter
+        self.history_messages = history_messages
+        self.answer_tokens = answer_tokens
+        self.summarizer = summarizer or model
+        self.recall = recall
+        self._jobs: dict[tuple[str, str], threading.Thread] = {}
+        self._jobs_lock = threading.Lock()
+        self._failures: dict[tuple[str, str], str] = {}
+
+    # -- per turn ---------------------------------------------------------------------------
+    def budget(self) -> Budget:
+        s = self.settings
+        total = s.context_tokens or getattr(self.model, "context_window", None) or _DEFAULT_WINDOW
+        return Budget(
+            total=total,
+            answer=min(self.answer_tokens, total // 2),
+            user_memory=s.user_memory_tokens,
+            summary=s.summary_tokens,
+            recall=s.recall_tokens,
+            passages=s.passages_tokens,
+            window_turns=s.window_turns,
+        )
+
+    def strategy_for(self, metadata: dict[str, Any]) -> Literal["window", "tokens", "summary"]:
+        chosen = metadata.get("memory_strategy")
+        return chosen if chosen in STRATEGIES else self.settings.strategy
+
+    def count(self, message: Message) -> int:
+        return count_message(message, self.counter)
+
+    def _entry(self, stored: StoredMessage) -> Entry:
+        tokens = stored.tokens if stored.tokens is not None else self.count(stored.message)
+        return Entry(stored.seq, stored.created_at, stored.message, tokens)
+
+    def load(self, owner: str, thread_id: str, *, before_seq: int | None = None) -> Loaded:
+        """Recent history (before ``before_seq``), the latest summary and the user's memory."""
+        info = self.store.find_thread(owner, thread_id)
+        strategy = self.strategy_for(info.metadata if info else {})
+        loaded = Loaded(strategy=strategy, entries=[])
+        if self.counter.note:
+            loaded.notes.append(self.counter.note)
+        failure = self._failures.get((owner, thread_id))
+        if failure:
+            loaded.notes.append(f"the last summary update failed ({failure}); it is retried")
+        loaded.user_memory = [m.text for m in reversed(self.store.list_memories(owner))]
+        if info is None:
+            return loaded
+        recent = self.store.recent(owner, thread_id, self.history_messages + 1)
+        if before_seq is not None:
+            recent = [m for m in recent if m.seq < before_seq]
+        if strategy == "summary":
+            loaded.summary = self.store.latest_summary(owner, thread_id)
+        covered = loaded.summary.through_seq if loaded.summary else 0
+        loaded.entries = [self._entry(m) for m in recent if m.seq > covered]
+        return loaded
+
+    def build(
+        self,
+        owner: str,
+        thread_id: str,
+        loaded: Loaded,
+        new_message: Message,
+        system_prompt: str | None,
+        *,
+        new_tokens: int | None = None,
+    ) -> Context:
+        recalled: list[Recalled] = []
+        if self.settings.recall and self.recall is not None and self.settings.recall_k > 0:
+            first = loaded.entries[0].seq if loaded.entries else None
+            if first is not None and first > 1:
+                recalled = self.recall.recall(
+                    owner, thread_id, new_message.text, k=self.settings.recall_k, before_seq=first
+                )
+        context = build_context(
+            strategy=loaded.strategy,
+            system_prompt=system_prompt,
+            history=loaded.entries,
+            new_message=new_message,
+            budget=self.budget(),
+            counter=self.counter,
+            summary=loaded.summary,
+            recalled=recalled,
+            user_memory=loaded.user_memory,
+        )
+        context.notes[:0] = loaded.notes
+        return context
+
+    # -- after the answer -----------------------------------------------------------------
+    def after_turn(self, owner: str, thread_id: str, loaded: Loaded, context: Context) -> bool:
+        """Start a summary update in the background if enough fell out of the window."""
+        if loaded.strategy != "summary":
+            return False
+        covered = loaded.summary.through_seq if loaded.summary else 0
+        window_start = context.window_start_seq
+        if window_start is None:  # nothing of the history fit: all of it is out of the window
+            window_start = loaded.entries[-1].seq + 1 if loaded.entries else covered + 1
+        if window_start - 1 <= covered:
+            return False
+        first_loaded = loaded.entries[0].seq if loaded.entries else window_start
+        if first_loaded <= covered + 1:  # every pending message was loaded: count them here
+            pending = sum(e.tokens for e in loaded.entries if e.seq < window_start)
+            if pending < self.settings.summarize_after_tokens:
+                return False
+        return self._start(owner, thread_id, window_start)
+
+    def _start(self, owner: str, thread_id: str, before_seq: int) -> bool:
+        key = (owner, thread_id)
+        with self._jobs_lock:
+            running = self._jobs.get(key)
+            if running is not None and running.is_alive():
+                return False
+            job = threading.Thread(
+                target=self._run_update,
+                args=(owner, thread_id, before_seq),
+                name=f"chatwright-summary-{thread_id}",
+            )
+            self._jobs[key] = job
+        job.start()
+        return True
+
+    def _run_update(self, owner: str, thread_id: str, before_seq: int) -> None:
+        key = (owner, thread_id)
+        try:
+            asyncio.run(self.update_summary(owner, thread_id, before_seq=before_seq))
+            self._failures.pop(key, None)
+        except Exception as e:  # kept for the next turn's trace; retried after it
+            self._failures[key] = f"{type(e).__name__}: {e}"[:300]
+            log.warning("summary update for thread %s failed: %s", thread_id, e)
+
+    async def update_summary(
+        self, owner: str, thread_id: str, *, before_seq: int
+    ) -> Summary | None:
+        """Fold the out-of-window messages after the latest summary (one batch) into it."""
+        previous = self.store.latest_summary(owner, thread_id)
+        after = previous.through_seq if previous else 0
+        limit = self.settings.summarize_batch_tokens
+        pending: list[Entry] = []
+        used = 0
+        for stored in self.store.messages(owner, thread_id, after_seq=after):
+            if stored.seq >= before_seq or used > limit:
+                break
+            entry = self._entry(stored)
+            pending.append(entry)
+            used += entry.tokens
+        if sum(e.tokens for e in pending) < self.settings.summarize_after_tokens:
+            return None
+        batch = select_batch(pending, limit)
+        summary = await summarize(
+            self.summarizer,
+            previous,
+            batch,
+            self.counter,
+            max_tokens=self.settings.summary_tokens,
+            timeout_s=self.settings.summary_timeout_s,
+        )
+        self.store.save_summary(owner, thread_id, summary)
+        return summary
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for running summary updates (tests, and before a process exits)."""
+        with self._jobs_lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.join(timeout)
