@@ -125,13 +125,19 @@ def test_tokens_keeps_as_many_recent_turns_as_fit():
     total=st.integers(300, 3000),
     new_size=st.integers(1, 6000),
     strategy=st.sampled_from(["window", "tokens", "summary"]),
+    recalled_sizes=st.lists(st.integers(1, 300), max_size=5),
 )
-@settings(max_examples=150, deadline=None)
-def test_never_over_budget_and_never_drops_the_new_message(sizes, total, new_size, strategy):
+@settings(max_examples=300, deadline=None)
+def test_never_over_budget_and_never_drops_the_new_message(
+    sizes, total, new_size, strategy, recalled_sizes
+):
     history = entries_for(*[("u" * a, "a" * b) for a, b in sizes])
     new = Message.user("n" * new_size)
     summary = Summary(through_seq=0, text="s" * 900, tokens=225)
-    context = build(history, strategy=strategy, total=total, new=new, summary=summary)
+    recalled = [Recalled(0, 0.0, "r" * (4 * n), n) for n in recalled_sizes]
+    context = build(
+        history, strategy=strategy, total=total, new=new, summary=summary, recalled=recalled
+    )
     sent = sum(count_message(m, ESTIMATE) for m in context.messages)
     assert sent <= total - 100
     assert context.messages[-1].role == "user" and context.messages[-1].text[:1] == "n"
