@@ -212,3 +212,38 @@ def test_help_is_helpful(tmp_path):
     for command in ("chat", "ask", "threads"):
         assert command in top
     assert "--thread" in run(tmp_path, "ask", "--help").stdout
+
+
+def test_memory_commands_and_context_preview(tmp_path):
+    run(tmp_path, "memory", "add", "I'm vegetarian")
+    run(tmp_path, "memory", "add", "My project is Atlas")
+    listed = json.loads(run(tmp_path, "memory", "list", "--json").stdout)
+    assert [m["text"] for m in listed] == ["I'm vegetarian", "My project is Atlas"]
+    run(tmp_path, "memory", "edit", str(listed[1]["id"]), "My project is Atlas 2")
+    run(tmp_path, "memory", "delete", str(listed[0]["id"]))
+    assert [m["text"] for m in json.loads(run(tmp_path, "memory", "list", "--json").stdout)] == [
+        "My project is Atlas 2"
+    ]
+    proc = run(tmp_path, "memory", "delete", "999", ok=False)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+
+    run(tmp_path, "ask", "-m", "test:echo", "--thread", "c", "hello there")
+    shown = run(tmp_path, "threads", "show", "c", "--context", "-m", "test:echo")
+    assert "My project is Atlas 2" in shown.stdout and "hello there" in shown.stdout
+    assert "summary strategy" in shown.stderr and "tokens" in shown.stderr
+    assert "(your next message)" in shown.stdout
+
+
+def test_per_thread_memory_strategy_from_the_cli(tmp_path):
+    run(tmp_path, "ask", "-m", "test:echo", "--thread", "w", "one")
+    run(tmp_path, "threads", "memory", "w", "window")
+    assert "window strategy" in run(tmp_path, "threads", "show", "w", "--context").stderr
+    proc = run(tmp_path, "threads", "memory", "w", "bogus", ok=False)
+    assert proc.returncode == 2 and "unknown memory strategy" in proc.stderr
+
+
+def test_remember_from_inside_a_chat(tmp_path):
+    run(tmp_path, "chat", "-m", "test:echo", stdin="/remember I live in Lyon\n/context\n/quit\n")
+    assert [m["text"] for m in json.loads(run(tmp_path, "memory", "list", "--json").stdout)] == [
+        "I live in Lyon"
+    ]

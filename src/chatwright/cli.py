@@ -43,6 +43,10 @@ app = typer.Typer(
 )
 threads_app = typer.Typer(help="List, show, export and delete threads.", no_args_is_help=True)
 app.add_typer(threads_app, name="threads")
+memory_app = typer.Typer(
+    help="What the bot remembers about you across all your threads.", no_args_is_help=True
+)
+app.add_typer(memory_app, name="memory")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -210,7 +214,8 @@ def ask(
 
 
 _CHAT_HELP = """\
-commands: /help  /thread (show its id)  /new (start a new thread)  /history  /quit
+commands: /help  /thread (show its id)  /new (start a new thread)  /history
+          /remember FACT (kept for all your threads)  /context (what the model sees)  /quit
 Ctrl-C stops an answer; Ctrl-D or /quit leaves (the thread is kept)."""
 
 
@@ -275,6 +280,18 @@ def _slash(bot: Chatbot, thread_id: str, command: str) -> tuple[str, bool]:
         err.print(f"new thread {thread_id}")
     elif name == "/history":
         _show_recent(bot, thread_id, limit=1000)
+    elif name == "/remember":
+        fact = command[len("/remember") :].strip()
+        try:
+            item = bot.remember(fact)
+            err.print(f"remembered #{item.id}: {item.text}")
+        except UserError as e:
+            err.print(f"[red]{e.message}[/] · {e.hint}")
+    elif name == "/context":
+        if bot.store.find_thread(bot.owner, thread_id) is None:
+            err.print("nothing yet: the thread starts with your next message")
+        else:
+            _print_context(bot.preview_context(thread_id))
     else:
         err.print(_CHAT_HELP)
     return thread_id, False
@@ -344,11 +361,19 @@ def threads_list(
 def threads_show(
     thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
     trace: Annotated[bool, typer.Option("--trace", help="Also show each turn's trace.")] = False,
+    context: Annotated[
+        bool, typer.Option("--context", help="Show what the model would see next, instead.")
+    ] = False,
+    model: ModelOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     user: UserOpt = None,
 ) -> None:
-    """Show a thread's whole transcript."""
+    """Show a thread's whole transcript (or, with --context, what the model would see next)."""
+    if context:
+        with _bot(model, data_dir, config, user) as bot:
+            _print_context(bot.preview_context(thread_id))
+        return
     with _store(data_dir, config, user) as (store, owner):
         info = store.get_thread(owner, thread_id)
         err.print(f"[bold]{info.title or info.id}[/] · {info.message_count} messages")
@@ -371,6 +396,38 @@ def _print_trace(trace: Any) -> None:
     )
     for note in trace.notes:
         out.print(f"    note: {note}", markup=False, style="dim")
+
+
+def _print_context(context: Any) -> None:
+    parts = " · ".join(f"{k} {v}" for k, v in context.tokens.items())
+    err.print(
+        f"[bold]{context.strategy}[/] strategy · {context.total_tokens} tokens ({parts}) · "
+        f"{context.turns_kept} recent turns kept, {context.turns_dropped} dropped"
+    )
+    for note in context.notes:
+        err.print(f"[dim]note: {note}[/]")
+    for message in context.messages:
+        out.print(f"[bold]── {message.role}[/]")
+        out.print(message.text or "(no text)", markup=False)
+        for call in message.tool_calls:
+            out.print(f"  → {call.name}({call.arguments})", markup=False, style="dim")
+
+
+@threads_app.command("memory")
+@_handles_errors
+def threads_memory(
+    thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
+    strategy: Annotated[
+        str, typer.Argument(help="window, tokens, summary, or default (the configured one).")
+    ],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Choose how much of this thread the model sees (its memory strategy)."""
+    with _bot("test:echo", data_dir, config, user) as bot:
+        bot.set_memory_strategy(thread_id, None if strategy == "default" else strategy)
+    err.print(f"thread {thread_id}: memory strategy {strategy}")
 
 
 @threads_app.command("export")
@@ -416,6 +473,73 @@ def threads_delete(
             typer.confirm(f"delete thread {info.id} ({info.message_count} messages)?", abort=True)
         store.delete_thread(owner, thread_id)
     err.print(f"deleted thread {thread_id}")
+
+
+# -- user memory --------------------------------------------------------------------------
+@memory_app.command("list")
+@_handles_errors
+def memory_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """List what the bot remembers about you."""
+    with _store(data_dir, config, user) as (store, owner):
+        items = store.list_memories(owner)
+    if as_json:
+        rows = [{"id": m.id, "text": m.text, "updated_at": m.updated_at} for m in items]
+        out.file.write(json.dumps(rows, ensure_ascii=False) + "\n")
+        return
+    if not items:
+        err.print(
+            'nothing remembered yet · add a fact with: chatwright memory add "I\'m vegetarian"'
+        )
+    for m in items:
+        out.print(f"{m.id:>4}  {m.text}", markup=False)
+
+
+@memory_app.command("add")
+@_handles_errors
+def memory_add(
+    text: Annotated[str, typer.Argument(help='A short fact, e.g. "I\'m vegetarian".')],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Remember a fact about you, shown to the model in all your threads."""
+    with _bot("test:echo", data_dir, config, user) as bot:
+        item = bot.remember(text)
+    err.print(f"remembered #{item.id}: {item.text}")
+
+
+@memory_app.command("edit")
+@_handles_errors
+def memory_edit(
+    memory_id: Annotated[int, typer.Argument(help="The id shown by `chatwright memory list`.")],
+    text: Annotated[str, typer.Argument(help="The new text.")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Change a remembered fact."""
+    with _store(data_dir, config, user) as (store, owner):
+        item = store.update_memory(owner, memory_id, " ".join(text.split()))
+    err.print(f"#{item.id}: {item.text}")
+
+
+@memory_app.command("delete")
+@_handles_errors
+def memory_delete(
+    memory_id: Annotated[int, typer.Argument(help="The id shown by `chatwright memory list`.")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Forget a remembered fact."""
+    with _store(data_dir, config, user) as (store, owner):
+        store.delete_memory(owner, memory_id)
+    err.print(f"forgot #{memory_id}")
 
 
 @app.command()
