@@ -415,3 +415,29 @@ def store(tmp_path):
     s = SQLiteStore(tmp_path / "chatwright.db")
     yield s
     s.close()
+
+
+def test_the_recent_cache_sees_messages_written_elsewhere(store):
+    bot = context_bot(store, strategy="tokens")
+    bot.chat("t", "first")
+    store.append("local", "t", [Message.user("from another process")])  # not through this bot
+    got = [text for _, text in seen(bot.chat("t", "second"))]
+    assert "from another process" in got and got[-1] == "second"
+
+
+def test_a_deleted_and_recreated_thread_does_not_see_old_messages(store):
+    bot = context_bot(store, strategy="tokens")
+    bot.chat("t", "secret from the old thread")
+    bot.delete_thread("t")
+    for text in ("fresh start", "and more"):
+        got = " ".join(text for _, text in seen(bot.chat("t", text)))
+        assert "secret" not in got
+
+
+def test_the_recent_cache_keeps_only_the_configured_window(store):
+    bot = context_bot(store, strategy="tokens")
+    bot.memory.history_messages = 4
+    for i in range(6):
+        bot.chat("t", f"m{i}")
+    loaded = bot.memory.load("local", "t")
+    assert [e.seq for e in loaded.entries] == [8, 9, 10, 11, 12]

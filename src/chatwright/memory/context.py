@@ -20,6 +20,7 @@ larger than the window, its middle is cut, with a note); the result never exceed
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -63,7 +64,7 @@ class Turn:
     def first_seq(self) -> int:
         return self.entries[0].seq
 
-    @property
+    @functools.cached_property
     def tokens(self) -> int:
         return sum(e.tokens for e in self.entries)
 

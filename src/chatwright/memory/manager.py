@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -28,6 +29,7 @@ log = logging.getLogger("chatwright.memory")
 
 STRATEGIES = ("window", "tokens", "summary")
 _DEFAULT_WINDOW = 8192
+_CACHED_THREADS = 256
 
 
 class Recall(Protocol):
@@ -70,6 +72,10 @@ class Memory:
         self.answer_tokens = answer_tokens
         self.summarizer = summarizer or model
         self.recall = recall
+        # Recent entries of recently active threads. Messages are immutable and append-only, so
+        # a turn only reads (and decodes) what was added since the last one.
+        self._recent: OrderedDict[tuple[str, str, float], list[Entry]] = OrderedDict()
+        self._recent_lock = threading.Lock()
         self._jobs: dict[tuple[str, str], threading.Thread] = {}
         self._jobs_lock = threading.Lock()
         self._failures: dict[tuple[str, str], str] = {}
@@ -112,14 +118,33 @@ class Memory:
         loaded.user_memory = [m.text for m in reversed(self.store.list_memories(owner))]
         if info is None:
             return loaded
-        recent = self.store.recent(owner, thread_id, self.history_messages + 1)
-        if before_seq is not None:
-            recent = [m for m in recent if m.seq < before_seq]
+        recent = self._recent_entries(owner, thread_id, info.created_at, info.message_count)
+        end = before_seq if before_seq is not None else info.message_count + 1
         if strategy == "summary":
             loaded.summary = self.store.latest_summary(owner, thread_id)
         covered = loaded.summary.through_seq if loaded.summary else 0
-        loaded.entries = [self._entry(m) for m in recent if m.seq > covered]
+        loaded.entries = [e for e in recent if covered < e.seq < end]
         return loaded
+
+    def _recent_entries(
+        self, owner: str, thread_id: str, created_at: float, last_seq: int
+    ) -> list[Entry]:
+        """The newest ``history_messages`` entries, reading only what the cache lacks."""
+        keep = self.history_messages + 1
+        key = (owner, thread_id, created_at)  # created_at: a deleted, re-created id is new
+        with self._recent_lock:
+            cached = self._recent.pop(key, None)
+        have = cached[-1].seq if cached else 0
+        if cached is None or not 0 <= last_seq - have < keep:
+            entries = [self._entry(m) for m in self.store.recent(owner, thread_id, keep)]
+        else:
+            fresh = self.store.messages(owner, thread_id, after_seq=have)
+            entries = (cached + [self._entry(m) for m in fresh])[-keep:]
+        with self._recent_lock:
+            self._recent[key] = entries
+            while len(self._recent) > _CACHED_THREADS:
+                self._recent.popitem(last=False)
+        return entries
 
     def build(
         self,

@@ -45,8 +45,9 @@ def _encode(message: Message) -> tuple[str | None, bytes | None]:
 
 
 def _decode(role: str, text: str | None, data: bytes | None) -> Message:
-    if data is None:
-        return Message(role=role, parts=(TextPart(text=text or ""),))  # type: ignore[arg-type]
+    if data is None:  # our own plain-text row: already valid, so skip re-validation (hot path)
+        part = TextPart.model_construct(text=text or "")
+        return Message.model_construct(role=role, parts=(part,), metadata={})
     return load_message(data)
 
 
