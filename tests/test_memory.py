@@ -348,7 +348,7 @@ def test_a_hanging_summarizer_times_out_without_blocking_turns(store):
     bot = summary_bot(store, Hanging())
     bot.settings.memory.summary_timeout_s = 0.2
     for i in range(8):
-        bot.chat("t", f"turn {i} " + "words " * 30)
+        bot.chat("t", f"turn {i} " + "words " * 30)  # turns do not wait for the summarizer
     bot.wait_background()
     answer = bot.chat("t", "still here?")
     assert answer.text == "echo: still here?"

@@ -23,9 +23,18 @@ from typing import Any, TypeAlias, TypeVar
 from chatwright._locks import TurnLocks
 from chatwright.agent import Generation, generate
 from chatwright.config import Settings, load_settings
-from chatwright.errors import InvalidMessage, ModelError, ModelUnavailable, UserError
+from chatwright.errors import (
+    ChatwrightError,
+    InvalidMessage,
+    ModelError,
+    ModelUnavailable,
+    UserError,
+)
 from chatwright.memory import STRATEGIES, Context, Memory, counter_for
 from chatwright.models import Model, ModelRequest, ModelSettings, get_model
+from chatwright.models.embeddings import get_embedder
+from chatwright.retrieval import SearchIndex
+from chatwright.retrieval.recall import ThreadRecall
 from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
 from chatwright.store.base import MemoryItem
 from chatwright.store.sqlite import check_thread_id
@@ -75,6 +84,8 @@ class Chatbot:
         if isinstance(self.store, SQLiteStore) and self.store.path != ":memory:":
             lock_dir = Path(self.store.path).parent / "locks"
         self._locks = TurnLocks(lock_dir)
+        self.notes: list[str] = []  # set-up notes, carried in every turn's trace
+        self.index = self._search_index()
         summarizer_name = self.settings.memory.summarizer_model
         self.memory = Memory(
             self.store,
@@ -84,7 +95,20 @@ class Chatbot:
             history_messages=self.settings.history_messages,
             answer_tokens=self.settings.max_answer_tokens,
             summarizer=get_model(summarizer_name, self.settings) if summarizer_name else None,
+            recall=ThreadRecall(self.index, self.store) if self.index is not None else None,
         )
+
+    def _search_index(self) -> SearchIndex | None:
+        """The search index in the store's database (SQLite stores), with the embedder."""
+        if not isinstance(self.store, SQLiteStore):
+            return None
+        embedder = None
+        if self.settings.embedder:
+            try:
+                embedder = get_embedder(self.settings.embedder, self.settings)
+            except ChatwrightError as e:
+                self.notes.append(f"embedder unavailable, keyword search only: {e.message}")
+        return SearchIndex(self.store.connection, embedder, lock=self.store.lock)
 
     @classmethod
     def from_config(
@@ -252,7 +276,7 @@ class _Turn:
             )
             messages = context.messages
             s.data = context.report()
-            self.trace.notes.extend(context.notes)
+            self.trace.notes.extend([*bot.notes, *context.notes])
         self.loaded, self.context = loaded, context
         self.skip("rewrite", "no collections")
         self.skip("route", "no collections")

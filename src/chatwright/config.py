@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     max_answer_tokens: int = Field(default=512, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     model_timeout_s: float = Field(default=300.0, gt=0)
+    embedder: str | None = "local:all-minilm-l6-v2"  # for recall and documents; None: keywords
     store_traces: bool = True
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)

@@ -12,11 +12,20 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from chatwright.config import MemorySettings
-from chatwright.memory.context import Budget, Context, Entry, Recalled, build_context
+from chatwright.memory.context import (
+    Budget,
+    Context,
+    Entry,
+    Recalled,
+    Turn,
+    build_context,
+    group_turns,
+)
 from chatwright.memory.summary import select_batch, summarize
 from chatwright.memory.tokens import TokenCounter, count_message
 from chatwright.models.base import Model
@@ -30,14 +39,19 @@ log = logging.getLogger("chatwright.memory")
 STRATEGIES = ("window", "tokens", "summary")
 _DEFAULT_WINDOW = 8192
 _CACHED_THREADS = 256
+_INDEX_BATCH = 500  # turns indexed per background job at most
 
 
 class Recall(Protocol):
-    """Finds older turns of a thread that match a query (keyword, and vectors if configured)."""
+    """Indexes a thread's older turns and finds those that match a query."""
 
     def recall(
         self, owner: str, thread_id: str, query: str, *, k: int, before_seq: int
     ) -> list[Recalled]: ...
+
+    def index_turns(self, owner: str, thread_id: str, turns: Sequence[Turn]) -> int: ...
+
+    def indexed_through(self, owner: str, thread_id: str) -> int: ...
 
 
 @dataclass
@@ -78,6 +92,7 @@ class Memory:
         self._recent_lock = threading.Lock()
         self._jobs: dict[tuple[str, str], threading.Thread] = {}
         self._jobs_lock = threading.Lock()
+        self._wanted: dict[tuple[str, str], int] = {}  # work asked for while a job ran
         self._failures: dict[tuple[str, str], str] = {}
 
     # -- per turn ---------------------------------------------------------------------------
@@ -115,6 +130,8 @@ class Memory:
         failure = self._failures.get((owner, thread_id))
         if failure:
             loaded.notes.append(f"the last summary update failed ({failure}); it is retried")
+        if self.settings.recall and self.recall is None:
+            loaded.notes.append("recall is on but no search index is configured")
         loaded.user_memory = [m.text for m in reversed(self.store.list_memories(owner))]
         if info is None:
             return loaded
@@ -157,12 +174,14 @@ class Memory:
         new_tokens: int | None = None,
     ) -> Context:
         recalled: list[Recalled] = []
-        if self.settings.recall and self.recall is not None and self.settings.recall_k > 0:
+        if self._recalling():
             first = loaded.entries[0].seq if loaded.entries else None
             if first is not None and first > 1:
-                recalled = self.recall.recall(
+                assert self.recall is not None
+                found = self.recall.recall(
                     owner, thread_id, new_message.text, k=self.settings.recall_k, before_seq=first
                 )
+                recalled = [replace(r, tokens=self.counter.count(r.text)) for r in found]
         context = build_context(
             strategy=loaded.strategy,
             system_prompt=system_prompt,
@@ -177,47 +196,97 @@ class Memory:
         context.notes[:0] = loaded.notes
         return context
 
+    def _recalling(self) -> bool:
+        return self.settings.recall and self.recall is not None and self.settings.recall_k > 0
+
     # -- after the answer -----------------------------------------------------------------
     def after_turn(self, owner: str, thread_id: str, loaded: Loaded, context: Context) -> bool:
-        """Start a summary update in the background if enough fell out of the window."""
-        if loaded.strategy != "summary":
-            return False
+        """Start background work if turns fell out of the window: index them for recall, and
+        fold them into the summary once there is enough."""
         covered = loaded.summary.through_seq if loaded.summary else 0
         window_start = context.window_start_seq
         if window_start is None:  # nothing of the history fit: all of it is out of the window
             window_start = loaded.entries[-1].seq + 1 if loaded.entries else covered + 1
+        to_index = self._recalling() and window_start - 1 > self._indexed_through(owner, thread_id)
+        if not (to_index or self._summary_due(loaded, window_start)):
+            return False
+        return self._start(owner, thread_id, window_start)
+
+    def _indexed_through(self, owner: str, thread_id: str) -> int:
+        assert self.recall is not None
+        return self.recall.indexed_through(owner, thread_id)
+
+    def _summary_due(self, loaded: Loaded, window_start: int) -> bool:
+        if loaded.strategy != "summary":
+            return False
+        covered = loaded.summary.through_seq if loaded.summary else 0
         if window_start - 1 <= covered:
             return False
         first_loaded = loaded.entries[0].seq if loaded.entries else window_start
         if first_loaded <= covered + 1:  # every pending message was loaded: count them here
             pending = sum(e.tokens for e in loaded.entries if e.seq < window_start)
-            if pending < self.settings.summarize_after_tokens:
-                return False
-        return self._start(owner, thread_id, window_start)
+            return pending >= self.settings.summarize_after_tokens
+        return True
 
     def _start(self, owner: str, thread_id: str, before_seq: int) -> bool:
+        """Run the thread's background work up to ``before_seq``: in a new job, or, if one is
+        running, by that job once it has finished what it is doing."""
         key = (owner, thread_id)
         with self._jobs_lock:
-            running = self._jobs.get(key)
-            if running is not None and running.is_alive():
+            if key in self._jobs:  # a job leaves this dict (under the lock) only once done
+                self._wanted[key] = max(self._wanted.get(key, 0), before_seq)
                 return False
             job = threading.Thread(
-                target=self._run_update,
+                target=self._job,
                 args=(owner, thread_id, before_seq),
-                name=f"chatwright-summary-{thread_id}",
+                name=f"chatwright-memory-{thread_id}",
             )
             self._jobs[key] = job
         job.start()
         return True
 
+    def _job(self, owner: str, thread_id: str, before_seq: int) -> None:
+        key = (owner, thread_id)
+        while True:
+            self._run_update(owner, thread_id, before_seq)
+            with self._jobs_lock:
+                wanted = self._wanted.pop(key, 0)
+                if wanted <= before_seq:
+                    del self._jobs[key]
+                    return
+            before_seq = wanted
+
     def _run_update(self, owner: str, thread_id: str, before_seq: int) -> None:
         key = (owner, thread_id)
         try:
-            asyncio.run(self.update_summary(owner, thread_id, before_seq=before_seq))
+            if self._recalling():
+                self.index_old_turns(owner, thread_id, before_seq=before_seq)
+            if self.strategy_for(self._metadata(owner, thread_id)) == "summary":
+                asyncio.run(self.update_summary(owner, thread_id, before_seq=before_seq))
             self._failures.pop(key, None)
         except Exception as e:  # kept for the next turn's trace; retried after it
             self._failures[key] = f"{type(e).__name__}: {e}"[:300]
-            log.warning("summary update for thread %s failed: %s", thread_id, e)
+            log.warning("background memory work for thread %s failed: %s", thread_id, e)
+
+    def _metadata(self, owner: str, thread_id: str) -> dict[str, Any]:
+        info = self.store.find_thread(owner, thread_id)
+        return info.metadata if info else {}
+
+    def index_old_turns(self, owner: str, thread_id: str, *, before_seq: int) -> int:
+        """Index for recall the whole turns that ended before ``before_seq`` (a batch)."""
+        assert self.recall is not None
+        after = self.recall.indexed_through(owner, thread_id)
+        entries: list[Entry] = []
+        for stored in self.store.messages(owner, thread_id, after_seq=after):
+            if stored.seq >= before_seq:
+                break
+            entries.append(self._entry(stored))
+            if len(entries) > 4 * _INDEX_BATCH:
+                break
+        turns: list[Turn] = group_turns(entries)[:_INDEX_BATCH]
+        if len(turns) > 1 and entries and entries[-1].seq + 1 < before_seq:
+            turns = turns[:-1]  # the last turn may continue past what was read
+        return self.recall.index_turns(owner, thread_id, turns)
 
     async def update_summary(
         self, owner: str, thread_id: str, *, before_seq: int
@@ -249,8 +318,13 @@ class Memory:
         return summary
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for running summary updates (tests, and before a process exits)."""
-        with self._jobs_lock:
-            jobs = list(self._jobs.values())
-        for job in jobs:
-            job.join(timeout)
+        """Wait for background work (tests, and before a process exits)."""
+        while True:
+            with self._jobs_lock:
+                jobs = list(self._jobs.values())
+            if not jobs:
+                return
+            for job in jobs:
+                job.join(timeout)
+            if timeout is not None:
+                return

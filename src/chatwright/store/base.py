@@ -24,6 +24,7 @@ class ThreadInfo:
     updated_at: float
     message_count: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    uid: int = 0  # the store's own key for the thread, unique among live threads
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,7 +92,87 @@ def m002_memory(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_memory]
+# The search index's tables (retrieval/): ``chunks`` holds every indexed piece of text, one row
+# per (namespace, key), with its metadata (JSON, for filters) and embedding (float32 bytes,
+# NULL without an embedder); ``chunks_fts`` is an external-content FTS5 index over its text
+# (``porter unicode61 remove_diacritics 2``), kept in step by triggers; ``chunk_namespaces``
+# counts each namespace's chunks and bumps a version on every write, so a process caching a
+# namespace in memory notices writes made by another.
+_SEARCH_INDEX: tuple[str, ...] = (
+    """
+    CREATE TABLE chunks (
+        pk        INTEGER PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        key       TEXT NOT NULL,
+        text      TEXT NOT NULL,
+        metadata  TEXT,
+        vector    BLOB,
+        UNIQUE (namespace, key)
+    )
+    """,
+    """
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+        text, content = 'chunks', content_rowid = 'pk',
+        tokenize = 'porter unicode61 remove_diacritics 2'
+    )
+    """,
+    """
+    CREATE TABLE chunk_namespaces (
+        namespace TEXT PRIMARY KEY,
+        version   INTEGER NOT NULL DEFAULT 0,
+        chunks    INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TRIGGER chunks_after_insert AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunks_fts (rowid, text) VALUES (new.pk, new.text);
+        INSERT INTO chunk_namespaces (namespace, version, chunks) VALUES (new.namespace, 1, 1)
+            ON CONFLICT (namespace) DO UPDATE SET version = version + 1, chunks = chunks + 1;
+    END
+    """,
+    """
+    CREATE TRIGGER chunks_after_delete AFTER DELETE ON chunks BEGIN
+        INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.pk, old.text);
+        UPDATE chunk_namespaces SET version = version + 1, chunks = chunks - 1
+            WHERE namespace = old.namespace;
+    END
+    """,
+    """
+    CREATE TRIGGER chunks_after_update AFTER UPDATE ON chunks BEGIN
+        INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.pk, old.text);
+        INSERT INTO chunks_fts (rowid, text) VALUES (new.pk, new.text);
+        UPDATE chunk_namespaces SET version = version + 1, chunks = chunks - 1
+            WHERE namespace = old.namespace;
+        INSERT INTO chunk_namespaces (namespace, version, chunks) VALUES (new.namespace, 1, 1)
+            ON CONFLICT (namespace) DO UPDATE SET version = version + 1, chunks = chunks + 1;
+    END
+    """,
+)
+
+
+def m003_search_index(db: sqlite3.Connection) -> None:
+    for statement in _SEARCH_INDEX:
+        db.execute(statement)
+
+
+def m004_thread_recall_cleanup(db: sqlite3.Connection) -> None:
+    # A thread's older turns are indexed for recall under namespace 'thread:<pk>'; deleting the
+    # thread deletes them too, in the same transaction.
+    db.execute(
+        """
+        CREATE TRIGGER threads_after_delete AFTER DELETE ON threads BEGIN
+            DELETE FROM chunks WHERE namespace = 'thread:' || old.pk;
+        END
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    m001_initial,
+    m002_memory,
+    m003_search_index,
+    m004_thread_recall_cleanup,
+]
 
 
 def migrate(db: sqlite3.Connection) -> int:

@@ -26,7 +26,7 @@ __all__ = ["MAX_THREAD_ID_LENGTH", "SQLiteStore"]
 MAX_THREAD_ID_LENGTH = 200
 _TITLE_LENGTH = 80
 _BATCH = 500
-_THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata"
+_THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata, pk"
 _MESSAGE_COLUMNS = "seq, created_at, role, text, data, tokens"
 
 
@@ -57,7 +57,7 @@ def _stored(row: tuple[Any, ...]) -> StoredMessage:
 
 
 def _thread(row: sqlite3.Row | tuple[Any, ...]) -> ThreadInfo:
-    tid, owner, title, created, updated, last_seq, metadata = row
+    tid, owner, title, created, updated, last_seq, metadata, pk = row
     return ThreadInfo(
         id=tid,
         owner=owner,
@@ -66,6 +66,7 @@ def _thread(row: sqlite3.Row | tuple[Any, ...]) -> ThreadInfo:
         updated_at=updated,
         message_count=last_seq,
         metadata=load_json(metadata) if metadata else {},
+        uid=pk,
     )
 
 
@@ -109,6 +110,16 @@ class SQLiteStore:
             ) from None
 
     # -- plumbing -------------------------------------------------------------------------
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection, for components sharing the database (the search index)."""
+        return self._db
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Hold this while using :attr:`connection` from another component."""
+        return self._lock
+
     def _write(self) -> _Transaction:
         return _Transaction(self)
 

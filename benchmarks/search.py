@@ -1,0 +1,231 @@
+"""Search latency and insert throughput of the hybrid search engine (``chatwright.retrieval``).
+
+What it measures
+----------------
+* **Insert throughput**: ``SearchIndex.add`` of N synthetic chunks in batches of 1,000 into a
+  SQLite file with the store's settings (WAL, ``synchronous=FULL``), vectors given (no
+  embedding), one transaction per batch. Chunks per second over the whole load.
+* **First search**: the time of the first search after loading, which builds the namespace's
+  in-memory segment (BM25 postings + vector matrix) from SQLite.
+* **Search latency** per mode, p50 / p99 over ``--queries`` queries (after 10 warm-ups):
+  ``keyword`` (in-memory BM25), ``keyword-fts5`` (SQLite FTS5 ``bm25()``, the on-disk index),
+  ``vector`` (exact), ``hybrid`` (both, fused by RRF), and ``hybrid+filter`` (a metadata filter
+  that keeps one chunk in ten). The query's embedding is not included: query vectors are given.
+
+Data: chunks of 40-120 words drawn from a 30,000-word vocabulary with Zipf-distributed
+frequencies (like natural text); queries of 3-8 words drawn the same way from words past the
+50 most frequent (content words; real stopwords are dropped by the analyzer anyway). Vectors
+are random unit vectors of 384 dimensions (MiniLM's size). Everything is seeded.
+
+Targets (printed PASS/FAIL; the exit code is 0 either way, this is a measurement):
+  * search p50 <= 20 ms at 100,000 chunks, for keyword, vector and hybrid
+  * insert >= 2,000 chunks/s
+
+Run: ``.venv/bin/python benchmarks/search.py`` (``--help`` for options); writes
+``benchmarks/results/search.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if (ROOT / "src" / "chatwright").is_dir() and str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
+
+from chatwright.retrieval import Chunk, SearchIndex, m003_retrieval  # noqa: E402
+
+VOCAB = 30_000
+DIM = 384
+BATCH = 1_000
+NAMESPACE = "collection:bench"
+P50_TARGET_MS = 20.0
+INSERT_TARGET = 2_000.0
+
+
+def vocabulary(seed: int) -> list[str]:
+    """VOCAB distinct pronounceable pseudo-words."""
+    rng = np.random.default_rng(seed)
+    consonants, vowels = list("bcdfghklmnprstvz"), list("aeiou")
+    words: dict[str, None] = {}
+    while len(words) < VOCAB:
+        syllables = rng.integers(1, 4)
+        word = "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(syllables + 1))
+        words.setdefault(word)
+    return list(words)
+
+
+def zipf_weights(n: int) -> np.ndarray:
+    w = 1.0 / np.arange(1, n + 1)
+    return w / w.sum()
+
+
+def corpus(n: int, vocab: list[str], rng: np.random.Generator) -> list[Chunk]:
+    """``n`` chunks with random unit vectors and a metadata field ``shard`` in 0..9."""
+    lengths = rng.integers(40, 121, size=n)
+    ids = rng.choice(len(vocab), size=int(lengths.sum()), p=zipf_weights(len(vocab)))
+    vectors = rng.standard_normal((n, DIM), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    chunks, start = [], 0
+    for i, length in enumerate(lengths):
+        text = " ".join(vocab[j] for j in ids[start : start + length])
+        start += length
+        chunks.append(Chunk(f"c{i}", text, {"shard": i % 10}, vectors[i]))
+    return chunks
+
+
+def queries(count: int, vocab: list[str], rng: np.random.Generator) -> list[tuple[str, Any]]:
+    content = vocab[50:]
+    weights = zipf_weights(len(vocab))[50:]
+    weights = weights / weights.sum()
+    out = []
+    for _ in range(count):
+        words = rng.choice(len(content), size=rng.integers(3, 9), p=weights)
+        vector = rng.standard_normal(DIM).astype(np.float32)
+        out.append((" ".join(content[j] for j in words), vector / np.linalg.norm(vector)))
+    return out
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    m003_retrieval(db)
+    return db
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def latency(index: SearchIndex, qs: list[tuple[str, Any]], **search: Any) -> dict[str, float]:
+    for text, vector in qs[:10]:
+        index.search(text, [NAMESPACE], query_vector=vector, **search)
+    times = []
+    for text, vector in qs:
+        started = time.perf_counter()
+        index.search(text, [NAMESPACE], query_vector=vector, **search)
+        times.append((time.perf_counter() - started) * 1000)
+    return {
+        "p50_ms": round(statistics.median(times), 3),
+        "p99_ms": round(percentile(times, 0.99), 3),
+        "mean_ms": round(statistics.fmean(times), 3),
+    }
+
+
+def run_size(n: int, vocab: list[str], args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    rng = np.random.default_rng(args.seed + n)
+    print(f"\n== {n:,} chunks: generating...", flush=True)
+    chunks = corpus(n, vocab, rng)
+    qs = queries(args.queries, vocab, rng)
+    db = connect(tmp / f"search-{n}.db")
+    index = SearchIndex(db)
+    started = time.perf_counter()
+    for i in range(0, n, BATCH):
+        index.add(NAMESPACE, chunks[i : i + BATCH])
+    insert_s = time.perf_counter() - started
+    started = time.perf_counter()
+    index.search(qs[0][0], [NAMESPACE], query_vector=qs[0][1])
+    load_s = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "chunks": n,
+        "insert_seconds": round(insert_s, 2),
+        "insert_chunks_per_s": round(n / insert_s),
+        "first_search_load_seconds": round(load_s, 2),
+        "db_bytes": (tmp / f"search-{n}.db").stat().st_size,
+        "search": {},
+    }
+    print(f"insert {n / insert_s:,.0f} chunks/s; first search (load) {load_s:.2f} s", flush=True)
+    fts5 = SearchIndex(db, keyword_backend="fts5")
+    runs = {
+        "keyword": (index, {"mode": "keyword"}),
+        "keyword-fts5": (fts5, {"mode": "keyword"}),
+        "vector": (index, {"mode": "vector"}),
+        "hybrid": (index, {"mode": "hybrid"}),
+        "hybrid+filter": (index, {"mode": "hybrid", "filters": {"shard": 3}}),
+    }
+    for name, (engine, search) in runs.items():
+        figures = latency(engine, qs, **search)
+        result["search"][name] = figures
+        print(f"  {name:14} p50 {figures['p50_ms']:8.2f} ms   p99 {figures['p99_ms']:8.2f} ms")
+    db.close()
+    return result
+
+
+def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    largest = max(results, key=lambda r: r["chunks"])
+    for mode in ("keyword", "vector", "hybrid"):
+        p50 = largest["search"][mode]["p50_ms"]
+        out.append(
+            {
+                "target": f"{mode} p50 at {largest['chunks']:,} chunks <= 20 ms",
+                "value": p50,
+                "pass": p50 <= P50_TARGET_MS,
+            }
+        )
+    slowest = min(r["insert_chunks_per_s"] for r in results)
+    out.append(
+        {"target": "insert >= 2,000 chunks/s", "value": slowest, "pass": slowest >= INSERT_TARGET}
+    )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "search.json")
+    parser.add_argument("--tmp-dir", type=Path, default=None)
+    args = parser.parse_args()
+    vocab = vocabulary(args.seed)
+    with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
+        results = [run_size(int(s), vocab, args, Path(tmp)) for s in args.sizes.split(",")]
+    checks = targets(results)
+    print()
+    for check in checks:
+        print(f"{'PASS' if check['pass'] else 'FAIL'}  {check['target']}: {check['value']}")
+    report = {
+        "benchmark": "search",
+        "date": _dt.date.today().isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "vocabulary": VOCAB,
+            "dim": DIM,
+            "batch": BATCH,
+            "queries": args.queries,
+            "seed": args.seed,
+        },
+        "results": results,
+        "targets": checks,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

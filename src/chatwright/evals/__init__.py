@@ -1,0 +1,1 @@
+"""Evaluations of chatwright's components on public data sets (retrieval: ``beir``)."""
