@@ -155,3 +155,83 @@ def recall_at_k(
         "literal": share([q for q in questions if not q.paraphrased]),
         "paraphrased": share([q for q in questions if q.paraphrased]),
     }
+
+
+def evaluate(
+    turns: int = 3000, *, embedder: str | None = "local:all-minilm-l6-v2", k: int = 5, seed: int = 7
+) -> dict[str, dict[str, float]]:
+    """Recall@k of the planted turns, keyword-only and (with ``embedder``) hybrid.
+
+    The conversation is stored in a temporary SQLite store and its turns indexed through the
+    same :class:`~chatwright.retrieval.recall.ThreadRecall` the chatbot uses.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from chatwright.memory.context import Entry, group_turns
+    from chatwright.models.embeddings import get_embedder
+    from chatwright.retrieval import SearchIndex
+    from chatwright.retrieval.recall import ThreadRecall
+    from chatwright.store import SQLiteStore
+    from chatwright.types import Message
+
+    conversation = make_conversation(turns, seed)
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "recall.db")
+        messages = [
+            m
+            for user, bot in conversation.turns
+            for m in (Message.user(user), Message.assistant(bot))
+        ]
+        stored = store.append("local", "long", messages, create=True)
+        entries = [Entry(s.seq, s.created_at, s.message, 0) for s in stored]
+        all_turns = group_turns(entries)
+        for mode, name in (("keyword", None), ("hybrid", embedder)):
+            if mode == "hybrid" and not name:
+                continue
+            index = SearchIndex(
+                store.connection, get_embedder(name) if name else None, lock=store.lock
+            )
+            index.clear(f"thread:{store.get_thread('local', 'long').uid}")
+            recall = ThreadRecall(index, store)
+            recall.index_turns("local", "long", all_turns)
+
+            def ask(question: str, recall: ThreadRecall = recall) -> list[int]:
+                found = recall.recall("local", "long", question, k=k, before_seq=10**9)
+                return [(r.first_seq - 1) // 2 for r in found]
+
+            results[mode] = recall_at_k(conversation.questions, ask, k)
+        store.close()
+    return results
+
+
+def main() -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        description="Recall@k of facts planted in a long conversation."
+    )
+    parser.add_argument("--turns", type=int, default=3000)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--embedder", default="local:all-minilm-l6-v2")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    results = evaluate(args.turns, embedder=args.embedder or None, k=args.k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"recall@{args.k} of {2 * len(FACTS)} questions about {len(FACTS)} facts planted in "
+        f"the first half of a {args.turns:,}-turn conversation"
+    )
+    print(f"{'mode':<10}{'all':>8}{'literal':>10}{'paraphrased':>13}")
+    for mode, figures in results.items():
+        print(
+            f"{mode:<10}{figures['all']:>8.3f}{figures['literal']:>10.3f}{figures['paraphrased']:>13.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
