@@ -58,7 +58,7 @@ if (ROOT / "src" / "chatwright").is_dir() and str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
 from chatwright.bot import Chatbot  # noqa: E402
-from chatwright.config import Settings  # noqa: E402
+from chatwright.config import MemorySettings, Settings  # noqa: E402
 
 DEFAULT_CHECKPOINTS = (1, 10, 100, 1_000, 10_000)
 DEFAULT_OUT = HERE / "results" / "turn_cost.json"
@@ -281,9 +281,22 @@ class Disk:
 
 
 # -- the benchmark -----------------------------------------------------------------------------
+# "log": the conversation engine alone (store, pipeline, context of recent turns) with no
+# summaries and no recall index; "default": the default memory as well (running summaries with
+# test:echo as the summarizer, hybrid recall with the local MiniLM embedder, in the background).
+MEMORY_MODES = ("log", "default")
+memory_mode = "log"
+
+
+def make_settings(directory: Path) -> Settings:
+    if memory_mode == "log":
+        memory = MemorySettings(strategy="tokens", recall=False)
+        return Settings(model="test:echo", data_dir=directory, memory=memory)
+    return Settings(model="test:echo", data_dir=directory)
+
+
 def make_bot(directory: Path) -> Chatbot:
-    settings = Settings(model="test:echo", data_dir=directory)
-    return Chatbot(settings=settings)  # the default store: SQLite at data_dir/chatwright.db
+    return Chatbot(settings=make_settings(directory))  # SQLite at data_dir/chatwright.db
 
 
 async def timed_turn(bot: Chatbot, thread_id: str, text: str) -> tuple[float, float, Any]:
@@ -397,6 +410,7 @@ async def long_thread(
                 for c in checkpoints:  # windows may overlap (1..50 and 10..59)
                     if c + window - 1 == turn:
                         psi[c] = pressure_share(psi_start.pop(c), pressure())
+                bot.wait_background()  # background memory work counts in the bytes
                 sizes[turn] = db_bytes(db_path)  # snapshots after a window, never inside one
         drive_s = time.perf_counter() - drive_start
         payload = payload_bytes(db_path)
@@ -631,6 +645,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary databases")
     p.add_argument(
+        "--memory",
+        choices=MEMORY_MODES,
+        default="log",
+        help="log: the conversation engine alone, no summaries or recall index (default); "
+        "default: the default memory settings too (summaries, hybrid recall, in the background)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="after the last round's timed windows, run --profile-turns more turns "
@@ -663,6 +684,8 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global memory_mode
+    memory_mode = args.memory
     env = sorted(k for k in os.environ if k.startswith("CHATWRIGHT_"))
     if env:
         print(f"warning: CHATWRIGHT_* variables set, they change the settings: {', '.join(env)}")
@@ -676,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     wall = time.perf_counter() - wall
-    settings = Settings(model="test:echo", data_dir=root)
+    settings = make_settings(root)
 
     checkpoints = sorted(set(args.checkpoints))
     rounds = figures["rounds"]
@@ -739,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "model": "test:echo",
             "store": "SQLite on disk (temp dir), WAL, synchronous=FULL",
+            "memory": memory_mode,
+            "memory_settings": settings.memory.model_dump(),
             "history_messages": settings.history_messages,
             "store_traces": settings.store_traces,
             "system_prompt_chars": len(settings.system_prompt),

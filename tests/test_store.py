@@ -327,3 +327,16 @@ def test_memory_store_works() -> None:
         assert texts(mem, A, "t1") == ["hi"]
     finally:
         mem.close()
+
+
+def test_only_the_newest_summary_versions_are_kept(tmp_path) -> None:
+    from chatwright.store.base import Summary
+    from chatwright.store.sqlite import SUMMARY_VERSIONS
+
+    s = SQLiteStore(tmp_path / "s.db")
+    s.create_thread("o", "t")
+    for through in range(1, SUMMARY_VERSIONS + 6):
+        s.save_summary("o", "t", Summary(through_seq=through, text=f"v{through}", tokens=1))
+    versions = s.summaries("o", "t")
+    assert [v.through_seq for v in versions] == list(range(6, SUMMARY_VERSIONS + 6))
+    assert s.latest_summary("o", "t").text == f"v{SUMMARY_VERSIONS + 5}"

@@ -93,7 +93,7 @@ def m002_memory(db: sqlite3.Connection) -> None:
 
 
 # The search index's tables (retrieval/): ``chunks`` holds every indexed piece of text, one row
-# per (namespace, key), with its metadata (JSON, for filters) and embedding (float32 bytes,
+# per (namespace, key), with its metadata (JSON, for filters) and embedding (float16 bytes,
 # NULL without an embedder); ``chunks_fts`` is an external-content FTS5 index over its text
 # (``porter unicode61 remove_diacritics 2``), kept in step by triggers; ``chunk_namespaces``
 # counts each namespace's chunks and bumps a version on every write, so a process caching a

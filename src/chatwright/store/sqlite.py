@@ -26,6 +26,7 @@ __all__ = ["MAX_THREAD_ID_LENGTH", "SQLiteStore"]
 MAX_THREAD_ID_LENGTH = 200
 _TITLE_LENGTH = 80
 _BATCH = 500
+SUMMARY_VERSIONS = 10  # summary versions kept per thread (each says which messages it covers)
 _THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata, pk"
 _MESSAGE_COLUMNS = "seq, created_at, role, text, data, tokens"
 
@@ -296,6 +297,8 @@ class SQLiteStore:
 
     # -- summaries ------------------------------------------------------------------------
     def save_summary(self, owner: str, thread_id: str, summary: Summary) -> None:
+        """Store a new summary version; only the newest ``SUMMARY_VERSIONS`` are kept (the
+        transcript they summarize always is)."""
         with self._write() as db:
             pk, _ = self._pk(owner, thread_id)
             db.execute(
@@ -310,6 +313,12 @@ class SQLiteStore:
                     summary.model,
                     summary.created_at or time.time(),
                 ),
+            )
+            db.execute(
+                "DELETE FROM summaries WHERE thread_pk = ? AND through_seq NOT IN"
+                " (SELECT through_seq FROM summaries WHERE thread_pk = ?"
+                " ORDER BY through_seq DESC LIMIT ?)",
+                (pk, pk, SUMMARY_VERSIONS),
             )
 
     def latest_summary(self, owner: str, thread_id: str) -> Summary | None:
