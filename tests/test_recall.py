@@ -126,3 +126,16 @@ def test_the_recall_evaluation_finds_planted_facts_by_keyword(store):
     literal = [q for q in conversation.questions if not q.paraphrased]
     figures = recall_at_k(literal, lambda q: [q_.planted_turn for q_ in literal if q_.text == q])
     assert figures["literal"] == 1.0 and figures["paraphrased"] == 0.0
+
+
+def test_a_failing_recall_costs_the_turn_its_recall_not_its_answer(store):
+    bot = make_bot(store)
+    talk(bot, "t", 40)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("embedder crashed")
+
+    bot.memory.recall.recall = broken
+    answer = bot.chat("t", "still answering?")
+    assert answer.text == "echo: still answering?"
+    assert any("recall failed" in n and "embedder crashed" in n for n in answer.trace.notes)

@@ -340,3 +340,41 @@ def test_only_the_newest_summary_versions_are_kept(tmp_path) -> None:
     versions = s.summaries("o", "t")
     assert [v.through_seq for v in versions] == list(range(6, SUMMARY_VERSIONS + 6))
     assert s.latest_summary("o", "t").text == f"v{SUMMARY_VERSIONS + 5}"
+
+
+def test_collections_are_owned_named_and_cascade_to_documents_and_chunks(tmp_path) -> None:
+    s = SQLiteStore(tmp_path / "c.db")
+    info = s.create_collection("ada", "manuals", "Product manuals")
+    assert info.namespace == f"collection:{info.uid}"
+    assert s.find_collection("bob", "manuals") is None  # another owner sees nothing
+    with pytest.raises(UserError, match="already exists"):
+        s.create_collection("ada", "manuals")
+    s.create_collection("bob", "manuals")  # the same name for another owner is another one
+    with s.transaction():
+        s.put_document("ada", "manuals", "a.md", title="A", content_hash="h1", size=3, chunks=2)
+        s.connection.execute(
+            "INSERT INTO chunks (namespace, key, text) VALUES (?, 'k', 'chunk text')",
+            (info.namespace,),
+        )
+    assert [d.source for d in s.list_documents("ada", "manuals")] == ["a.md"]
+    assert s.list_documents("bob", "manuals") == []
+    s.delete_collection("ada", "manuals")
+    assert s.connection.execute("SELECT count(*) FROM documents").fetchone()[0] == 0
+    assert s.connection.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+    assert [c.name for c in s.list_collections("bob")] == ["manuals"]
+
+
+def test_a_failed_document_write_leaves_the_previous_version(tmp_path) -> None:
+    s = SQLiteStore(tmp_path / "c.db")
+    s.create_collection("o", "docs")
+    s.put_document("o", "docs", "a.md", title="v1", content_hash="h1", size=1, chunks=1)
+    with pytest.raises(RuntimeError), s.transaction():
+        s.put_document("o", "docs", "a.md", title="v2", content_hash="h2", size=1, chunks=1)
+        raise RuntimeError("crash while indexing the new version")
+    assert s.find_document("o", "docs", "a.md").title == "v1"
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a b", "-lead", "x" * 65])
+def test_bad_collection_names_are_refused(tmp_path, name) -> None:
+    with pytest.raises(UserError, match="invalid collection name"):
+        SQLiteStore(tmp_path / "c.db").create_collection("o", name)

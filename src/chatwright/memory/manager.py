@@ -177,11 +177,7 @@ class Memory:
         if self._recalling():
             first = loaded.entries[0].seq if loaded.entries else None
             if first is not None and first > 1:
-                assert self.recall is not None
-                found = self.recall.recall(
-                    owner, thread_id, new_message.text, k=self.settings.recall_k, before_seq=first
-                )
-                recalled = [replace(r, tokens=self.counter.count(r.text)) for r in found]
+                recalled = self._recall(owner, thread_id, new_message.text, first, loaded)
         context = build_context(
             strategy=loaded.strategy,
             system_prompt=system_prompt,
@@ -195,6 +191,21 @@ class Memory:
         )
         context.notes[:0] = loaded.notes
         return context
+
+    def _recall(
+        self, owner: str, thread_id: str, query: str, before_seq: int, loaded: Loaded
+    ) -> list[Recalled]:
+        """Recalled turns; a failing recall costs the turn its recall, never its answer."""
+        assert self.recall is not None
+        try:
+            found = self.recall.recall(
+                owner, thread_id, query, k=self.settings.recall_k, before_seq=before_seq
+            )
+        except Exception as e:
+            log.warning("recall failed for thread %s: %s", thread_id, e)
+            loaded.notes.append(f"recall failed, answered without it: {type(e).__name__}: {e}")
+            return []
+        return [replace(r, tokens=self.counter.count(r.text)) for r in found]
 
     def _recalling(self) -> bool:
         return self.settings.recall and self.recall is not None and self.settings.recall_k > 0

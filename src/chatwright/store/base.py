@@ -12,7 +12,15 @@ from typing import Any, Protocol
 
 from chatwright.types import Message, Trace
 
-__all__ = ["MemoryItem", "Store", "StoredMessage", "Summary", "ThreadInfo"]
+__all__ = [
+    "CollectionInfo",
+    "DocumentInfo",
+    "MemoryItem",
+    "Store",
+    "StoredMessage",
+    "Summary",
+    "ThreadInfo",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,39 @@ class Summary:
     tokens: int
     created_at: float = 0.0
     model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionInfo:
+    """A named set of documents; searched under :attr:`namespace`."""
+
+    name: str
+    owner: str
+    description: str
+    created_at: float
+    updated_at: float
+    documents: int = 0
+    chunks: int = 0
+    uid: int = 0
+
+    @property
+    def namespace(self) -> str:
+        return f"collection:{self.uid}"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    """An ingested file: where it came from, its content hash, how many chunks it made."""
+
+    id: int
+    collection: str
+    source: str
+    title: str | None
+    content_hash: str
+    bytes: int
+    chunks: int
+    ingested_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

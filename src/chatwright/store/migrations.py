@@ -167,11 +167,50 @@ def m004_thread_recall_cleanup(db: sqlite3.Connection) -> None:
     )
 
 
+def m005_collections(db: sqlite3.Connection) -> None:
+    for statement in (
+        # Named sets of documents, owned; searched under namespace 'collection:<pk>'.
+        """
+        CREATE TABLE collections (
+            pk          INTEGER PRIMARY KEY,
+            owner       TEXT NOT NULL,
+            name        TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            UNIQUE (owner, name)
+        )
+        """,
+        # One row per ingested file: its content hash makes re-ingest idempotent.
+        """
+        CREATE TABLE documents (
+            pk            INTEGER PRIMARY KEY,
+            collection_pk INTEGER NOT NULL REFERENCES collections (pk) ON DELETE CASCADE,
+            source        TEXT NOT NULL,
+            title         TEXT,
+            content_hash  TEXT NOT NULL,
+            bytes         INTEGER NOT NULL DEFAULT 0,
+            chunks        INTEGER NOT NULL DEFAULT 0,
+            metadata      TEXT,
+            ingested_at   REAL NOT NULL,
+            UNIQUE (collection_pk, source)
+        )
+        """,
+        """
+        CREATE TRIGGER collections_after_delete AFTER DELETE ON collections BEGIN
+            DELETE FROM chunks WHERE namespace = 'collection:' || old.pk;
+        END
+        """,
+    ):
+        db.execute(statement)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_memory,
     m003_search_index,
     m004_thread_recall_cleanup,
+    m005_collections,
 ]
 
 

@@ -7,6 +7,8 @@ returned is on disk (``synchronous=FULL``): an acknowledged message survives a c
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 import threading
 import time
@@ -17,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from chatwright.errors import StoreError, ThreadNotFound, UserError
-from chatwright.store.base import MemoryItem, StoredMessage, Summary, ThreadInfo
+from chatwright.store.base import (
+    CollectionInfo,
+    DocumentInfo,
+    MemoryItem,
+    StoredMessage,
+    Summary,
+    ThreadInfo,
+)
 from chatwright.store.migrations import migrate
 from chatwright.types import Message, TextPart, Trace, dump_json, load_json, load_message
 
@@ -122,6 +131,11 @@ class SQLiteStore:
         return self._lock
 
     def _write(self) -> _Transaction:
+        return _Transaction(self)
+
+    def transaction(self) -> _Transaction:
+        """``with store.transaction():`` — one atomic write, nesting as a savepoint; the
+        search index sharing :attr:`connection` joins it."""
         return _Transaction(self)
 
     def _pk(self, owner: str, thread_id: str) -> tuple[int, int]:
@@ -376,6 +390,161 @@ class SQLiteStore:
             if cur.rowcount == 0:
                 raise _memory_not_found(memory_id)
 
+    # -- collections and documents --------------------------------------------------------
+    def create_collection(self, owner: str, name: str, description: str = "") -> CollectionInfo:
+        check_collection_name(name)
+        now = time.time()
+        with self._write() as db:
+            try:
+                db.execute(
+                    "INSERT INTO collections (owner, name, description, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (owner, name, description, now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise UserError(f"collection {name!r} already exists") from None
+        return self.get_collection(owner, name)
+
+    def _collections(self, owner: str, name: str | None) -> list[CollectionInfo]:
+        where, args = (
+            ("c.owner = ? AND c.name = ?", (owner, name)) if name else ("c.owner = ?", (owner,))
+        )
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.name, c.owner, c.description, c.created_at, c.updated_at,"
+                " (SELECT count(*) FROM documents d WHERE d.collection_pk = c.pk),"
+                " (SELECT coalesce(sum(d.chunks), 0) FROM documents d"
+                "  WHERE d.collection_pk = c.pk), c.pk"
+                f" FROM collections c WHERE {where} ORDER BY c.name",
+                args,
+            ).fetchall()
+        return [CollectionInfo(*row) for row in rows]
+
+    def find_collection(self, owner: str, name: str) -> CollectionInfo | None:
+        found = self._collections(owner, name)
+        return found[0] if found else None
+
+    def get_collection(self, owner: str, name: str) -> CollectionInfo:
+        info = self.find_collection(owner, name)
+        if info is None:
+            raise UserError(
+                f"collection {name!r} not found",
+                hint="list them with `chatwright collections list`",
+            )
+        return info
+
+    def list_collections(self, owner: str) -> list[CollectionInfo]:
+        return self._collections(owner, None)
+
+    def update_collection(self, owner: str, name: str, description: str) -> CollectionInfo:
+        info = self.get_collection(owner, name)
+        with self._write() as db:
+            db.execute(
+                "UPDATE collections SET description = ?, updated_at = ? WHERE pk = ?",
+                (description, time.time(), info.uid),
+            )
+        return self.get_collection(owner, name)
+
+    def delete_collection(self, owner: str, name: str) -> None:
+        """Delete the collection, its documents and (by trigger) its indexed chunks."""
+        info = self.get_collection(owner, name)
+        with self._write() as db:
+            db.execute("DELETE FROM collections WHERE pk = ?", (info.uid,))
+
+    def list_documents(self, owner: str, collection: str) -> list[DocumentInfo]:
+        info = self.get_collection(owner, collection)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT pk, source, title, content_hash, bytes, chunks, ingested_at, metadata"
+                " FROM documents WHERE collection_pk = ? ORDER BY source",
+                (info.uid,),
+            ).fetchall()
+        return [_document(collection, row) for row in rows]
+
+    def find_document(self, owner: str, collection: str, source: str) -> DocumentInfo | None:
+        info = self.get_collection(owner, collection)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pk, source, title, content_hash, bytes, chunks, ingested_at, metadata"
+                " FROM documents WHERE collection_pk = ? AND source = ?",
+                (info.uid, source),
+            ).fetchone()
+        return _document(collection, row) if row else None
+
+    def put_document(
+        self,
+        owner: str,
+        collection: str,
+        source: str,
+        *,
+        title: str | None,
+        content_hash: str,
+        size: int,
+        chunks: int,
+        metadata: dict[str, Any] | None = None,
+    ) -> DocumentInfo:
+        """Insert or replace the record of ``source`` (call inside :meth:`transaction` with
+        the writes of its chunks, so a document is never half in the index)."""
+        info = self.get_collection(owner, collection)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO documents (collection_pk, source, title, content_hash, bytes,"
+                " chunks, metadata, ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (collection_pk, source) DO UPDATE SET title = excluded.title,"
+                " content_hash = excluded.content_hash, bytes = excluded.bytes,"
+                " chunks = excluded.chunks, metadata = excluded.metadata,"
+                " ingested_at = excluded.ingested_at",
+                (
+                    info.uid,
+                    source,
+                    title,
+                    content_hash,
+                    size,
+                    chunks,
+                    json.dumps(metadata) if metadata else None,
+                    time.time(),
+                ),
+            )
+            db.execute(
+                "UPDATE collections SET updated_at = ? WHERE pk = ?", (time.time(), info.uid)
+            )
+        found = self.find_document(owner, collection, source)
+        assert found is not None
+        return found
+
+    def delete_document(self, owner: str, collection: str, source: str) -> None:
+        """Forget ``source``'s record (remove its chunks from the index in the same
+        :meth:`transaction`)."""
+        info = self.get_collection(owner, collection)
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM documents WHERE collection_pk = ? AND source = ?", (info.uid, source)
+            )
+
+
+def check_collection_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name or ""):
+        raise UserError(
+            f"invalid collection name {name!r}",
+            hint="use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def _document(collection: str, row: tuple[Any, ...]) -> DocumentInfo:
+    pk, source, title, digest, size, chunks, ingested, metadata = row
+    return DocumentInfo(
+        pk,
+        collection,
+        source,
+        title,
+        digest,
+        size,
+        chunks,
+        ingested,
+        json.loads(metadata) if metadata else {},
+    )
+
 
 def _memory_not_found(memory_id: int) -> UserError:
     return UserError(
@@ -403,30 +572,42 @@ def _title_from(messages: Sequence[Message]) -> str | None:
 
 
 class _Transaction:
-    """``with store._write() as db:`` — one IMMEDIATE transaction under the store's lock."""
+    """``with store._write() as db:`` — one IMMEDIATE transaction under the store's lock; inside
+    another one (same thread, the lock is reentrant) it is a savepoint of it."""
 
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
+        self.nested = False
 
     def __enter__(self) -> sqlite3.Connection:
         self.store._lock.acquire()
+        self.nested = self.store._db.in_transaction
         try:
-            self.store._db.execute("BEGIN IMMEDIATE")
+            self.store._db.execute(
+                "SAVEPOINT chatwright_store" if self.nested else "BEGIN IMMEDIATE"
+            )
         except sqlite3.Error as e:
             self.store._lock.release()
             raise StoreError(f"cannot write to {self.store.path}: {e}") from None
         return self.store._db
 
+    def _rollback(self) -> None:
+        if self.nested:
+            self.store._db.execute("ROLLBACK TO chatwright_store")
+            self.store._db.execute("RELEASE chatwright_store")
+        else:
+            self.store._db.execute("ROLLBACK")
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             if exc_type is None:
                 try:
-                    self.store._db.execute("COMMIT")
+                    self.store._db.execute("RELEASE chatwright_store" if self.nested else "COMMIT")
                 except sqlite3.Error as e:
-                    self.store._db.execute("ROLLBACK")
+                    self._rollback()
                     raise StoreError(f"cannot write to {self.store.path}: {e}") from None
             else:
-                self.store._db.execute("ROLLBACK")
+                self._rollback()
                 if isinstance(exc, (sqlite3.Error, OverflowError)):
                     raise StoreError(
                         f"cannot write to {self.store.path}: {exc}; nothing was written",
