@@ -130,7 +130,7 @@ def test_oversized_message_refused_in_existing_thread(store: SQLiteStore) -> Non
 
 
 # -- traces ---------------------------------------------------------------------------------
-STAGES = ["load", "context", "rewrite", "route", "retrieve", "generate", "persist"]
+STAGES = ["load", "rewrite", "route", "retrieve", "context", "generate", "persist"]
 
 
 def test_answer_trace_has_every_stage(bot: Chatbot) -> None:

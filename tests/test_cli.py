@@ -72,7 +72,7 @@ def test_ask_json_and_stdin(tmp_path):
     proc = run(tmp_path, "ask", "-m", "test:echo", "--json", "-", stdin="from stdin")
     payload = json.loads(proc.stdout)
     assert payload["answer"] == "echo: from stdin"
-    assert [s["name"] for s in payload["trace"]["stages"]][:2] == ["load", "context"]
+    assert [s["name"] for s in payload["trace"]["stages"]][:2] == ["load", "rewrite"]
 
 
 def test_ask_without_thread_prints_the_new_thread_id(tmp_path):
@@ -247,3 +247,22 @@ def test_remember_from_inside_a_chat(tmp_path):
     assert [m["text"] for m in json.loads(run(tmp_path, "memory", "list", "--json").stdout)] == [
         "I live in Lyon"
     ]
+
+
+def test_eval_retrieval_on_a_tiny_beir_directory(tmp_path):
+    beir = tmp_path / "tiny"
+    (beir / "qrels").mkdir(parents=True)
+    docs = {"d1": "cats purr when happy", "d2": "dogs bark at strangers", "d3": "fish swim"}
+    (beir / "corpus.jsonl").write_text(
+        "\n".join(json.dumps({"_id": k, "title": "", "text": v}) for k, v in docs.items())
+    )
+    (beir / "queries.jsonl").write_text(
+        json.dumps({"_id": "q1", "text": "why do cats purr"}) + "\n"
+        + json.dumps({"_id": "q2", "text": "barking dogs"})
+    )
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    args = ["eval", "retrieval", str(beir), "--modes", "keyword", "--embedder", "none"]
+    figures = json.loads(run(tmp_path, *args, "--json").stdout)
+    assert figures["modes"]["keyword"]["ndcg@10"] == 1.0
+    table = run(tmp_path, *args).stdout
+    assert "keyword" in table and "1.0000" in table

@@ -12,6 +12,7 @@ EXPECTED = {
     "Answer",
     "Chatbot",
     "ChatwrightError",
+    "CitationEvent",
     "CitationPart",
     "ConfigError",
     "Event",

@@ -26,6 +26,7 @@ from chatwright.models import Model, ModelRequest, ModelSettings, ToolSpec, get_
 from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
 from chatwright.types import (
     Answer,
+    CitationEvent,
     CitationPart,
     Message,
     StageTrace,
@@ -46,6 +47,7 @@ __all__ = [
     "Answer",
     "Chatbot",
     "ChatwrightError",
+    "CitationEvent",
     "CitationPart",
     "ConfigError",
     "Event",

@@ -31,15 +31,19 @@ from chatwright.errors import (
     UserError,
 )
 from chatwright.memory import STRATEGIES, Context, Memory, counter_for
+from chatwright.memory.manager import Loaded
 from chatwright.models import Model, ModelRequest, ModelSettings, get_model
 from chatwright.models.embeddings import get_embedder
 from chatwright.retrieval import SearchIndex
+from chatwright.retrieval.rag import Retrieved, retrieve, rewrite_query
 from chatwright.retrieval.recall import ThreadRecall
 from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
 from chatwright.store.base import MemoryItem
 from chatwright.store.sqlite import check_thread_id
 from chatwright.types import (
     Answer,
+    CitationEvent,
+    CitationPart,
     Message,
     StageTrace,
     TextDelta,
@@ -51,7 +55,7 @@ from chatwright.types import (
 
 __all__ = ["Chatbot", "Event"]
 
-Event: TypeAlias = TextDelta | ToolCallEvent | ToolResultEvent | TurnEnd
+Event: TypeAlias = TextDelta | ToolCallEvent | ToolResultEvent | CitationEvent | TurnEnd
 T = TypeVar("T")
 
 
@@ -221,6 +225,27 @@ class Chatbot:
     def forget(self, memory_id: int, *, owner: str | None = None) -> None:
         self.store.delete_memory(owner or self.owner, memory_id)
 
+    # -- knowledge ------------------------------------------------------------------------
+    def route(self, owner: str) -> tuple[list[str], list[str]]:
+        """The collections a turn searches: (names, index namespaces). Only collections with
+        something indexed; the configured ones, else all of the owner's."""
+        if self.index is None or not isinstance(self.store, SQLiteStore):
+            return [], []
+        wanted = set(self.settings.knowledge.collections)
+        found = [
+            c
+            for c in self.store.list_collections(owner)
+            if c.chunks and (not wanted or c.name in wanted)
+        ]
+        return [c.name for c in found], [c.namespace for c in found]
+
+    def rewrite_mode(self) -> str:
+        mode = self.settings.knowledge.rewrite
+        if mode != "auto":
+            return mode
+        remote = self.model.name.startswith(("openai:", "anthropic:"))
+        return "llm" if remote else "concat"  # the embedded model is too small to rewrite
+
     def wait_background(self, timeout: float | None = None) -> None:
         """Wait for background work (summary updates) to finish."""
         self.memory.wait(timeout)
@@ -244,6 +269,7 @@ class _Turn:
         self.owner = owner
         self.thread_id = thread_id
         self.trace = Trace(model=bot.model.name)
+        self.citations: list[CitationPart] = []
         self._started = time.perf_counter()
 
     @contextmanager
@@ -270,17 +296,22 @@ class _Turn:
             )
             loaded = memory.load(self.owner, self.thread_id, before_seq=stored.seq)
             s.data = {"messages": len(loaded.entries), "user_seq": stored.seq}
+        retrieved = await self._knowledge(text, loaded)
         with self.stage("context") as s:
             context = memory.build(
-                self.owner, self.thread_id, loaded, user, bot.system_prompt, new_tokens=tokens
+                self.owner,
+                self.thread_id,
+                loaded,
+                user,
+                bot.system_prompt,
+                new_tokens=tokens,
+                passages=[r.passage for r in retrieved],
             )
             messages = context.messages
             s.data = context.report()
             self.trace.notes.extend([*bot.notes, *context.notes])
-        self.loaded, self.context = loaded, context
-        self.skip("rewrite", "no collections")
-        self.skip("route", "no collections")
-        self.skip("retrieve", "no collections")
+        used = set(context.passages_used)
+        self.citations = [r.citation for r in retrieved if r.citation.index in used]
         request = ModelRequest(
             messages=tuple(messages),
             settings=ModelSettings(
@@ -308,7 +339,49 @@ class _Turn:
             raise
         answer = self._persist(generation)
         memory.after_turn(self.owner, self.thread_id, loaded, context)
+        for citation in answer.citations:
+            yield CitationEvent(citation=citation)
         yield TurnEnd(answer=answer)
+
+    async def _knowledge(self, text: str, loaded: Loaded) -> list[Retrieved]:
+        """Rewrite, route and retrieve: passages from the user's collections (none: skipped)."""
+        bot = self.bot
+        names, namespaces = bot.route(self.owner)
+        if not namespaces:
+            for stage in ("rewrite", "route", "retrieve"):
+                self.skip(stage, "no collections")
+            return []
+        with self.stage("rewrite") as s:
+            query, how = await rewrite_query(
+                text,
+                [e.message for e in loaded.entries],
+                mode=bot.rewrite_mode(),
+                model=bot.model,
+                timeout_s=bot.settings.knowledge.rewrite_timeout_s,
+            )
+            s.data = {"query": query, "how": how}
+        with self.stage("route") as s:
+            s.data = {"collections": names, "strategy": "all"}
+        with self.stage("retrieve") as s:
+            try:
+                found = retrieve(
+                    bot.index, query, namespaces, bot.settings.knowledge.k, bot.memory.counter
+                )
+            except Exception as e:  # a failing search costs the turn its passages only
+                self.trace.notes.append(f"retrieval failed, answered without passages: {e}")
+                found = []
+            s.data = {
+                "query": query,
+                "passages": [
+                    {
+                        "index": r.passage.index,
+                        "from": r.passage.label,
+                        "score": round(r.score, 4),
+                    }
+                    for r in found
+                ],
+            }
+        return found
 
     def _finish_trace(self, generation: Generation) -> None:
         self.trace.input_tokens = generation.usage.input_tokens
@@ -319,6 +392,8 @@ class _Turn:
         if generation.finish not in (None, "stop", "tool_calls"):
             metadata.setdefault("finish", generation.finish)
         message = generation.message(**metadata)
+        if self.citations:
+            message = message.model_copy(update={"parts": (*message.parts, *self.citations)})
         self._finish_trace(generation)
         # The stored trace goes into the same transaction as the answer, so it ends at
         # `generate`: a commit cannot time itself. The returned trace adds `persist`.

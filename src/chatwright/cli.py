@@ -47,6 +47,8 @@ memory_app = typer.Typer(
     help="What the bot remembers about you across all your threads.", no_args_is_help=True
 )
 app.add_typer(memory_app, name="memory")
+eval_app = typer.Typer(help="Measure retrieval quality on labelled data.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -540,6 +542,61 @@ def memory_delete(
     with _store(data_dir, config, user) as (store, owner):
         store.delete_memory(owner, memory_id)
     err.print(f"forgot #{memory_id}")
+
+
+# -- evaluations ----------------------------------------------------------------------------
+@eval_app.command("retrieval")
+@_handles_errors
+def eval_retrieval(
+    directory: Annotated[
+        Path, typer.Argument(help="A BEIR-format directory: corpus.jsonl, queries.jsonl, qrels/.")
+    ],
+    split: Annotated[str, typer.Option(help="Which qrels/SPLIT.tsv to score.")] = "test",
+    modes: Annotated[str, typer.Option(help="Comma-separated: keyword, vector, hybrid.")] = (
+        "keyword,vector,hybrid"
+    ),
+    embedder: Annotated[
+        str, typer.Option(help="Embedder for vector and hybrid, or 'none'.")
+    ] = "local:all-minilm-l6-v2",
+    fusion: Annotated[str, typer.Option(help="convex or rrf.")] = "convex",
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not reuse corpus vectors from a previous run.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """nDCG@10, Recall@100 and MRR@10 of keyword, vector and hybrid search on a BEIR dataset."""
+    from chatwright.evals import beir
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    status = err.status(
+        "indexing the corpus (embedding it on the first run takes minutes; cached after)…"
+    )
+    with status if err.is_terminal else contextlib.nullcontext():
+        result = beir.evaluate(
+            directory,
+            split,
+            wanted,
+            embedder=None if embedder == "none" else embedder,
+            fusion=fusion,
+            cache_dir=None if no_cache else beir.DEFAULT_CACHE_DIR,
+        )
+    if as_json:
+        out.file.write(json.dumps(result, indent=2) + "\n")
+        return
+    table = Table("mode", "nDCG@10", "Recall@100", "MRR@10", "seconds", box=None, pad_edge=False)
+    for mode, m in result["modes"].items():
+        table.add_row(
+            mode,
+            f"{m['ndcg@10']:.4f}",
+            f"{m['recall@100']:.4f}",
+            f"{m['mrr@10']:.4f}",
+            f"{m['seconds']:.1f}",
+        )
+    err.print(
+        f"{result['dataset']} · {split} split · {result['queries']} queries · "
+        f"{result['documents']:,} documents · embedder {result['embedder']}"
+    )
+    out.print(table)
 
 
 @app.command()

@@ -23,6 +23,7 @@ from chatwright.errors import ConfigError
 
 __all__ = [
     "AnthropicSettings",
+    "KnowledgeSettings",
     "LocalSettings",
     "MemorySettings",
     "OpenAISettings",
@@ -85,6 +86,18 @@ class MemorySettings(_Section):
     summary_timeout_s: float = Field(default=120.0, gt=0)
 
 
+class KnowledgeSettings(_Section):
+    """Answering from documents: which collections, how many passages, follow-up rewriting."""
+
+    collections: list[str] = Field(default_factory=list)  # empty: all of the user's
+    k: int = Field(default=5, ge=1, le=50)  # passages retrieved per turn (then fitted)
+    # How a follow-up ("and its price?") becomes a standalone query: "llm" asks the chat model,
+    # "concat" prefixes the previous question, "auto" is llm for remote models and concat for
+    # the embedded one (too small to rewrite reliably), "off" searches the message as is.
+    rewrite: Literal["auto", "llm", "concat", "off"] = "auto"
+    rewrite_timeout_s: float = Field(default=30.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of chatwright's settings, with their defaults."""
 
@@ -110,6 +123,7 @@ class Settings(BaseSettings):
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
 
     @field_validator("model")
     @classmethod

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "Answer",
+    "CitationEvent",
     "CitationPart",
     "Done",
     "Message",
@@ -160,6 +161,13 @@ class ToolCallEvent(_Value):
 class ToolResultEvent(_Value):
     type: Literal["tool_result"] = "tool_result"
     result: ToolResultPart
+
+
+class CitationEvent(_Value):
+    """A source the answer may cite as ``[citation.index]``: sent before the turn ends."""
+
+    type: Literal["citation"] = "citation"
+    citation: CitationPart
 
 
 class Usage(_Value):

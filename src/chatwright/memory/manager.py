@@ -21,6 +21,7 @@ from chatwright.memory.context import (
     Budget,
     Context,
     Entry,
+    Passage,
     Recalled,
     Turn,
     build_context,
@@ -172,6 +173,7 @@ class Memory:
         system_prompt: str | None,
         *,
         new_tokens: int | None = None,
+        passages: Sequence[Passage] = (),
     ) -> Context:
         recalled: list[Recalled] = []
         if self._recalling():
@@ -188,6 +190,7 @@ class Memory:
             summary=loaded.summary,
             recalled=recalled,
             user_memory=loaded.user_memory,
+            passages=passages,
         )
         context.notes[:0] = loaded.notes
         return context

@@ -413,8 +413,8 @@ class SQLiteStore:
             rows = self._db.execute(
                 "SELECT c.name, c.owner, c.description, c.created_at, c.updated_at,"
                 " (SELECT count(*) FROM documents d WHERE d.collection_pk = c.pk),"
-                " (SELECT coalesce(sum(d.chunks), 0) FROM documents d"
-                "  WHERE d.collection_pk = c.pk), c.pk"
+                " (SELECT coalesce(max(n.chunks), 0) FROM chunk_namespaces n"
+                "  WHERE n.namespace = 'collection:' || c.pk), c.pk"
                 f" FROM collections c WHERE {where} ORDER BY c.name",
                 args,
             ).fetchall()
