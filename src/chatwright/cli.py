@@ -10,23 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from chatwright import __version__
+from chatwright._cliutil import ConfigOpt, DataDirOpt, UserOpt, err, handles_errors, out
 from chatwright.bot import Chatbot
 from chatwright.config import load_settings
-from chatwright.errors import ChatwrightError, UserError
+from chatwright.errors import UserError
 from chatwright.export import thread_to_json, thread_to_markdown
+from chatwright.ingest.command import register as register_ingest
 from chatwright.store import SQLiteStore
 from chatwright.types import Answer, TextDelta, ToolCallEvent, ToolResultEvent, TurnEnd
 
@@ -49,9 +49,7 @@ memory_app = typer.Typer(
 app.add_typer(memory_app, name="memory")
 eval_app = typer.Typer(help="Measure retrieval quality on labelled data.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+register_ingest(app)  # chatwright ingest, chatwright collections
 
 ModelOpt = Annotated[
     str | None,
@@ -62,42 +60,10 @@ ModelOpt = Annotated[
         "openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, test:echo.",
     ),
 ]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Where threads are stored \\[env: CHATWRIGHT_DATA_DIR]."),
-]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="Config file \\[default: ./chatwright.toml]."),
-]
-UserOpt = Annotated[
-    str | None, typer.Option("--user", help="Whose threads to use \\[env: CHATWRIGHT_USER].")
-]
 ThreadOpt = Annotated[
     str | None,
     typer.Option("--thread", "-t", help="Thread id; an id not seen before starts that thread."),
 ]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _handles_errors(fn: F) -> F:
-    """Turn chatwright errors into a message and exit code 1 (2 for caller mistakes)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ChatwrightError as e:
-            err.print(f"[bold red]error:[/] {e.message}", markup=True)
-            if e.hint:
-                err.print(f"[dim]hint:[/] {e.hint}")
-            raise typer.Exit(2 if isinstance(e, UserError) else 1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _bot(
@@ -177,7 +143,7 @@ def _run_turn(bot: Chatbot, thread_id: str | None, text: str, label: str = "") -
 
 
 @app.command()
-@_handles_errors
+@handles_errors()
 def ask(
     text: Annotated[str, typer.Argument(help="The message; '-' reads it from standard input.")],
     thread: ThreadOpt = None,
@@ -222,7 +188,7 @@ Ctrl-C stops an answer; Ctrl-D or /quit leaves (the thread is kept)."""
 
 
 @app.command()
-@_handles_errors
+@handles_errors()
 def chat(
     thread: ThreadOpt = None,
     model: ModelOpt = None,
@@ -325,7 +291,7 @@ def _try_readline() -> None:
 
 # -- threads ------------------------------------------------------------------------------
 @threads_app.command("list")
-@_handles_errors
+@handles_errors()
 def threads_list(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
@@ -359,7 +325,7 @@ def threads_list(
 
 
 @threads_app.command("show")
-@_handles_errors
+@handles_errors()
 def threads_show(
     thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
     trace: Annotated[bool, typer.Option("--trace", help="Also show each turn's trace.")] = False,
@@ -416,7 +382,7 @@ def _print_context(context: Any) -> None:
 
 
 @threads_app.command("memory")
-@_handles_errors
+@handles_errors()
 def threads_memory(
     thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
     strategy: Annotated[
@@ -433,7 +399,7 @@ def threads_memory(
 
 
 @threads_app.command("export")
-@_handles_errors
+@handles_errors()
 def threads_export(
     thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="json or markdown.")] = "json",
@@ -458,7 +424,7 @@ def threads_export(
 
 
 @threads_app.command("delete")
-@_handles_errors
+@handles_errors()
 def threads_delete(
     thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -479,7 +445,7 @@ def threads_delete(
 
 # -- user memory --------------------------------------------------------------------------
 @memory_app.command("list")
-@_handles_errors
+@handles_errors()
 def memory_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     data_dir: DataDirOpt = None,
@@ -502,7 +468,7 @@ def memory_list(
 
 
 @memory_app.command("add")
-@_handles_errors
+@handles_errors()
 def memory_add(
     text: Annotated[str, typer.Argument(help='A short fact, e.g. "I\'m vegetarian".')],
     data_dir: DataDirOpt = None,
@@ -516,7 +482,7 @@ def memory_add(
 
 
 @memory_app.command("edit")
-@_handles_errors
+@handles_errors()
 def memory_edit(
     memory_id: Annotated[int, typer.Argument(help="The id shown by `chatwright memory list`.")],
     text: Annotated[str, typer.Argument(help="The new text.")],
@@ -531,7 +497,7 @@ def memory_edit(
 
 
 @memory_app.command("delete")
-@_handles_errors
+@handles_errors()
 def memory_delete(
     memory_id: Annotated[int, typer.Argument(help="The id shown by `chatwright memory list`.")],
     data_dir: DataDirOpt = None,
@@ -546,7 +512,7 @@ def memory_delete(
 
 # -- evaluations ----------------------------------------------------------------------------
 @eval_app.command("retrieval")
-@_handles_errors
+@handles_errors()
 def eval_retrieval(
     directory: Annotated[
         Path, typer.Argument(help="A BEIR-format directory: corpus.jsonl, queries.jsonl, qrels/.")

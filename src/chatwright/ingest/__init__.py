@@ -1,0 +1,27 @@
+"""Documents into collections: loaders, structure-following chunking, the idempotent pipeline.
+
+Ingest never runs inside a turn. ``chatwright ingest PATH... --collection NAME`` (``command.py``)
+or, from Python::
+
+    store = SQLiteStore(path)
+    index = SearchIndex(store.connection, get_embedder(), lock=store.lock)
+    report = Ingestor(store, index, owner="ada").ingest(["docs/"], "handbook")
+"""
+
+from chatwright.ingest.chunking import TextChunk, chunk_sections
+from chatwright.ingest.loaders import LoadedDocument, Section, Skipped, UnreadableFile, load, parse
+from chatwright.ingest.pipeline import Ingestor, IngestReport, Progress
+
+__all__ = [
+    "IngestReport",
+    "Ingestor",
+    "LoadedDocument",
+    "Progress",
+    "Section",
+    "Skipped",
+    "TextChunk",
+    "UnreadableFile",
+    "chunk_sections",
+    "load",
+    "parse",
+]
