@@ -91,3 +91,50 @@ def test_prompt_is_a_few_shot_transcript():
     )
     assert header.startswith("Be brief.\n\nUser: ")
     assert lines == ["User: Hi", "Assistant: Hello!"]
+
+
+def test_sources_stay_next_to_the_question_in_the_local_prompt():
+    header, lines = render_prompt(
+        [
+            Message.system("Be brief."),
+            Message.user("Hi"),
+            Message.assistant("Hello!"),
+            Message.system("Answer from the sources.\n\n[1] Doc\n<<<\nfacts\n>>>"),
+            Message.user("Question?"),
+        ]
+    )
+    assert "sources" not in header
+    assert lines[-2].startswith("Answer from the sources.") and lines[-1] == "User: Question?"
+
+
+def test_the_embedded_model_answers_from_a_document_and_cites_it(tmp_path):
+    from chatwright.config import Settings
+    from chatwright.retrieval import Chunk
+
+    store = SQLiteStore(tmp_path / "kb.db")
+    bot = Chatbot("local:gemma-3-270m", store=store, settings=Settings(embedder="test:hash"))
+    info = store.create_collection("local", "kb")
+    bot.index.add(
+        info.namespace,
+        [
+            Chunk(
+                "p",
+                "The Atlas X200 costs 149 euros and ships with two antennas.",
+                {"source": "router.md", "title": "Atlas X200 router"},
+            ),
+            Chunk(
+                "l",
+                "Employees get 25 days of paid leave per year.",
+                {"source": "hr.md", "title": "Leave policy"},
+            ),
+            Chunk(
+                "s",
+                "Sick leave needs a doctor's note after three days.",
+                {"source": "hr.md", "title": "Leave policy"},
+            ),
+        ],
+    )
+    answer = bot.chat("kb", "How much does the Atlas X200 cost?")
+    assert "149" in answer.text
+    assert answer.citations and answer.citations[0].source == "router.md"
+    store.close()

@@ -195,3 +195,11 @@ def test_follow_up_detection(text, follow_up):
     history = [Message.user("Tell me about the Atlas X200."), Message.assistant("It is a router.")]
     assert is_follow_up(text, history) is follow_up
     assert is_follow_up(text, []) is False
+
+
+def test_the_embedded_model_gets_fewer_passages_by_default(store):
+    assert Chatbot("test:echo", store=store).passages_k() == 5
+    local = Chatbot("local:gemma-3-270m", store=store)  # not loaded: nothing is generated here
+    assert local.passages_k() == 2
+    configured = Settings(knowledge=KnowledgeSettings(k=7))
+    assert Chatbot("local:gemma-3-270m", store=store, settings=configured).passages_k() == 7

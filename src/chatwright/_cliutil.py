@@ -23,9 +23,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--data-dir", help="Where the data lives \\[env: CHATWRIGHT_DATA_DIR]."
-    ),
+    typer.Option("--data-dir", help="Where the data lives \\[env: CHATWRIGHT_DATA_DIR]."),
 ]
 ConfigOpt = Annotated[
     Path | None,

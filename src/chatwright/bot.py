@@ -239,6 +239,11 @@ class Chatbot:
         ]
         return [c.name for c in found], [c.namespace for c in found]
 
+    def passages_k(self) -> int:
+        """How many passages a turn retrieves (see KnowledgeSettings.k)."""
+        k = self.settings.knowledge.k
+        return k if k is not None else (2 if self.model.name.startswith("local:") else 5)
+
     def rewrite_mode(self) -> str:
         mode = self.settings.knowledge.rewrite
         if mode != "auto":
@@ -364,9 +369,7 @@ class _Turn:
             s.data = {"collections": names, "strategy": "all"}
         with self.stage("retrieve") as s:
             try:
-                found = retrieve(
-                    bot.index, query, namespaces, bot.settings.knowledge.k, bot.memory.counter
-                )
+                found = retrieve(bot.index, query, namespaces, bot.passages_k(), bot.memory.counter)
             except Exception as e:  # a failing search costs the turn its passages only
                 self.trace.notes.append(f"retrieval failed, answered without passages: {e}")
                 found = []

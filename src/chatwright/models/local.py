@@ -46,7 +46,9 @@ _FEW_SHOT = (
     ("What is my favourite colour?", "Your favourite colour is green."),
     ("How many legs does a spider have?", "Eight."),
 )
-STOP = ("\nUser:", "\nAssistant:", "\n\n\n")
+# The transcript's turn markers, and the delimiters of quoted sources: a base model otherwise
+# goes on to write (invent) more sources after its answer.
+STOP = ("\nUser:", "\nAssistant:", "\n\n\n", ">>>", "<<<", "\n[")
 
 _models: dict[tuple[str, int, int], Any] = {}
 _models_lock = threading.Lock()
@@ -155,6 +157,8 @@ def local_model(name: str, settings: LocalSettings) -> LocalModel:
 
 # -- prompt ------------------------------------------------------------------------------
 def _line(message: Message) -> str:
+    if message.role == "system":  # e.g. the sources right before a question: kept as written
+        return message.text.strip()
     text = " ".join(message.text.split())
     if message.role == "tool":
         results = "; ".join(
@@ -171,13 +175,18 @@ def _line(message: Message) -> str:
 def render_prompt(messages: Sequence[Message]) -> tuple[str, list[str]]:
     """The few-shot transcript prompt: (header, [one line per conversation message]).
 
-    System messages form the header; the examples keep a base model short and on topic.
+    The leading system messages form the header; a system message later in the conversation
+    (the retrieved sources, placed right before the question) stays where it is, so the model
+    reads it next to the question. The examples keep a base model short and on topic.
     """
-    system = "\n".join(m.text for m in messages if m.role == "system").strip()
+    lead = 0
+    while lead < len(messages) and messages[lead].role == "system":
+        lead += 1
+    system = "\n".join(m.text for m in messages[:lead]).strip()
     header = (system + "\n\n" if system else "") + "".join(
         f"User: {q}\nAssistant: {a}\n" for q, a in _FEW_SHOT
     )
-    lines = [_line(m) for m in messages if m.role != "system"]
+    lines = [_line(m) for m in messages[lead:]]
     return header, lines
 
 

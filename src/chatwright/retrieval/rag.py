@@ -98,9 +98,13 @@ class Retrieved:
 
 def _label(hit: Hit) -> str:
     meta = hit.metadata
-    parts = [str(meta.get("title") or meta.get("source") or hit.key)]
-    if meta.get("heading_path"):
-        parts.append(str(meta["heading_path"]))
+    title = str(meta.get("title") or meta.get("source") or hit.key)
+    parts = [title]
+    heading = str(meta.get("heading_path") or "")
+    if heading.startswith(title):  # a document's h1 is usually its title: say it once
+        heading = heading[len(title) :].lstrip(" >")
+    if heading:
+        parts.append(heading)
     if meta.get("page"):
         parts.append(f"page {meta['page']}")
     return " · ".join(parts)
