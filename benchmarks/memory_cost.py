@@ -116,6 +116,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300, help="timed builds per checkpoint")
     parser.add_argument("--model", default="test:echo", help="whose token counter to use")
     parser.add_argument(
+        "--no-recall", action="store_true", help="measure without recall (no index, no search)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "memory_cost.json"
     )
     args = parser.parse_args()
@@ -136,7 +139,7 @@ def main() -> None:
                 counter_for(model),
                 history_messages=40,
                 answer_tokens=512,
-                recall=ThreadRecall(index, store),
+                recall=None if args.no_recall else ThreadRecall(index, store),
             )
             rng = random.Random(7)
             thread = f"bench-{strategy}"
@@ -144,7 +147,9 @@ def main() -> None:
             for turns in checkpoints:
                 grow(store, memory, thread, turns, rng)
                 last = store.get_thread("local", thread).message_count
-                while memory.index_old_turns("local", thread, before_seq=last - 39):
+                while memory.recall and memory.index_old_turns(
+                    "local", thread, before_seq=last - 39
+                ):
                     pass  # index what fell out of the window (not timed)
                 if strategy == "summary":
                     store.save_summary(
