@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -37,8 +38,20 @@ from chatwright.models.embeddings import get_embedder
 from chatwright.retrieval import SearchIndex
 from chatwright.retrieval.rag import Retrieved, retrieve, rewrite_query
 from chatwright.retrieval.recall import ThreadRecall
+from chatwright.routing import (
+    AllRouter,
+    ChitChatRouter,
+    LlmRouter,
+    Route,
+    Router,
+    RulesRouter,
+    SemanticRouter,
+    achain,
+    build_profiles,
+    embed_exemplars,
+)
 from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
-from chatwright.store.base import MemoryItem
+from chatwright.store.base import CollectionInfo, MemoryItem
 from chatwright.store.sqlite import check_thread_id
 from chatwright.types import (
     Answer,
@@ -54,6 +67,8 @@ from chatwright.types import (
 )
 
 __all__ = ["Chatbot", "Event"]
+
+_MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 
 Event: TypeAlias = TextDelta | ToolCallEvent | ToolResultEvent | CitationEvent | TurnEnd
 T = TypeVar("T")
@@ -89,6 +104,7 @@ class Chatbot:
             lock_dir = Path(self.store.path).parent / "locks"
         self._locks = TurnLocks(lock_dir)
         self.notes: list[str] = []  # set-up notes, carried in every turn's trace
+        self._router_chain: list[Router] | None = None
         self.index = self._search_index()
         summarizer_name = self.settings.memory.summarizer_model
         self.memory = Memory(
@@ -226,18 +242,91 @@ class Chatbot:
         self.store.delete_memory(owner or self.owner, memory_id)
 
     # -- knowledge ------------------------------------------------------------------------
-    def route(self, owner: str) -> tuple[list[str], list[str]]:
-        """The collections a turn searches: (names, index namespaces). Only collections with
-        something indexed; the configured ones, else all of the owner's."""
+    def candidate_collections(self, owner: str) -> list[CollectionInfo]:
+        """The collections a turn may search: with something indexed; the configured ones,
+        else all of the owner's."""
         if self.index is None or not isinstance(self.store, SQLiteStore):
-            return [], []
+            return []
         wanted = set(self.settings.knowledge.collections)
-        found = [
+        return [
             c
             for c in self.store.list_collections(owner)
             if c.chunks and (not wanted or c.name in wanted)
         ]
-        return [c.name for c in found], [c.namespace for c in found]
+
+    def _routers(self) -> list[Router]:
+        """The configured chain, small talk first (built once)."""
+        if self._router_chain is None:
+            cfg = self.settings.routing
+            embedder = self.index.embedder if self.index is not None else None
+            chain_: list[Router] = [ChitChatRouter()]
+            for name in cfg.strategy:
+                if name == "rules" and cfg.rules:
+                    chain_.append(RulesRouter(cfg.rules))
+                elif name == "semantic" and embedder is not None:
+                    chain_.append(
+                        SemanticRouter(
+                            cfg.threshold,
+                            cfg.margin,
+                            mix=cfg.mix,
+                            also=cfg.also,
+                            chitchat=embed_exemplars(embedder),
+                            chitchat_threshold=cfg.chitchat_threshold,
+                        )
+                    )
+                elif name == "llm":
+                    model = get_model(cfg.llm_model, self.settings) if cfg.llm_model else self.model
+                    chain_.append(LlmRouter(model, cfg.llm_timeout_s))
+                elif name == "all":
+                    chain_.append(AllRouter())
+            self._router_chain = chain_
+        return self._router_chain
+
+    async def route(
+        self, query: str, *, owner: str | None = None, pinned: Sequence[str] = ()
+    ) -> tuple[Route, list[CollectionInfo], Any]:
+        """Which collections to search for ``query``: (the route, those collections, the
+        query's vector for the search, or None). ``@name`` in the query and ``pinned`` names
+        override the router; a pinned collection that is gone falls back to the router."""
+        candidates = self.candidate_collections(owner or self.owner)
+        by_name = {c.name: c for c in candidates}
+        mentioned = [m for m in _MENTION.findall(query) if m in by_name]
+        if mentioned:
+            chosen = list(dict.fromkeys(mentioned))
+            route = Route(chosen, "mention", reason="named in the message with @")
+            return route, [by_name[n] for n in chosen], None
+        notes = [
+            f"pinned collection {n!r} is gone: routed instead" for n in pinned if n not in by_name
+        ]
+        live_pins = [n for n in pinned if n in by_name]
+        if live_pins:
+            return (
+                Route(live_pins, "pinned", reason="pinned to this thread"),
+                [by_name[n] for n in live_pins],
+                None,
+            )
+        embedder = self.index.embedder if self.index is not None else None
+        vector = None
+        if embedder is not None and query.strip():
+            vector = (await asyncio.to_thread(embedder.embed, [query]))[0]
+        assert self.index is not None or not candidates
+        profiles = build_profiles(self.index, candidates, embedder) if candidates else []
+        route = await achain(self._routers(), profiles, query, vector)
+        route.notes[:0] = notes
+        return route, [by_name[n] for n in route.collections if n in by_name], vector
+
+    def pin_collections(
+        self, thread_id: str, names: Sequence[str] | None, *, owner: str | None = None
+    ) -> ThreadInfo:
+        """Search only ``names`` in this thread (None: let the router choose again)."""
+        owner = owner or self.owner
+        for name in names or ():
+            self.store.get_collection(owner, name)  # type: ignore[attr-defined]
+        metadata = dict(self.store.get_thread(owner, thread_id).metadata)
+        metadata.pop("pinned_collections", None)
+        if names:
+            metadata["pinned_collections"] = list(names)
+        return self.store.update_thread_metadata(owner, thread_id, metadata)
 
     def passages_k(self) -> int:
         """How many passages a turn retrieves (see KnowledgeSettings.k)."""
@@ -351,14 +440,14 @@ class _Turn:
     async def _knowledge(self, text: str, loaded: Loaded) -> list[Retrieved]:
         """Rewrite, route and retrieve: passages from the user's collections (none: skipped)."""
         bot = self.bot
-        names, namespaces = bot.route(self.owner)
-        if not namespaces:
+        if not bot.candidate_collections(self.owner):
             for stage in ("rewrite", "route", "retrieve"):
                 self.skip(stage, "no collections")
             return []
+        plain = _MENTION.sub("", text).strip() or text
         with self.stage("rewrite") as s:
             query, how = await rewrite_query(
-                text,
+                plain,
                 [e.message for e in loaded.entries],
                 mode=bot.rewrite_mode(),
                 model=bot.model,
@@ -366,10 +455,28 @@ class _Turn:
             )
             s.data = {"query": query, "how": how}
         with self.stage("route") as s:
-            s.data = {"collections": names, "strategy": "all"}
+            info = bot.store.find_thread(self.owner, self.thread_id)
+            pinned = info.metadata.get("pinned_collections", []) if info else []
+            route, collections, vector = await bot.route(
+                f"{text} {query}" if _MENTION.search(text) else query,
+                owner=self.owner,
+                pinned=pinned,
+            )
+            s.data = route.to_dict()
+            self.trace.notes.extend(route.notes)
+        if not collections:
+            self.skip("retrieve", f"routed to no collection ({route.reason or route.strategy})")
+            return []
         with self.stage("retrieve") as s:
             try:
-                found = retrieve(bot.index, query, namespaces, bot.passages_k(), bot.memory.counter)
+                found = retrieve(
+                    bot.index,
+                    query,
+                    [c.namespace for c in collections],
+                    bot.passages_k(),
+                    bot.memory.counter,
+                    query_vector=vector,
+                )
             except Exception as e:  # a failing search costs the turn its passages only
                 self.trace.notes.append(f"retrieval failed, answered without passages: {e}")
                 found = []

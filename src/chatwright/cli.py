@@ -510,6 +510,47 @@ def memory_delete(
     err.print(f"forgot #{memory_id}")
 
 
+# -- routing --------------------------------------------------------------------------------
+@app.command()
+@handles_errors()
+def route(
+    question: Annotated[str, typer.Argument(help="The question to route (not answered).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Show which collections a question would search, with the scores and why."""
+    with _bot("test:echo", data_dir, config, user) as bot:
+        decision, _, _ = asyncio.run(bot.route(question))
+    if as_json:
+        out.file.write(json.dumps(decision.to_dict()) + "\n")
+        return
+    out.print(decision.describe(), markup=False)
+    for note in decision.notes:
+        err.print(f"[dim]note: {note}[/]")
+
+
+@threads_app.command("pin")
+@handles_errors()
+def threads_pin(
+    thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
+    names: Annotated[list[str] | None, typer.Argument(help="Collections to search.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Let the router choose again.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Search only these collections in this thread (a pin overrides the router)."""
+    if not names and not clear:
+        raise UserError("name the collections to pin", hint="or pass --clear to unpin")
+    with _bot("test:echo", data_dir, config, user) as bot:
+        bot.pin_collections(thread_id, None if clear else names)
+    err.print(
+        f"thread {thread_id}: " + ("unpinned" if clear else f"pinned to {', '.join(names or [])}")
+    )
+
+
 # -- evaluations ----------------------------------------------------------------------------
 @eval_app.command("retrieval")
 @handles_errors()
@@ -562,6 +603,52 @@ def eval_retrieval(
         f"{result['dataset']} · {split} split · {result['queries']} queries · "
         f"{result['documents']:,} documents · embedder {result['embedder']}"
     )
+    out.print(table)
+
+
+@eval_app.command("routing")
+@handles_errors()
+def eval_routing(
+    questions: Annotated[
+        Path, typer.Argument(help='JSON Lines: {"question": ..., "expected": [names]} per line.')
+    ],
+    split: Annotated[
+        str | None, typer.Option(help="Only lines with this 'split' value (train/test).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Routing accuracy (exact set) and added latency per strategy, on your collections."""
+    from chatwright.evals import routing as routing_eval
+
+    with _bot("test:echo", data_dir, config, user) as bot:
+        collections = bot.candidate_collections(bot.owner)
+        if not collections or bot.index is None or bot.index.embedder is None:
+            raise UserError(
+                "no collections with an embedder to route to",
+                hint="ingest documents first: chatwright ingest PATH --collection NAME",
+            )
+        embedder = bot.index.embedder
+        strategies = routing_eval.strategies_for(embedder, bot.settings.routing.rules or None)
+        result = routing_eval.evaluate(
+            questions, bot.index, collections, embedder, strategies, split=split
+        )
+    if as_json:
+        out.file.write(json.dumps(result, indent=2) + "\n")
+        return
+    table = Table("strategy", "accuracy", "fallbacks", "p50 ms", "p95 ms", box=None)
+    for name, figures in result.items():
+        if name.startswith("_"):
+            continue
+        table.add_row(
+            name,
+            f"{figures['accuracy']:.1%}",
+            str(figures["fallbacks"]),
+            f"{figures['median_ms']:.3f}",
+            f"{figures['p95_ms']:.3f}",
+        )
     out.print(table)
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "LocalSettings",
     "MemorySettings",
     "OpenAISettings",
+    "RoutingSettings",
     "Settings",
     "default_data_dir",
     "find_config_file",
@@ -100,6 +101,24 @@ class KnowledgeSettings(_Section):
     rewrite_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class RoutingSettings(_Section):
+    """Which collections a turn searches: a chain of strategies, the first sure one wins; when
+    none is sure, all collections. Greetings and small talk route to none."""
+
+    strategy: list[Literal["rules", "semantic", "llm", "all"]] = Field(
+        default_factory=lambda: ["rules", "semantic"]
+    )
+    rules: dict[str, list[str]] = Field(default_factory=dict)  # collection -> regexes
+    # Semantic router, tuned on the train half of evals/routing (see benchmarks/README.md).
+    threshold: float = 0.1
+    margin: float = 0.0
+    mix: float = Field(default=0.25, ge=0.0, le=1.0)  # description vs chunk centroid
+    also: float = 0.3
+    chitchat_threshold: float = 0.4
+    llm_model: str | None = None  # default: the chat model
+    llm_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of chatwright's settings, with their defaults."""
 
@@ -126,6 +145,7 @@ class Settings(BaseSettings):
     local: LocalSettings = Field(default_factory=LocalSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     @field_validator("model")
     @classmethod

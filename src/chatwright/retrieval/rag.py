@@ -10,6 +10,7 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from chatwright.memory.context import Passage
 from chatwright.memory.tokens import TokenCounter
@@ -131,9 +132,17 @@ def passages_from(hits: Sequence[Hit], counter: TokenCounter) -> list[Retrieved]
 
 
 def retrieve(
-    index: SearchIndex, query: str, namespaces: Sequence[str], k: int, counter: TokenCounter
+    index: SearchIndex,
+    query: str,
+    namespaces: Sequence[str],
+    k: int,
+    counter: TokenCounter,
+    *,
+    query_vector: Any = None,
 ) -> list[Retrieved]:
-    """The ``k`` best passages for ``query`` across ``namespaces`` (hybrid when possible)."""
+    """The ``k`` best passages for ``query`` across ``namespaces`` (hybrid when possible;
+    ``query_vector``: the query's embedding, when the caller already has it)."""
     if not namespaces or not query.strip():
         return []
-    return passages_from(index.search(query, list(namespaces), k=k, mode="hybrid"), counter)
+    hits = index.search(query, list(namespaces), k=k, mode="hybrid", query_vector=query_vector)
+    return passages_from(hits, counter)
