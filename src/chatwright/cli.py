@@ -516,12 +516,13 @@ def memory_delete(
 def route(
     question: Annotated[str, typer.Argument(help="The question to route (not answered).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+    model: ModelOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     user: UserOpt = None,
 ) -> None:
     """Show which collections a question would search, with the scores and why."""
-    with _bot("test:echo", data_dir, config, user) as bot:
+    with _bot(model, data_dir, config, user) as bot:  # the llm strategy asks this model
         decision, _, _ = asyncio.run(bot.route(question))
     if as_json:
         out.file.write(json.dumps(decision.to_dict()) + "\n")
