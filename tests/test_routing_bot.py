@@ -106,3 +106,31 @@ def test_the_route_command_prints_the_decision(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["collections"] == []
+
+
+def test_semantic_scores_mix_in_the_best_matching_chunk(store):
+    from chatwright.routing import SemanticRouter, build_profiles, with_best_chunks
+
+    bot = make_bot(store)
+    profiles = build_profiles(bot.index, bot.candidate_collections("local"), bot.index.embedder)
+    query = "hold the reset button for ten seconds"
+    vector = bot.index.embedder.embed([query])[0]
+    scored = with_best_chunks(bot.index, profiles, query, vector)
+    best = {p.name: p.best_chunk for p in scored}
+    assert best["manuals"] > best["hr"]
+    plain = SemanticRouter(chunk_weight=0.0).scores(vector, scored)
+    mixed = SemanticRouter(chunk_weight=0.7).scores(vector, scored)
+    assert mixed["manuals"] == pytest.approx(0.3 * plain["manuals"] + 0.7 * best["manuals"], 1e-3)
+    assert SemanticRouter(chunk_weight=0.7).scores(vector, profiles) == plain  # none known
+
+
+def test_a_broken_router_falls_back_to_all_collections_with_a_note(store):
+    bot = make_bot(store)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("profiles unreadable")
+
+    bot.index.search = broken  # the semantic router's chunk search fails
+    decision, collections, _ = asyncio.run(bot.route("How do I reset the router?"))
+    assert decision.fallback and sorted(c.name for c in collections) == ["hr", "manuals"]
+    assert any("routing failed" in n and "profiles unreadable" in n for n in decision.notes)

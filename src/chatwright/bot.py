@@ -49,6 +49,7 @@ from chatwright.routing import (
     achain,
     build_profiles,
     embed_exemplars,
+    with_best_chunks,
 )
 from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
 from chatwright.store.base import CollectionInfo, MemoryItem
@@ -272,6 +273,7 @@ class Chatbot:
                             also=cfg.also,
                             chitchat=embed_exemplars(embedder),
                             chitchat_threshold=cfg.chitchat_threshold,
+                            chunk_weight=cfg.chunk_weight,
                         )
                     )
                 elif name == "llm":
@@ -310,8 +312,21 @@ class Chatbot:
         if embedder is not None and query.strip():
             vector = (await asyncio.to_thread(embedder.embed, [query]))[0]
         assert self.index is not None or not candidates
-        profiles = build_profiles(self.index, candidates, embedder) if candidates else []
-        route = await achain(self._routers(), profiles, query, vector)
+        try:
+            profiles = build_profiles(self.index, candidates, embedder) if candidates else []
+            routers = self._routers()
+            if vector is not None and any(getattr(r, "chunk_weight", 0.0) for r in routers):
+                assert self.index is not None
+                profiles = with_best_chunks(self.index, profiles, query, vector)
+            route = await achain(routers, profiles, query, vector)
+        except Exception as e:  # a broken router costs the turn its routing, not its answer
+            route = Route(
+                [c.name for c in candidates],
+                "fallback",
+                reason="routing failed: all collections",
+                fallback=True,
+                notes=[f"routing failed ({type(e).__name__}: {e}); searched all collections"],
+            )
         route.notes[:0] = notes
         return route, [by_name[n] for n in route.collections if n in by_name], vector
 

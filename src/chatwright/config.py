@@ -115,6 +115,7 @@ class RoutingSettings(_Section):
     mix: float = Field(default=0.25, ge=0.0, le=1.0)  # description vs chunk centroid
     also: float = 0.3
     chitchat_threshold: float = 0.4
+    chunk_weight: float = Field(default=0.7, ge=0.0, le=1.0)  # best-matching chunk vs profile
     llm_model: str | None = None  # default: the chat model
     llm_timeout_s: float = Field(default=10.0, gt=0)
 

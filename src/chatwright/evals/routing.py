@@ -33,6 +33,7 @@ from chatwright.routing import (
     build_profiles,
     chain,
     embed_exemplars,
+    with_best_chunks,
 )
 
 __all__ = ["DEFAULT_DIR", "evaluate", "load_questions", "main", "strategies_for"]
@@ -45,6 +46,7 @@ SEMANTIC_OPTIONS: dict[str, Any] = {
     "mix": 0.25,
     "also": 0.3,
     "chitchat_threshold": 0.4,
+    "chunk_weight": 0.7,
 }
 _VECTORS: dict[Any, list[np.ndarray]] = {}
 
@@ -102,7 +104,10 @@ def evaluate(
         times: list[float] = []
         for q, vec in zip(questions, vectors, strict=True):
             start = time.perf_counter()
-            route = chain(routers, profiles, q["question"], vec)
+            seen = profiles
+            if any(getattr(r, "chunk_weight", 0.0) for r in routers):  # timed: part of routing
+                seen = with_best_chunks(index, profiles, q["question"], vec)
+            route = chain(routers, seen, q["question"], vec)
             times.append((time.perf_counter() - start) * 1000)
             ok = set(route.collections) == set(q["expected"])
             right += ok

@@ -1,6 +1,6 @@
 """Collection routing: which collections (none, one or several) a turn searches."""
 
-from chatwright.routing.profiles import ProfileCache, build_profiles
+from chatwright.routing.profiles import ProfileCache, build_profiles, with_best_chunks
 from chatwright.routing.router import (
     CHITCHAT_EXEMPLARS,
     AllRouter,
@@ -33,4 +33,5 @@ __all__ = [
     "chain",
     "embed_exemplars",
     "is_chitchat",
+    "with_best_chunks",
 ]

@@ -8,6 +8,7 @@ one small query, a changed one is re-read.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from collections.abc import Sequence
@@ -119,3 +120,19 @@ def build_profiles(
             )
         )
     return profiles
+
+
+def with_best_chunks(
+    index: SearchIndex,
+    profiles: Sequence[CollectionProfile],
+    query: str,
+    query_vector: np.ndarray,
+) -> list[CollectionProfile]:
+    """``profiles`` carrying, for this query, each collection's best-matching chunk's cosine
+    (one exact top-1 vector search per collection)."""
+    out = []
+    for p in profiles:
+        hits = index.search(query, [p.namespace], k=1, mode="vector", query_vector=query_vector)
+        best = hits[0].scores.get("vector") if hits else None
+        out.append(dataclasses.replace(p, best_chunk=best))
+    return out
