@@ -462,3 +462,35 @@ def test_preload_loads_namespaces_ahead_of_search(db: sqlite3.Connection) -> Non
     index.preload(["collection:1", "absent"])
     assert set(index._segments) == {"collection:1"}
     assert index._segments["collection:1"].pks.size == len(DOCS)
+
+
+def test_query_embeddings_are_memoized_across_searches() -> None:
+    import sqlite3 as _sqlite3
+
+    import numpy as _np
+
+    from chatwright.models.embeddings import get_embedder
+
+    class Counting:
+        name, dim = "counting", 256
+
+        def __init__(self) -> None:
+            self.inner, self.calls = get_embedder("test:hash"), []
+
+        def embed(self, texts):
+            self.calls.append(list(texts))
+            return self.inner.embed(texts)
+
+    conn = _sqlite3.connect(":memory:", isolation_level=None)
+    m003_retrieval(conn)
+    embedder = Counting()
+    index = SearchIndex(conn, embedder)
+    index.add("ns", [Chunk("a", "cats purr"), Chunk("b", "dogs bark")])
+    embedder.calls.clear()
+    first = index.embed_query("why do cats purr")
+    index.search("why do cats purr", ["ns"], k=1)
+    index.search("why do cats purr", ["ns"], k=1)
+    assert embedder.calls == [["why do cats purr"]]  # one embedding for all three
+    _np.testing.assert_array_equal(first, index.embed_query("why do cats purr"))
+    index.search("dogs", ["ns"], k=1)
+    assert embedder.calls[-1] == ["dogs"]

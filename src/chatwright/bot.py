@@ -310,7 +310,8 @@ class Chatbot:
         embedder = self.index.embedder if self.index is not None else None
         vector = None
         if embedder is not None and query.strip():
-            vector = (await asyncio.to_thread(embedder.embed, [query]))[0]
+            assert self.index is not None
+            vector = await asyncio.to_thread(self.index.embed_query, query)
         assert self.index is not None or not candidates
         try:
             profiles = build_profiles(self.index, candidates, embedder) if candidates else []

@@ -24,6 +24,7 @@ import json
 import math
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ _WEIGHTS: dict[str, dict[str, float]] = {
 FLOORS = {"keyword": 0.0, "vector": -1.0}
 
 _EMBED_BATCH = 64
+_QUERY_CACHE = 64  # recent query embeddings kept
 # Vectors are stored as float16 (half the bytes of float32; unit vectors lose ~1e-3 of cosine,
 # which does not change SciFact's nDCG@10 at 3 decimals) and searched as float32.
 _STORED_VECTOR = np.float16
@@ -236,6 +238,8 @@ class SearchIndex:
         self.max_cached_chunks = max_cached_chunks
         self._lock = lock or threading.RLock()
         self._segments: dict[str, _Segment] = {}
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()  # see embed_query
+        self._queries_lock = threading.Lock()
 
     # -- writing --------------------------------------------------------------------------
     @contextmanager
@@ -439,7 +443,24 @@ class SearchIndex:
             return None
         if not query.strip():
             return None
-        return np.asarray(self.embedder.embed([query]), dtype=np.float32)[0]
+        return self.embed_query(query)
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The query's embedding, memoized: a turn's router, retrieval and recall often search
+        the same text, and each embedding costs milliseconds."""
+        if self.embedder is None:
+            raise UserError("embedding a query needs an embedder")
+        with self._queries_lock:
+            cached = self._queries.get(query)
+            if cached is not None:
+                self._queries.move_to_end(query)
+                return cached
+        vector = np.asarray(self.embedder.embed([query]), dtype=np.float32)[0]
+        with self._queries_lock:
+            self._queries[query] = vector
+            while len(self._queries) > _QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return vector
 
     def _fresh_segments(self, namespaces: Sequence[str]) -> list[_Segment]:
         """The in-memory segments of ``namespaces``, (re)loaded where their version moved."""
