@@ -16,13 +16,13 @@ import concurrent.futures
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 from chatwright._locks import TurnLocks
-from chatwright.agent import Generation, generate
+from chatwright.agent import TOOL_DATA_RULE, AgentRun, Generation, Limits, run_agent, unanswered
 from chatwright.config import Settings, load_settings
 from chatwright.errors import (
     ChatwrightError,
@@ -54,8 +54,11 @@ from chatwright.routing import (
 from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
 from chatwright.store.base import CollectionInfo, MemoryItem
 from chatwright.store.sqlite import check_thread_id
+from chatwright.tools import ApprovalPolicy, Tool, ToolContext, Toolset, tool
+from chatwright.tools.builtin import builtin_tools
 from chatwright.types import (
     Answer,
+    ApprovalRequest,
     CitationEvent,
     CitationPart,
     Message,
@@ -71,7 +74,10 @@ __all__ = ["Chatbot", "Event"]
 
 _MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 
-Event: TypeAlias = TextDelta | ToolCallEvent | ToolResultEvent | CitationEvent | TurnEnd
+Event: TypeAlias = (
+    TextDelta | ToolCallEvent | ToolResultEvent | ApprovalRequest | CitationEvent | TurnEnd
+)
+Approver: TypeAlias = Callable[[ApprovalRequest, Tool], Any]  # -> bool or Awaitable[bool]
 T = TypeVar("T")
 
 
@@ -91,6 +97,7 @@ class Chatbot:
         settings: Settings | None = None,
         system_prompt: str | None = None,
         owner: str | None = None,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
     ) -> None:
         self.settings = settings or Settings()
         name = model if isinstance(model, str) else self.settings.model
@@ -105,6 +112,8 @@ class Chatbot:
             lock_dir = Path(self.store.path).parent / "locks"
         self._locks = TurnLocks(lock_dir)
         self.notes: list[str] = []  # set-up notes, carried in every turn's trace
+        self.toolset = Toolset(tools)
+        self._mcp: list[Any] | None = None  # MCP servers, connected at the first turn
         self._router_chain: list[Router] | None = None
         self.index = self._search_index()
         summarizer_name = self.settings.memory.summarizer_model
@@ -157,12 +166,19 @@ class Chatbot:
         return text
 
     async def stream(
-        self, thread_id: str | None, text: str, *, owner: str | None = None
+        self,
+        thread_id: str | None,
+        text: str,
+        *,
+        owner: str | None = None,
+        approver: Approver | None = None,
     ) -> AsyncIterator[Event]:
-        """Run one turn, yielding text deltas (and tool events) as they come, then a TurnEnd.
+        """Run one turn, yielding text deltas and tool events as they come, then a TurnEnd.
 
         ``thread_id`` is the caller's key: an id not seen before starts that thread; None
-        starts a new thread with a generated id.
+        starts a new thread with a generated id. ``approver(request, tool)`` decides calls
+        that need approval (see :class:`chatwright.tools.ApprovalPolicy`): it returns a bool
+        or an awaitable of one; without an approver such calls are refused.
         """
         owner = owner or self.owner
         self.check_message(text)
@@ -171,23 +187,37 @@ class Chatbot:
         # answer), not whenever the garbage collector gets to it.
         async with (
             self._locks.hold(owner, thread_id),
-            aclosing(_Turn(self, owner, thread_id).run(text)) as events,
+            aclosing(_Turn(self, owner, thread_id, approver).run(text)) as events,
         ):
             async for event in events:
                 yield event
 
-    async def achat(self, thread_id: str | None, text: str, *, owner: str | None = None) -> Answer:
+    async def achat(
+        self,
+        thread_id: str | None,
+        text: str,
+        *,
+        owner: str | None = None,
+        approver: Approver | None = None,
+    ) -> Answer:
         """Run one turn and return the stored answer."""
         answer = None
-        async for event in self.stream(thread_id, text, owner=owner):
+        async for event in self.stream(thread_id, text, owner=owner, approver=approver):
             if isinstance(event, TurnEnd):
                 answer = event.answer
         assert answer is not None  # a turn's stream always ends with TurnEnd
         return answer
 
-    def chat(self, thread_id: str | None, text: str, *, owner: str | None = None) -> Answer:
+    def chat(
+        self,
+        thread_id: str | None,
+        text: str,
+        *,
+        owner: str | None = None,
+        approver: Approver | None = None,
+    ) -> Answer:
         """Run one turn (blocking) and return the answer; ``str(answer)`` is its text."""
-        return _run_sync(self.achat(thread_id, text, owner=owner))
+        return _run_sync(self.achat(thread_id, text, owner=owner, approver=approver))
 
     # -- threads --------------------------------------------------------------------------
     def threads(self, *, owner: str | None = None, limit: int = 50) -> list[ThreadInfo]:
@@ -225,6 +255,69 @@ class Chatbot:
         self.store.get_thread(owner, thread_id)
         loaded = self.memory.load(owner, thread_id)
         return self.memory.build(owner, thread_id, loaded, Message.user(text), self.system_prompt)
+
+    # -- tools ----------------------------------------------------------------------------
+    def tool(self, function: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Decorator: offer a typed function to the model (``@bot.tool`` or
+        ``@bot.tool(side_effects=True, timeout_s=5)``); returns the :class:`Tool`."""
+        if function is not None:
+            return self.toolset.add(tool(function, **options) if options else function)
+        return lambda fn: self.toolset.add(tool(**options)(fn))
+
+    def builtin_names(self) -> list[str]:
+        """The built-in tools offered (``[tools] builtin``; default: both for remote models,
+        none for the embedded one, which picks tools poorly)."""
+        names = self.settings.tools.builtin
+        if names is None:
+            remote = self.model.name.startswith(("openai:", "anthropic:"))
+            names = ["search_knowledge", "remember"] if remote else []
+        return list(names)
+
+    @property
+    def mcp_servers(self) -> list[Any]:
+        """The configured MCP servers, connected on first use (a failure is noted, not fatal)."""
+        if self._mcp is None:
+            self._mcp = []
+            if self.settings.mcp:
+                from chatwright.tools.mcp import mcp_servers, start_all
+
+                self._mcp = mcp_servers(self.settings)
+                start_all(self._mcp)
+                for server in self._mcp:
+                    if server.error:
+                        self.notes.append(f"MCP server {server.name}: {server.status()}")
+        return self._mcp
+
+    def tools(self, owner: str | None = None) -> list[Tool]:
+        """The tools a turn of ``owner`` offers: built-ins, this bot's own, the MCP servers'.
+        ``search_knowledge`` only when the owner has something to search."""
+        owner = owner or self.owner
+        cfg = self.settings.tools
+        names = self.builtin_names()
+        if "search_knowledge" in names and not self.candidate_collections(owner):
+            names.remove("search_knowledge")
+        found = builtin_tools(names, timeout_s=cfg.tool_timeout_s)
+        found += list(self.toolset)
+        for server in self.mcp_servers:
+            found += server.tools()
+        unique: dict[str, Tool] = {}
+        for t in found:
+            unique.setdefault(t.name, t)  # the first wins: built-ins, then the bot's, then MCP
+        return [
+            t if t.max_output_chars <= cfg.max_output_chars else _with_output_limit(t, cfg)
+            for t in unique.values()
+        ]
+
+    def limits(self) -> Limits:
+        cfg = self.settings.tools
+        return Limits(
+            max_steps=cfg.max_steps,
+            max_tool_calls=cfg.max_tool_calls,
+            max_parallel=cfg.max_parallel,
+            token_budget=cfg.token_budget,
+            time_limit_s=cfg.time_limit_s,
+            approval_timeout_s=cfg.approval_timeout_s,
+        )
 
     # -- user memory ----------------------------------------------------------------------
     def remember(self, text: str, *, owner: str | None = None) -> MemoryItem:
@@ -362,6 +455,8 @@ class Chatbot:
 
     def close(self) -> None:
         self.memory.wait()
+        for server in self._mcp or ():
+            server.close()
         self.store.close()
 
     def __enter__(self) -> Chatbot:
@@ -374,13 +469,24 @@ class Chatbot:
 class _Turn:
     """One turn's state: the stages run in order, each timed into the trace."""
 
-    def __init__(self, bot: Chatbot, owner: str, thread_id: str) -> None:
+    def __init__(
+        self, bot: Chatbot, owner: str, thread_id: str, approver: Approver | None = None
+    ) -> None:
         self.bot = bot
         self.owner = owner
         self.thread_id = thread_id
+        self.approver = approver
         self.trace = Trace(model=bot.model.name)
         self.citations: list[CitationPart] = []
+        self.agent = AgentRun()
         self._started = time.perf_counter()
+
+    # -- for tools: passages found during the turn become citations of its answer ----------
+    def next_citation_index(self) -> int:
+        return max((c.index for c in self.citations), default=0) + 1
+
+    def add_citation(self, citation: CitationPart) -> None:
+        self.citations.append(citation)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[StageTrace]:
@@ -407,18 +513,24 @@ class _Turn:
             loaded = memory.load(self.owner, self.thread_id, before_seq=stored.seq)
             s.data = {"messages": len(loaded.entries), "user_seq": stored.seq}
         retrieved = await self._knowledge(text, loaded)
+        tools = bot.tools(self.owner)
+        system_prompt = bot.system_prompt
+        if tools:
+            system_prompt = f"{system_prompt}\n\n{TOOL_DATA_RULE}".strip()
         with self.stage("context") as s:
             context = memory.build(
                 self.owner,
                 self.thread_id,
                 loaded,
                 user,
-                bot.system_prompt,
+                system_prompt,
                 new_tokens=tokens,
                 passages=[r.passage for r in retrieved],
             )
             messages = context.messages
             s.data = context.report()
+            if tools:
+                s.data["tools"] = [t.name for t in tools]
             self.trace.notes.extend([*bot.notes, *context.notes])
         used = set(context.passages_used)
         self.citations = [r.citation for r in retrieved if r.citation.index in used]
@@ -428,26 +540,44 @@ class _Turn:
                 max_tokens=bot.settings.max_answer_tokens, temperature=bot.settings.temperature
             ),
         )
-        generation = Generation()
+        # Text the user did not write is in the context: calls with side effects must ask.
+        untrusted = bool(used or context.recalled_seqs) or any(m.role == "tool" for m in messages)
+        run = self.agent
         try:
             with self.stage("generate") as s:
-                async with asyncio.timeout(bot.settings.model_timeout_s):
-                    async for event in generate(bot.model, request, generation):
-                        yield event
-                s.data = {"finish": generation.finish}
+                async for event in run_agent(
+                    bot.model,
+                    request,
+                    run,
+                    tools=tools,
+                    context=ToolContext(self.owner, self.thread_id, bot, self),
+                    limits=bot.limits(),
+                    policy=ApprovalPolicy(frozenset(bot.settings.tools.auto_approve)),
+                    approver=self.approver,
+                    untrusted=untrusted,
+                    on_step=self._store_step,
+                    count=memory.count,
+                    model_timeout_s=bot.settings.model_timeout_s,
+                ):
+                    yield event
+                s.data = run.report()
+                self.trace.notes.extend(run.notes)
         except TimeoutError:
-            self._keep_partial(generation, "timed out")
+            self._keep_partial(run.current, "timed out")
             raise ModelUnavailable(
                 f"{bot.model.name} did not finish within {bot.settings.model_timeout_s:g} s",
-                hint="raise model_timeout_s in chatwright.toml, or check the model server",
+                hint="raise model_timeout_s (or [tools] time_limit_s) in chatwright.toml, "
+                "or check the model server",
             ) from None
         except ModelError as e:
-            self._keep_partial(generation, e.message)
+            self._keep_partial(run.current, e.message)
             raise
         except BaseException:  # cancelled, interrupted (Ctrl-C), or the consumer went away
-            self._keep_partial(generation, "interrupted")
+            self._keep_partial(run.current, "interrupted")
             raise
-        answer = self._persist(generation)
+        generation = run.current
+        extra = {"stopped": run.stopped} if run.stopped else {}
+        answer = self._persist(generation, **extra)
         memory.after_turn(self.owner, self.thread_id, loaded, context)
         for citation in answer.citations:
             yield CitationEvent(citation=citation)
@@ -509,9 +639,16 @@ class _Turn:
             }
         return found
 
+    def _store_step(self, messages: list[Message]) -> None:
+        """A step's tool calls and their results, stored together as they complete."""
+        memory = self.bot.memory
+        self.bot.store.append(
+            self.owner, self.thread_id, messages, tokens=[memory.count(m) for m in messages]
+        )
+
     def _finish_trace(self, generation: Generation) -> None:
-        self.trace.input_tokens = generation.usage.input_tokens
-        self.trace.output_tokens = generation.usage.output_tokens
+        self.trace.input_tokens = self.agent.input_tokens or generation.usage.input_tokens
+        self.trace.output_tokens = self.agent.output_tokens or generation.usage.output_tokens
         self.trace.total_ms = round((time.perf_counter() - self._started) * 1000, 3)
 
     def _persist(self, generation: Generation, **metadata: Any) -> Answer:
@@ -543,10 +680,22 @@ class _Turn:
         )
 
     def _keep_partial(self, generation: Generation, why: str) -> None:
-        """Store what was streamed before a turn was cut short, marked as such."""
-        if generation.text or generation.tool_calls:
-            self.trace.notes.append(f"answer cut short: {why}")
-            self._persist(generation, interrupted=True, reason=why)
+        """Store what was streamed before a turn was cut short, marked as such. Tool calls
+        that never ran are stored with a "not run" result each, so they stay paired."""
+        if not (generation.text or generation.tool_calls):
+            return
+        self.trace.notes.append(f"answer cut short: {why}")
+        if generation.tool_calls:
+            message = generation.message(interrupted=True, reason=why)
+            self._store_step([message, unanswered(generation.tool_calls, why)])
+            generation = Generation()
+        self._persist(generation, interrupted=True, reason=why)
+
+
+def _with_output_limit(t: Tool, cfg: Any) -> Tool:
+    import dataclasses
+
+    return dataclasses.replace(t, max_output_chars=cfg.max_output_chars)
 
 
 def _run_sync(coro: Coroutine[Any, Any, T]) -> T:

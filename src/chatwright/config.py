@@ -16,7 +16,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from chatwright.errors import ConfigError
@@ -25,10 +32,12 @@ __all__ = [
     "AnthropicSettings",
     "KnowledgeSettings",
     "LocalSettings",
+    "MCPServerSettings",
     "MemorySettings",
     "OpenAISettings",
     "RoutingSettings",
     "Settings",
+    "ToolsSettings",
     "default_data_dir",
     "find_config_file",
     "load_settings",
@@ -120,6 +129,49 @@ class RoutingSettings(_Section):
     llm_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class ToolsSettings(_Section):
+    """The agent loop's bounds, which built-in tools the model gets, which calls run unasked."""
+
+    # Built-in tools offered to the model. Default (None): search_knowledge and remember for
+    # remote models, none for the embedded one (see benchmarks/README.md: it picks tools poorly).
+    builtin: list[Literal["search_knowledge", "remember"]] | None = None
+    # Tools with side effects that run without asking, while the turn has read nothing
+    # untrusted (documents, tool output). "*" means all of them. remember only writes the
+    # user's own memory, which they can see and delete.
+    auto_approve: list[str] = Field(default_factory=lambda: ["remember"])
+    max_steps: int = Field(default=6, ge=1, le=100)  # model calls per turn
+    max_tool_calls: int = Field(default=12, ge=0, le=1000)
+    max_parallel: int = Field(default=8, ge=1, le=64)
+    token_budget: int = Field(default=60_000, ge=1)  # tokens in + out over all steps of a turn
+    time_limit_s: float = Field(default=180.0, gt=0)  # wall time of the whole loop
+    tool_timeout_s: float = Field(default=30.0, gt=0)  # default per tool
+    max_output_chars: int = Field(default=16_000, ge=100)  # longer tool output is cut, with a note
+    approval_timeout_s: float = Field(default=300.0, gt=0)  # no answer in time means no
+
+
+class MCPServerSettings(_Section):
+    """One MCP server: ``command`` (stdio) or ``url`` (streamable HTTP), not both."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Path | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    prefix: str | None = None  # tool names become "<prefix>_<tool>"; default: the server's name
+    enabled: bool = True
+    timeout_s: float = Field(default=30.0, gt=0)  # start-up and each call
+    # Which of its tools have side effects: "auto" trusts the server's readOnlyHint annotation
+    # (unannotated tools count as having side effects), "all" or "none" overrides it.
+    side_effects: Literal["auto", "all", "none"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> MCPServerSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of command (stdio) or url (streamable HTTP)")
+        return self
+
+
 class Settings(BaseSettings):
     """All of chatwright's settings, with their defaults."""
 
@@ -147,6 +199,8 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    tools: ToolsSettings = Field(default_factory=ToolsSettings)
+    mcp: dict[str, MCPServerSettings] = Field(default_factory=dict)  # [mcp.<name>] sections
 
     @field_validator("model")
     @classmethod

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 __all__ = [
     "Answer",
+    "ApprovalRequest",
     "CitationEvent",
     "CitationPart",
     "Done",
@@ -161,6 +162,19 @@ class ToolCallEvent(_Value):
 class ToolResultEvent(_Value):
     type: Literal["tool_result"] = "tool_result"
     result: ToolResultPart
+
+
+class ApprovalRequest(_Value):
+    """A call to a tool with side effects waits for the user's yes or no.
+
+    ``reason`` says why approval is needed; the decision arrives through the approver the turn
+    was given (a CLI prompt, the HTTP approve endpoint); no approver means no.
+    """
+
+    type: Literal["approval_needed"] = "approval_needed"
+    call: ToolCallPart
+    reason: str = ""
+    description: str = ""
 
 
 class CitationEvent(_Value):

@@ -1,0 +1,93 @@
+"""Toolsets: named tools with unique names, and the policy that says which calls need approval."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from chatwright.errors import ConfigError
+from chatwright.tools.base import Tool
+
+__all__ = ["ApprovalPolicy", "ToolSource", "Toolset", "as_tool"]
+
+
+def as_tool(value: Tool | Callable[..., Any]) -> Tool:
+    """A :class:`Tool` as is; a plain callable becomes one through its type hints."""
+    if isinstance(value, Tool):
+        return value
+    if callable(value):
+        return Tool.from_function(value)
+    raise ConfigError(f"{value!r} is not a tool", hint="pass a function or a chatwright.Tool")
+
+
+@runtime_checkable
+class ToolSource(Protocol):
+    """Something that contributes tools at run time (an MCP server): they may come and go."""
+
+    name: str
+
+    def tools(self) -> list[Tool]: ...
+
+    def status(self) -> str: ...
+
+
+class Toolset:
+    """An ordered set of tools with unique names."""
+
+    def __init__(self, tools: Iterable[Tool | Callable[..., Any]] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for t in tools:
+            self.add(t)
+
+    def add(self, value: Tool | Callable[..., Any]) -> Tool:
+        t = as_tool(value)
+        if t.name in self._tools:
+            raise ConfigError(
+                f"two tools are named {t.name!r}",
+                hint="give one of them another name: @tool(name=...)",
+            )
+        self._tools[t.name] = t
+        return t
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+
+@dataclass(frozen=True)
+class ApprovalPolicy:
+    """Which calls wait for the user's approval.
+
+    Tools without side effects always run. A tool with side effects runs without asking only
+    when it is in ``auto_approve`` **and** the turn has read nothing untrusted so far (retrieved
+    passages, recalled turns, tool output): once text the user did not write is in the model's
+    context, the model may be following that text's orders, so every side-effecting call asks.
+    """
+
+    auto_approve: frozenset[str] = field(default_factory=frozenset)
+
+    def reason(self, tool: Tool, *, untrusted: bool) -> str | None:
+        """Why ``tool`` needs approval now, or None when it may run."""
+        if not tool.side_effects:
+            return None
+        if tool.name in self.auto_approve or "*" in self.auto_approve:
+            if not untrusted:
+                return None
+            return (
+                f"{tool.name} has side effects and the conversation now holds text from "
+                "documents or tools, which could have asked for this call"
+            )
+        return f"{tool.name} has side effects"
