@@ -685,11 +685,17 @@ class _Turn:
         if not (generation.text or generation.tool_calls):
             return
         self.trace.notes.append(f"answer cut short: {why}")
-        if generation.tool_calls:
-            message = generation.message(interrupted=True, reason=why)
-            self._store_step([message, unanswered(generation.tool_calls, why)])
-            generation = Generation()
-        self._persist(generation, interrupted=True, reason=why)
+        if not generation.tool_calls:
+            self._persist(generation, interrupted=True, reason=why)
+            return
+        message = generation.message(interrupted=True, reason=why)
+        self._finish_trace(generation)
+        trace = self.trace.model_copy(deep=True) if self.bot.settings.store_traces else None
+        memory = self.bot.memory
+        pair = [message, unanswered(generation.tool_calls, why)]
+        self.bot.store.append(
+            self.owner, self.thread_id, pair, trace=trace, tokens=[memory.count(m) for m in pair]
+        )
 
 
 def _with_output_limit(t: Tool, cfg: Any) -> Tool:
