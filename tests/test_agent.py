@@ -28,10 +28,8 @@ from chatwright.types import (
     ApprovalRequest,
     CitationEvent,
     Message,
-    TextDelta,
     ToolCallEvent,
     ToolResultEvent,
-    TurnEnd,
 )
 from fake_servers import (
     FakeServer,
@@ -483,7 +481,7 @@ def test_builtins_default_to_remote_models_only(store):
 
 
 def test_bot_tool_decorator(store):
-    bot, model = make_bot(store, [calls(("shout", {"text": "hi"})), "done"])
+    bot, _ = make_bot(store, [calls(("shout", {"text": "hi"})), "done"])
 
     @bot.tool
     def shout(text: str) -> str:
