@@ -10,6 +10,7 @@ import chatwright
 
 EXPECTED = {
     "Answer",
+    "ApprovalRequest",
     "Chatbot",
     "ChatwrightError",
     "CitationEvent",
@@ -34,11 +35,15 @@ EXPECTED = {
     "TextPart",
     "ThreadInfo",
     "ThreadNotFound",
+    "Tool",
     "ToolCallEvent",
     "ToolCallPart",
+    "ToolContext",
     "ToolResultEvent",
     "ToolResultPart",
+    "ToolRetry",
     "ToolSpec",
+    "Toolset",
     "Trace",
     "TurnEnd",
     "UnknownModel",
@@ -47,6 +52,7 @@ EXPECTED = {
     "__version__",
     "get_model",
     "load_settings",
+    "tool",
 }
 
 

@@ -24,8 +24,10 @@ from chatwright.errors import (
 )
 from chatwright.models import Model, ModelRequest, ModelSettings, ToolSpec, get_model
 from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
+from chatwright.tools import Tool, ToolContext, ToolRetry, Toolset, tool
 from chatwright.types import (
     Answer,
+    ApprovalRequest,
     CitationEvent,
     CitationPart,
     Message,
@@ -45,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Answer",
+    "ApprovalRequest",
     "Chatbot",
     "ChatwrightError",
     "CitationEvent",
@@ -69,11 +72,15 @@ __all__ = [
     "TextPart",
     "ThreadInfo",
     "ThreadNotFound",
+    "Tool",
     "ToolCallEvent",
     "ToolCallPart",
+    "ToolContext",
     "ToolResultEvent",
     "ToolResultPart",
+    "ToolRetry",
     "ToolSpec",
+    "Toolset",
     "Trace",
     "TurnEnd",
     "UnknownModel",
@@ -82,4 +89,5 @@ __all__ = [
     "__version__",
     "get_model",
     "load_settings",
+    "tool",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import enum
 import json
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,14 @@ from chatwright.errors import UserError
 from chatwright.export import thread_to_json, thread_to_markdown
 from chatwright.ingest.command import register as register_ingest
 from chatwright.store import SQLiteStore
-from chatwright.types import Answer, TextDelta, ToolCallEvent, ToolResultEvent, TurnEnd
+from chatwright.types import (
+    Answer,
+    ApprovalRequest,
+    TextDelta,
+    ToolCallEvent,
+    ToolResultEvent,
+    TurnEnd,
+)
 
 __all__ = ["app", "main"]
 
@@ -58,6 +66,21 @@ ModelOpt = Annotated[
         "-m",
         help="Model as provider:name, e.g. local:gemma-3-270m, "
         "openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, test:echo.",
+    ),
+]
+
+
+class Approve(enum.StrEnum):
+    ask = "ask"
+    yes = "yes"
+    no = "no"
+
+
+ApproveOpt = Annotated[
+    Approve,
+    typer.Option(
+        "--approve",
+        help="Tool calls with side effects: ask (on a terminal; elsewhere no), yes, or no.",
     ),
 ]
 ThreadOpt = Annotated[
@@ -92,15 +115,19 @@ def _when(ts: float) -> str:
 
 # -- turns --------------------------------------------------------------------------------
 async def _stream_turn(
-    bot: Chatbot, thread_id: str | None, text: str, label: str = ""
+    bot: Chatbot, thread_id: str | None, text: str, label: str = "", *, approve: str = "ask"
 ) -> Answer | None:
-    """Print one streamed turn after ``label``; returns the answer (None if none came)."""
+    """Print one streamed turn after ``label``; returns the answer (None if none came).
+
+    ``approve`` decides tool calls that need approval: "ask" (a prompt when on a terminal,
+    otherwise no), "yes" or "no"."""
     answer = None
     spinner = err.status("thinking…", spinner="dots") if err.is_terminal else None
     if spinner:
         spinner.start()
     try:
-        async with aclosing(bot.stream(thread_id, text)) as events:
+        approver = _cli_approver(approve)
+        async with aclosing(bot.stream(thread_id, text, approver=approver)) as events:
             async for event in events:
                 if spinner:  # it draws on this line: stop it before printing anything
                     spinner.stop()
@@ -111,19 +138,51 @@ async def _stream_turn(
                 if isinstance(event, TextDelta):
                     out.file.write(event.text)
                     out.file.flush()
-                elif isinstance(event, ToolCallEvent):
-                    out.print(f"\n[dim]→ {event.call.name}({event.call.arguments})[/]")
-                elif isinstance(event, ToolResultEvent):
-                    out.print(f"[dim]← {event.result.content[:200]}[/]", markup=True)
                 elif isinstance(event, TurnEnd):
                     answer = event.answer
+                else:
+                    _print_tool_event(event)
     finally:
         if spinner:
             spinner.stop()
     out.file.write("\n")
     if answer is not None:
         _print_citations(answer)
+        if answer.message.metadata.get("stopped"):
+            err.print(f"[yellow]stopped:[/] {answer.message.metadata['stopped']}", highlight=False)
     return answer
+
+
+def _print_tool_event(event: Any) -> None:
+    """Tool calls, approvals and results, dim and never read as markup (they are data)."""
+    if isinstance(event, ToolCallEvent):
+        out.print(f"\n→ {event.call.name}({event.call.arguments})", markup=False, style="dim")
+    elif isinstance(event, ApprovalRequest):
+        out.print(f"  needs approval: {event.reason}", markup=False, style="yellow")
+    elif isinstance(event, ToolResultEvent):
+        content = " ".join(event.result.content.split())
+        short = content if len(content) <= 200 else content[:200] + "…"
+        out.print(f"← {short}", markup=False, style="red" if event.result.is_error else "dim")
+
+
+def _cli_approver(mode: str) -> Any:
+    """Decide calls that need approval: ask on a terminal, else the fixed answer."""
+    mode = getattr(mode, "value", mode)
+
+    async def approver(request: ApprovalRequest, tool: Any) -> bool:
+        if mode in ("yes", "no"):
+            return mode == "yes"
+        if not (sys.stdin.isatty() and out.is_terminal):
+            err.print(
+                f"[yellow]not run:[/] {request.call.name} needs approval and there is no "
+                "terminal to ask (pass --approve yes, or list it in [tools] auto_approve)",
+                highlight=False,
+            )
+            return False
+        question = f"Allow {request.call.name}({request.call.arguments})?"
+        return await asyncio.to_thread(typer.confirm, question, default=False)
+
+    return approver
 
 
 def _print_citations(answer: Answer) -> None:
@@ -133,9 +192,11 @@ def _print_citations(answer: Answer) -> None:
         out.print(f"  [{c.index}] {where}{page}", markup=False, style="dim")
 
 
-def _run_turn(bot: Chatbot, thread_id: str | None, text: str, label: str = "") -> Answer | None:
+def _run_turn(
+    bot: Chatbot, thread_id: str | None, text: str, label: str = "", approve: str = "ask"
+) -> Answer | None:
     try:
-        return asyncio.run(_stream_turn(bot, thread_id, text, label))
+        return asyncio.run(_stream_turn(bot, thread_id, text, label, approve=approve))
     except KeyboardInterrupt:
         out.file.write("\n")
         err.print("[yellow]answer interrupted[/] (what arrived is kept in the thread)")
@@ -148,6 +209,7 @@ def ask(
     text: Annotated[str, typer.Argument(help="The message; '-' reads it from standard input.")],
     thread: ThreadOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    approve: ApproveOpt = Approve.ask,
     model: ModelOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -164,7 +226,7 @@ def ask(
         text = sys.stdin.read()
     with _bot(model, data_dir, config, user) as bot:
         if as_json:
-            answer = bot.chat(thread, text)
+            answer = bot.chat(thread, text, approver=_cli_approver(approve))
             payload = {
                 "thread_id": answer.thread_id,
                 "seq": answer.seq,
@@ -174,7 +236,7 @@ def ask(
             }
             out.file.write(json.dumps(payload, ensure_ascii=False) + "\n")
             return
-        answer = _run_turn(bot, thread, text)
+        answer = _run_turn(bot, thread, text, approve=approve)
         if answer is None:
             raise typer.Exit(130)
         if thread is None:
@@ -191,6 +253,7 @@ Ctrl-C stops an answer; Ctrl-D or /quit leaves (the thread is kept)."""
 @handles_errors()
 def chat(
     thread: ThreadOpt = None,
+    approve: ApproveOpt = Approve.ask,
     model: ModelOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -227,7 +290,7 @@ def chat(
             except UserError as e:
                 err.print(f"[red]{e.message}[/] · {e.hint}")
                 continue
-            _run_turn(bot, thread_id, line, label="bot> ")
+            _run_turn(bot, thread_id, line, label="bot> ", approve=approve)
 
 
 def _new_id() -> str:
@@ -651,6 +714,57 @@ def eval_routing(
             f"{figures['p95_ms']:.3f}",
         )
     out.print(table)
+
+
+tools_app = typer.Typer(help="The tools the model may call: built-in, your own, MCP servers'.")
+app.add_typer(tools_app, name="tools")
+
+
+@tools_app.command("list")
+@handles_errors()
+def tools_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    model: ModelOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """List the tools a turn offers the model, and the state of each MCP server."""
+    with _bot(model, data_dir, config, user) as bot:
+        found = bot.tools()
+        servers = [(s.name, s.status()) for s in bot.mcp_servers]
+        if as_json:
+            payload = {
+                "tools": [
+                    {
+                        "name": t.name,
+                        "source": t.source,
+                        "side_effects": t.side_effects,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    }
+                    for t in found
+                ],
+                "mcp_servers": [{"name": n, "status": st} for n, st in servers],
+            }
+            out.file.write(json.dumps(payload, ensure_ascii=False) + "\n")
+            return
+        if not found:
+            err.print(
+                "no tools (built-ins: [tools] builtin; MCP servers: [mcp.NAME] sections)",
+                markup=False,
+            )
+        approve = set(bot.settings.tools.auto_approve)
+        for t in found:
+            effects = ""
+            if t.side_effects:
+                asks = "asks first" if t.name not in approve and "*" not in approve else "auto"
+                effects = f" · side effects ({asks})"
+            out.print(f"[bold]{t.name}[/] [dim]{t.source}{effects}[/]", highlight=False)
+            if t.description:
+                out.print(f"  {t.description.splitlines()[0]}", markup=False)
+        for name, status in servers:
+            err.print(f"MCP server {name}: {status}", markup=False)
 
 
 @app.command()

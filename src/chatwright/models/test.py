@@ -3,6 +3,9 @@
 - ``test:echo`` answers ``echo: <last user message>``; ``test:slow`` does too, one word every
   50 ms (for testing streaming and interruption).
 - ``test:context`` answers with the JSON of exactly the request it received (messages, tools).
+- ``test:tools`` echoes too, but a message ``call NAME {json}`` naming an offered tool makes it
+  call that tool (several ``call`` lines: parallel calls); after the results it answers
+  ``tool said: ...`` (for testing tool use end to end: CLI, server, web page).
 - :class:`ScriptedModel` plays back replies and tool calls that a test sets, in order.
 """
 
@@ -26,7 +29,7 @@ from chatwright.types import (
     _jsonable,
 )
 
-__all__ = ["ContextModel", "EchoModel", "ScriptedModel", "test_model"]
+__all__ = ["ContextModel", "EchoModel", "ScriptedModel", "ToolsModel", "test_model"]
 
 _PIECES = re.compile(r"\S+\s*|\s+")
 
@@ -61,6 +64,32 @@ class EchoModel:
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         last = next((m.text for m in reversed(request.messages) if m.role == "user"), "")
         return _stream_text(f"echo: {last}", request, self.delay)
+
+
+_CALL = re.compile(r"^\s*call ([A-Za-z0-9_-]{1,64})[ \t]*(\{.*\})?[ \t]*$", re.MULTILINE)
+
+
+class ToolsModel:
+    """Echoes, except that ``call NAME {json}`` lines call offered tools; then reports results."""
+
+    def __init__(self, name: str = "test:tools") -> None:
+        self.name = name
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        last = request.messages[-1] if request.messages else None
+        if last is not None and last.role == "tool":
+            said = "; ".join(f"{r.name}: {r.content}" for r in last.tool_results)
+            return _stream_text(f"tool said: {said}", request)
+        text = next((m.text for m in reversed(request.messages) if m.role == "user"), "")
+        offered = {t.name for t in request.tools}
+        calls = [
+            ToolCallPart(id=f"call_{i}", name=name, arguments=args or "{}")
+            for i, (name, args) in enumerate(_CALL.findall(text))
+            if name in offered
+        ]
+        if calls:
+            return _message_events(Message.assistant(tool_calls=calls), request)
+        return _stream_text(f"echo: {text}", request)
 
 
 class ContextModel:
@@ -143,7 +172,7 @@ def tool_call(
     return ToolCallPart(id=id or f"call_{name}", name=name, arguments=args)
 
 
-def test_model(name: str) -> EchoModel | ContextModel:
+def test_model(name: str) -> EchoModel | ContextModel | ToolsModel:
     """Resolve ``test:<name>``."""
     if name == "echo":
         return EchoModel()
@@ -151,9 +180,11 @@ def test_model(name: str) -> EchoModel | ContextModel:
         return EchoModel("test:slow", delay=0.05)
     if name == "context":
         return ContextModel()
+    if name == "tools":
+        return ToolsModel()
     raise UnknownModel(
         f"unknown test model 'test:{name}'",
-        hint="use test:echo, test:slow or test:context, or build a ScriptedModel in code",
+        hint="use test:echo, test:slow, test:context or test:tools, or a ScriptedModel in code",
     )
 
 

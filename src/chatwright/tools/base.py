@@ -246,7 +246,10 @@ def _parse_docstring(function: Callable[..., Any]) -> tuple[str, dict[str, str]]
     import docstring_parser
 
     parsed = docstring_parser.parse(doc)
-    summary = "\n\n".join(p for p in (parsed.short_description, parsed.long_description) if p)
+    short, long = parsed.short_description or "", parsed.long_description or ""
+    # A summary wrapped over several lines is parsed as short + long: join it back.
+    glue = " " if short and long and not short.rstrip().endswith((".", "!", "?", ":")) else "\n\n"
+    summary = glue.join(p for p in (short, long) if p)
     params = {p.arg_name: p.description or "" for p in parsed.params}
     return summary.strip(), params
 
