@@ -587,3 +587,16 @@ def test_anthropic_wire_format_for_a_stored_tool_turn(store):
         if b["type"] == "tool_result"
     )
     assert result["tool_use_id"] == "toolu_1" and "7" in json.dumps(result["content"])
+
+
+def test_markdown_export_keeps_tool_output_inside_its_fence(store):
+    from chatwright.export import thread_to_markdown
+
+    @tool
+    def code() -> str:
+        return "```\n# not a heading\n```"
+
+    bot, _ = make_bot(store, [calls(("code", {})), "done"], tools=[code])
+    bot.chat("t", "go")
+    md = thread_to_markdown(store.get_thread("local", "t"), store.messages("local", "t"))
+    assert "````\n```\n# not a heading\n```\n````" in md

@@ -41,12 +41,19 @@ def thread_to_json(info: ThreadInfo, messages: Iterable[StoredMessage]) -> str:
     return _escape_surrogates(json.dumps(data, ensure_ascii=False, indent=2))
 
 
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in ``text``, so it cannot be closed early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
 def _markdown_body(m: StoredMessage) -> str:
     lines = [m.message.text] if m.message.text else []
     for call in m.message.tool_calls:
         lines.append(f"*called* `{call.name}` with `{call.arguments}`")
     for result in m.message.tool_results:
-        lines.append(f"*{result.name or 'tool'} returned:*\n\n```\n{result.content}\n```")
+        fence = _fence(result.content)
+        lines.append(f"*{result.name or 'tool'} returned:*\n\n{fence}\n{result.content}\n{fence}")
     for c in m.message.citations:
         where = c.title or c.source or c.document_id or "source"
         lines.append(f"[{c.index}] {where}" + (f", page {c.page}" if c.page else ""))
