@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from test_cli import run, stored
@@ -62,3 +63,33 @@ def test_tool_output_is_never_read_as_terminal_markup(tmp_path):
     call = 'call remember {"fact": "[bold red]x[/] [link=file:///etc]y[/link]"}'
     proc = run(tmp_path, "ask", "--config", str(cfg), call)
     assert "[bold red]x[/]" in proc.stdout and "\x1b" not in proc.stdout
+
+
+MCP_SERVER = Path(__file__).parent / "mcp_server.py"
+
+
+def mcp_config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "chatwright.toml"
+    path.write_text(
+        'model = "test:tools"\nembedder = "test:hash"\n\n'
+        f"[mcp.demo]\ncommand = {json.dumps(sys.executable)}\n"
+        f"args = [{json.dumps(str(MCP_SERVER))}]\n\n"
+        '[mcp.broken]\ncommand = "/nonexistent/mcp-server"\n' + extra
+    )
+    return path
+
+
+def test_mcp_tools_join_the_toolset_and_a_broken_server_is_reported(tmp_path):
+    cfg = mcp_config(tmp_path)
+    listed = run(tmp_path, "tools", "list", "--config", str(cfg), "--json").stdout
+    payload = json.loads(listed)
+    names = {t["name"]: t for t in payload["tools"]}
+    assert "demo_add" in names and names["demo_add"]["source"] == "mcp:demo"
+    assert names["demo_add"]["side_effects"] is False and names["demo_write_note"]["side_effects"]
+    status = {s["name"]: s["status"] for s in payload["mcp_servers"]}
+    assert status["demo"].startswith("connected") and status["broken"].startswith("failed")
+    proc = run(tmp_path, "ask", "--config", str(cfg), 'call demo_add {"a": 2, "b": 40}')
+    assert "← 42" in proc.stdout and "tool said: demo_add: 42" in proc.stdout
+    # A side-effecting MCP tool asks first: without a terminal, it is not run.
+    proc = run(tmp_path, "ask", "--config", str(cfg), 'call demo_write_note {"text": "x"}')
+    assert "needs approval" in proc.stdout and "did not approve" in proc.stdout
