@@ -266,3 +266,19 @@ def test_eval_retrieval_on_a_tiny_beir_directory(tmp_path):
     assert figures["modes"]["keyword"]["ndcg@10"] == 1.0
     table = run(tmp_path, *args).stdout
     assert "keyword" in table and "1.0000" in table
+
+
+def test_error_hints_are_plain_text_not_markup(capsys):
+    import typer
+
+    from chatwright._cliutil import handles_errors
+    from chatwright.errors import ModelUnavailable
+
+    @handles_errors()
+    def fail() -> None:
+        raise ModelUnavailable("no [bold]model[/]", hint='pip install "chatwright[local]"')
+
+    with pytest.raises(typer.Exit):
+        fail()
+    printed = capsys.readouterr().err
+    assert 'pip install "chatwright[local]"' in printed and "no [bold]model[/]" in printed

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from chatwright.errors import ChatwrightError, UserError
 
@@ -46,9 +47,11 @@ def handles_errors(interrupted: str = "interrupted") -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except ChatwrightError as e:
-                err.print(f"[bold red]error:[/] {e.message}", markup=True)
+                # Messages and hints are plain text: `pip install "x[local]"` must not be
+                # read as Rich markup.
+                err.print(Text.assemble(("error: ", "bold red"), e.message))
                 if e.hint:
-                    err.print(f"[dim]hint:[/] {e.hint}")
+                    err.print(Text.assemble(("hint: ", "dim"), e.hint))
                 raise typer.Exit(2 if isinstance(e, UserError) else 1) from None
             except KeyboardInterrupt:
                 err.print(interrupted)

@@ -28,6 +28,7 @@ from chatwright.config import load_settings
 from chatwright.errors import UserError
 from chatwright.export import thread_to_json, thread_to_markdown
 from chatwright.ingest.command import register as register_ingest
+from chatwright.server import command as server_command
 from chatwright.store import SQLiteStore
 from chatwright.types import (
     Answer,
@@ -58,6 +59,7 @@ app.add_typer(memory_app, name="memory")
 eval_app = typer.Typer(help="Measure retrieval quality on labelled data.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 register_ingest(app)  # chatwright ingest, chatwright collections
+server_command.register(app)  # chatwright serve, chatwright users, chatwright keys
 
 ModelOpt = Annotated[
     str | None,

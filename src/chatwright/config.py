@@ -11,6 +11,7 @@ Settings are a value passed down to whatever needs them, never a module global.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -30,12 +31,14 @@ from chatwright.errors import ConfigError
 
 __all__ = [
     "AnthropicSettings",
+    "BotSettings",
     "KnowledgeSettings",
     "LocalSettings",
     "MCPServerSettings",
     "MemorySettings",
     "OpenAISettings",
     "RoutingSettings",
+    "ServerSettings",
     "Settings",
     "ToolsSettings",
     "default_data_dir",
@@ -172,6 +175,44 @@ class MCPServerSettings(_Section):
         return self
 
 
+class ServerSettings(_Section):
+    """``chatwright serve``: where it listens, who may use it, how much a request may send."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # "auto": on loopback with no API keys in the store, requests act as `user` (any bearer
+    # accepted); once a key exists, a key is required. "keys": a key is always required.
+    # "none": no keys, everyone is `user` (loopback only). Off loopback, keys are required.
+    auth: Literal["auto", "keys", "none"] = "auto"
+    default_bot: str = "default"  # the bot a request gets when it names none
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # any request but uploads
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)  # one upload request
+    cors_origins: list[str] = Field(default_factory=list)  # other origins allowed to call
+    preload: bool = True  # load the users' collections into memory at start-up
+    shutdown_grace_s: float = Field(default=30.0, ge=0)  # running turns may finish meanwhile
+
+
+_BOT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class BotSettings(_Section):
+    """One ``[bots.<name>]``: a bot served under its name; unset fields come from the top."""
+
+    description: str = ""
+    model: str | None = None
+    system_prompt: str | None = None
+    collections: list[str] | None = None  # which collections it searches (None: as the top)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_answer_tokens: int | None = Field(default=None, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and ":" not in value:
+            raise ValueError("must be 'provider:model', e.g. local:gemma-3-270m or openai:gpt-4o")
+        return value
+
+
 class Settings(BaseSettings):
     """All of chatwright's settings, with their defaults."""
 
@@ -201,12 +242,24 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     tools: ToolsSettings = Field(default_factory=ToolsSettings)
     mcp: dict[str, MCPServerSettings] = Field(default_factory=dict)  # [mcp.<name>] sections
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    bots: dict[str, BotSettings] = Field(default_factory=dict)  # [bots.<name>] sections
 
     @field_validator("model")
     @classmethod
     def _model_name(cls, value: str) -> str:
         if ":" not in value:
             raise ValueError("must be 'provider:model', e.g. local:gemma-3-270m or openai:gpt-4o")
+        return value
+
+    @field_validator("bots")
+    @classmethod
+    def _bot_names(cls, value: dict[str, BotSettings]) -> dict[str, BotSettings]:
+        for name in value:
+            if not re.match(_BOT_NAME, name):
+                raise ValueError(
+                    f"bot name {name!r}: use 1-64 letters, digits, '_', '.' or '-' (no ':')"
+                )
         return value
 
     @property

@@ -2,10 +2,17 @@
 
 Every call names the owner: a thread belongs to exactly one owner, thread ids are scoped per
 owner, and another owner's thread is indistinguishable from one that does not exist.
+
+Users and their API keys (the HTTP server's) live here too. A key's secret is shown once, when
+it is made, and only its SHA-256 is stored: a leaked database gives no working key. Secrets
+are 256 random bits, so a plain hash (no salt, no slow KDF) is enough, and a key is found by
+its hash with an ordinary index lookup.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -13,6 +20,7 @@ from typing import Any, Protocol
 from chatwright.types import Message, Trace
 
 __all__ = [
+    "ApiKeyInfo",
     "CollectionInfo",
     "DocumentInfo",
     "MemoryItem",
@@ -20,7 +28,22 @@ __all__ = [
     "StoredMessage",
     "Summary",
     "ThreadInfo",
+    "UserInfo",
+    "hash_secret",
+    "new_secret",
 ]
+
+SECRET_PREFIX = "cw-"
+
+
+def new_secret() -> str:
+    """A fresh API key secret: ``cw-`` and 43 URL-safe characters (256 random bits)."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    """What is stored of a secret, and looked up: its SHA-256, in hex."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +122,32 @@ class MemoryItem:
     updated_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """A user of the HTTP server: the owner name their data is stored under."""
+
+    name: str
+    created_at: float
+    keys: int = 0  # active (not revoked) API keys
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """An API key, without its secret (only the secret's hash is stored)."""
+
+    id: str  # public: shown by `chatwright keys list`, used to revoke
+    user: str
+    name: str
+    prefix: str  # the secret's first characters, to recognise it
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
 class Store(Protocol):
     """Persistence for threads, their append-only messages, and turn traces."""
 
@@ -167,6 +216,42 @@ class Store(Protocol):
 
     def traces(self, owner: str, thread_id: str, *, limit: int = 20) -> list[tuple[int, Trace]]:
         """The newest traces as (assistant message seq, trace), oldest first."""
+        ...
+
+    def get_trace(self, owner: str, thread_id: str, seq: int) -> Trace | None:
+        """The trace stored with the assistant message ``seq``, if any."""
+        ...
+
+    # -- users and API keys (the HTTP server's) ---------------------------------------------
+    def create_user(self, name: str) -> UserInfo: ...
+
+    def find_user(self, name: str) -> UserInfo | None: ...
+
+    def list_users(self) -> list[UserInfo]: ...
+
+    def delete_user(self, name: str) -> None:
+        """Delete the user and their keys (their threads and collections stay)."""
+        ...
+
+    def create_api_key(self, user: str, name: str = "") -> tuple[str, str]:
+        """A new key for ``user``: (its id, its secret). The secret is not stored."""
+        ...
+
+    def find_key(self, secret_hash: str, *, revoked: bool = False) -> ApiKeyInfo | None:
+        """The active key with this :func:`hash_secret`, or None (unknown, or revoked unless
+        ``revoked``)."""
+        ...
+
+    def list_keys(self, user: str | None = None) -> list[ApiKeyInfo]: ...
+
+    def revoke_key(self, key_id: str) -> ApiKeyInfo: ...
+
+    def touch_key(self, key_id: str) -> None:
+        """Record that the key was just used."""
+        ...
+
+    def has_api_keys(self) -> bool:
+        """Whether any active key exists."""
         ...
 
     def close(self) -> None: ...

@@ -205,12 +205,42 @@ def m005_collections(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def m006_users_and_keys(db: sqlite3.Connection) -> None:
+    for statement in (
+        # Users of the HTTP server; `name` is the owner their data is stored under.
+        """
+        CREATE TABLE users (
+            name       TEXT PRIMARY KEY,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+        # API keys: only the SHA-256 of the secret is kept; `id` is public (to list and
+        # revoke), `prefix` the secret's first characters (to recognise it).
+        """
+        CREATE TABLE api_keys (
+            pk           INTEGER PRIMARY KEY,
+            id           TEXT NOT NULL UNIQUE,
+            owner        TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+            name         TEXT NOT NULL DEFAULT '',
+            secret_hash  TEXT NOT NULL UNIQUE,
+            prefix       TEXT NOT NULL,
+            created_at   REAL NOT NULL,
+            last_used_at REAL,
+            revoked_at   REAL
+        )
+        """,
+        "CREATE INDEX api_keys_by_owner ON api_keys (owner)",
+    ):
+        db.execute(statement)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_memory,
     m003_search_index,
     m004_thread_recall_cleanup,
     m005_collections,
+    m006_users_and_keys,
 ]
 
 

@@ -20,12 +20,16 @@ from typing import Any
 
 from chatwright.errors import StoreError, ThreadNotFound, UserError
 from chatwright.store.base import (
+    ApiKeyInfo,
     CollectionInfo,
     DocumentInfo,
     MemoryItem,
     StoredMessage,
     Summary,
     ThreadInfo,
+    UserInfo,
+    hash_secret,
+    new_secret,
 )
 from chatwright.store.migrations import migrate
 from chatwright.types import Message, TextPart, Trace, dump_json, load_json, load_message
@@ -309,6 +313,14 @@ class SQLiteStore:
             ).fetchall()
         return [(seq, _unpack_trace(d)) for seq, d in reversed(rows)]
 
+    def get_trace(self, owner: str, thread_id: str, seq: int) -> Trace | None:
+        with self._lock:
+            pk, _ = self._pk(owner, thread_id)
+            row = self._db.execute(
+                "SELECT data FROM traces WHERE thread_pk = ? AND seq = ?", (pk, seq)
+            ).fetchone()
+        return _unpack_trace(row[0]) if row else None
+
     # -- summaries ------------------------------------------------------------------------
     def save_summary(self, owner: str, thread_id: str, summary: Summary) -> None:
         """Store a new summary version; only the newest ``SUMMARY_VERSIONS`` are kept (the
@@ -520,6 +532,122 @@ class SQLiteStore:
             db.execute(
                 "DELETE FROM documents WHERE collection_pk = ? AND source = ?", (info.uid, source)
             )
+
+    # -- users and API keys ----------------------------------------------------------------
+    def create_user(self, name: str) -> UserInfo:
+        check_user_name(name)
+        with self._write() as db:
+            try:
+                db.execute(
+                    "INSERT INTO users (name, created_at) VALUES (?, ?)", (name, time.time())
+                )
+            except sqlite3.IntegrityError:
+                raise UserError(
+                    f"user {name!r} already exists", hint="list users with `chatwright users list`"
+                ) from None
+        found = self.find_user(name)
+        assert found is not None
+        return found
+
+    def _users(self, name: str | None) -> list[UserInfo]:
+        where, args = ("WHERE u.name = ?", (name,)) if name is not None else ("", ())
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT u.name, u.created_at, (SELECT count(*) FROM api_keys k"
+                "  WHERE k.owner = u.name AND k.revoked_at IS NULL)"
+                f" FROM users u {where} ORDER BY u.name",
+                args,
+            ).fetchall()
+        return [UserInfo(*row) for row in rows]
+
+    def find_user(self, name: str) -> UserInfo | None:
+        found = self._users(name)
+        return found[0] if found else None
+
+    def list_users(self) -> list[UserInfo]:
+        return self._users(None)
+
+    def delete_user(self, name: str) -> None:
+        with self._write() as db:
+            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+                raise _user_not_found(name)
+
+    def create_api_key(self, user: str, name: str = "") -> tuple[str, str]:
+        if self.find_user(user) is None:
+            raise _user_not_found(user)
+        secret = new_secret()
+        key_id = "key_" + uuid.uuid4().hex[:12]
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO api_keys (id, owner, name, secret_hash, prefix, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, user, name, hash_secret(secret), secret[:7], time.time()),
+            )
+        return key_id, secret
+
+    def find_key(self, secret_hash: str, *, revoked: bool = False) -> ApiKeyInfo | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?", (secret_hash,)
+            ).fetchone()
+        key = ApiKeyInfo(*row) if row else None
+        return key if key is not None and (revoked or key.active) else None
+
+    def list_keys(self, user: str | None = None) -> list[ApiKeyInfo]:
+        where, args = ("WHERE owner = ?", (user,)) if user is not None else ("", ())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY owner, created_at", args
+            ).fetchall()
+        return [ApiKeyInfo(*row) for row in rows]
+
+    def revoke_key(self, key_id: str) -> ApiKeyInfo:
+        with self._write() as db:
+            db.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                (time.time(), key_id),
+            )
+            row = db.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+        if row is None:
+            raise UserError(
+                f"API key {key_id!r} not found", hint="list keys with `chatwright keys list`"
+            )
+        return ApiKeyInfo(*row)
+
+    def touch_key(self, key_id: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (time.time(), key_id))
+
+    def has_api_keys(self) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)"
+            ).fetchone()
+        return bool(row[0])
+
+
+_KEY_COLUMNS = "id, owner, name, prefix, created_at, last_used_at, revoked_at"
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+
+
+def check_user_name(name: str) -> str:
+    if not _USER_NAME.fullmatch(name or ""):
+        raise UserError(
+            f"invalid user name {name!r}",
+            hint="use 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def _user_not_found(name: str) -> UserError:
+    return UserError(
+        f"user {name!r} not found",
+        hint=f"add them with `chatwright users add {name}`"
+        if _USER_NAME.fullmatch(name or "")
+        else "list users with `chatwright users list`",
+    )
 
 
 def check_collection_name(name: str) -> str:

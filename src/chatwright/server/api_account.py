@@ -1,0 +1,116 @@
+"""``/api/me``, ``/api/memory``, ``/api/tools``, ``/api/bots``: the user and what the bots offer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from chatwright import __version__
+from chatwright.bot import Chatbot
+from chatwright.errors import InvalidMessage
+from chatwright.server.deps import CurrentUser, State
+from chatwright.server.errors import SafeJSONResponse
+from chatwright.server.schemas import MemoryOut, MemoryText, ToolOut
+from chatwright.store.base import MemoryItem
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api", tags=["account"], default_response_class=SafeJSONResponse)
+
+
+def memory_json(item: MemoryItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "text": item.text,
+        "created_at": item.created_at,
+        "updated_at": item.updated_at,
+    }
+
+
+def bot_json(name: str, bot: Chatbot, state: Any) -> dict[str, Any]:
+    section = state.settings.bots.get(name)
+    return {
+        "name": name,
+        "model": bot.model.name,
+        "description": section.description if section else "",
+        "default": name == state.default_name,
+    }
+
+
+@router.get("/me")
+def me(user: CurrentUser, state: State) -> dict[str, Any]:
+    """Who you are here, how you were recognised, and the server's limits and bots."""
+    settings = state.settings
+    return {
+        "user": user.user,
+        "auth": user.via,
+        "key": {"id": user.key_id, "name": user.key_name} if user.key_id else None,
+        "version": __version__,
+        "default_bot": state.default_name,
+        "bots": [bot_json(n, b, state) for n, b in state.bots.items()],
+        "limits": {
+            "max_message_chars": state.default.settings.max_message_chars,
+            "max_body_bytes": settings.server.max_body_bytes,
+            "max_upload_bytes": settings.server.max_upload_bytes,
+        },
+    }
+
+
+@router.get("/bots")
+def list_bots(user: CurrentUser, state: State) -> dict[str, Any]:
+    """The bots this server runs (``bot`` in a message body picks one)."""
+    return {"bots": [bot_json(n, b, state) for n, b in state.bots.items()]}
+
+
+def tools_of(bot: Chatbot, owner: str) -> list[Any]:
+    """The bot's tools for ``owner`` (none while the engine has no ``Chatbot.tools``)."""
+    found = getattr(bot, "tools", None)
+    if found is None:
+        return []
+    return list(found(owner) if callable(found) else found)
+
+
+@router.get("/tools", tags=["tools"])
+def list_tools(user: CurrentUser, state: State, bot: str | None = None) -> dict[str, Any]:
+    """The tools the bot may call in your turns (``side_effects``: they ask before running)."""
+    tools = tools_of(state.bot(bot), user.user)
+    out = [
+        ToolOut(
+            name=t.name,
+            description=getattr(t, "description", "") or "",
+            parameters=dict(getattr(t, "parameters", {}) or {}),
+            side_effects=bool(getattr(t, "side_effects", False)),
+            source=str(getattr(t, "source", "python")),
+        )
+        for t in tools
+    ]
+    return {"tools": [t.model_dump() for t in out]}
+
+
+# -- user memory ------------------------------------------------------------------------------
+@router.get("/memory", tags=["memory"])
+def list_memory(user: CurrentUser, state: State) -> dict[str, list[MemoryOut]]:
+    """What the bots remember about you, in every thread."""
+    items = state.default.memories(owner=user.user)
+    return {"memories": [MemoryOut(**memory_json(m)) for m in items]}
+
+
+@router.post("/memory", tags=["memory"], status_code=201, response_model=MemoryOut)
+def add_memory(body: MemoryText, user: CurrentUser, state: State) -> Any:
+    """Remember a short fact (at most 500 characters)."""
+    return memory_json(state.default.remember(body.text, owner=user.user))
+
+
+@router.patch("/memory/{memory_id}", tags=["memory"], response_model=MemoryOut)
+def edit_memory(memory_id: int, body: MemoryText, user: CurrentUser, state: State) -> Any:
+    text = " ".join(body.text.split())
+    if not text or len(text) > 500:
+        raise InvalidMessage("a memory is 1 to 500 characters", hint="keep it to one short fact")
+    return memory_json(state.store.update_memory(user.user, memory_id, text))
+
+
+@router.delete("/memory/{memory_id}", tags=["memory"], status_code=204)
+def forget_memory(memory_id: int, user: CurrentUser, state: State) -> Response:
+    state.default.forget(memory_id, owner=user.user)
+    return Response(status_code=204)

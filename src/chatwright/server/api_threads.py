@@ -1,0 +1,262 @@
+"""``/api/threads``: threads, their history, traces, pins, and turns (streamed or not).
+
+A turn (``POST /api/threads/{id}/messages``) is validated first (message, thread id, bot), so
+a mistake is a plain 4xx JSON error; then it runs as a background task (``turns.py``) and the
+response waits for its first event: a turn that fails before producing anything is answered
+with an error status too. After that the stream is Server-Sent Events (``events.py``) and a
+failure is an ``error`` event. A thread id not seen before starts that thread; thread ids are
+per user, so another user's thread of the same id is simply a different thread.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Response
+from sse_starlette import EventSourceResponse
+
+from chatwright.export import thread_to_json, thread_to_markdown
+from chatwright.server.deps import CurrentUser, State
+from chatwright.server.errors import ApiError, SafeJSONResponse
+from chatwright.server.events import answer_json, error_json, error_status, sse_events
+from chatwright.server.schemas import (
+    AnswerOut,
+    ApprovalAnswer,
+    MessageList,
+    NewMessage,
+    NewThread,
+    Pins,
+    ThreadList,
+    ThreadOut,
+    ThreadPatch,
+    TraceOut,
+)
+from chatwright.server.turns import TurnFailed, TurnRun
+from chatwright.store import StoredMessage, ThreadInfo
+from chatwright.store.sqlite import check_thread_id
+from chatwright.types import TurnEnd, _jsonable
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api", tags=["threads"], default_response_class=SafeJSONResponse)
+
+ThreadId = Annotated[str, Path(description="The thread's id (yours: ids are per user).")]
+PING_S = 15  # an SSE comment this often keeps proxies from closing an idle stream
+
+
+def thread_json(info: ThreadInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "title": info.title,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "message_count": info.message_count,
+        "pinned": list(info.metadata.get("pinned_collections", [])),
+    }
+
+
+def message_json(stored: StoredMessage) -> dict[str, Any]:
+    m = stored.message
+    return {
+        "seq": stored.seq,
+        "role": m.role,
+        "text": m.text,
+        "parts": [_jsonable(p) for p in m.parts],
+        "metadata": dict(m.metadata),
+        "created_at": stored.created_at,
+    }
+
+
+# -- threads ----------------------------------------------------------------------------------
+@router.get("/threads", response_model=ThreadList)
+def list_threads(
+    user: CurrentUser,
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Your threads, most recently active first."""
+    found = state.store.list_threads(user.user, limit=limit, offset=offset)
+    return {"threads": [thread_json(t) for t in found], "limit": limit, "offset": offset}
+
+
+@router.post("/threads", status_code=201, response_model=ThreadOut)
+def create_thread(user: CurrentUser, state: State, body: NewThread | None = None) -> Any:
+    """Start a thread (an id is generated unless given; a taken id is 409)."""
+    body = body or NewThread()
+    title = " ".join(body.title.split()) if body.title else None
+    info = state.store.create_thread(user.user, body.id, title=title or None)
+    return thread_json(info)
+
+
+@router.get("/threads/{thread_id}", response_model=ThreadOut)
+def get_thread(thread_id: ThreadId, user: CurrentUser, state: State) -> Any:
+    return thread_json(state.store.get_thread(user.user, thread_id))
+
+
+@router.patch("/threads/{thread_id}", response_model=ThreadOut)
+def rename_thread(thread_id: ThreadId, body: ThreadPatch, user: CurrentUser, state: State) -> Any:
+    title = " ".join(body.title.split())
+    if not title:
+        raise ApiError(422, "the title is blank", hint="give a title with some text", param="title")
+    return thread_json(state.store.rename_thread(user.user, thread_id, title))
+
+
+@router.delete("/threads/{thread_id}", status_code=204)
+def delete_thread(thread_id: ThreadId, user: CurrentUser, state: State) -> Response:
+    state.store.delete_thread(user.user, thread_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/threads/{thread_id}/export",
+    responses={200: {"content": {"application/json": {}, "text/markdown": {}}}},
+)
+def export_thread(
+    thread_id: ThreadId,
+    user: CurrentUser,
+    state: State,
+    format: Annotated[Literal["json", "markdown", "md"], Query()] = "json",
+) -> Response:
+    """The whole transcript, as a file to download."""
+    info = state.store.get_thread(user.user, thread_id)
+    messages = state.store.messages(user.user, thread_id)
+    markdown = format != "json"
+    text = (thread_to_markdown if markdown else thread_to_json)(info, messages)
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in thread_id)
+    filename = f"thread-{safe[:80]}.{'md' if markdown else 'json'}"
+    return Response(
+        text.encode("utf-8"),
+        media_type="text/markdown; charset=utf-8" if markdown else "application/json",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get("/threads/{thread_id}/messages", response_model=MessageList)
+def thread_messages(
+    thread_id: ThreadId,
+    user: CurrentUser,
+    state: State,
+    after: Annotated[int, Query(ge=0, description="only messages after this seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> dict[str, Any]:
+    """The thread's messages in order: text, parts (tool calls and results, citations)."""
+    state.store.get_thread(user.user, thread_id)
+    found = list(islice(state.store.messages(user.user, thread_id, after_seq=after), limit + 1))
+    more = len(found) > limit
+    found = found[:limit]
+    return {
+        "thread_id": thread_id,
+        "messages": [message_json(m) for m in found],
+        "next_after": found[-1].seq if more else None,
+    }
+
+
+@router.get("/threads/{thread_id}/trace/{seq}", response_model=TraceOut)
+def thread_trace(
+    thread_id: ThreadId,
+    seq: Annotated[str, Path(description="the answer's seq, or 'latest'")],
+    user: CurrentUser,
+    state: State,
+) -> dict[str, Any]:
+    """The stored trace of the turn whose answer is message ``seq``."""
+    owner = user.user
+    if seq == "latest":
+        found = state.store.traces(owner, thread_id, limit=1)
+        number, trace = found[-1] if found else (0, None)
+    elif seq.isdigit():
+        number, trace = int(seq), state.store.get_trace(owner, thread_id, int(seq))
+    else:
+        raise ApiError(422, f"{seq!r} is not a message seq", hint="give a number, or 'latest'")
+    if trace is None:
+        raise ApiError(
+            404,
+            f"no trace for message {seq} of thread {thread_id!r}",
+            hint="traces are kept with answers (seq of an assistant message) "
+            "when store_traces is on",
+            type="not_found",
+        )
+    return {"thread_id": thread_id, "seq": number, "trace": trace.model_dump(mode="json")}
+
+
+@router.put("/threads/{thread_id}/pins", response_model=ThreadOut)
+def pin_collections(thread_id: ThreadId, body: Pins, user: CurrentUser, state: State) -> Any:
+    """Search only these collections in this thread; [] lets the router choose again."""
+    names = list(dict.fromkeys(body.collections))
+    info = state.default.pin_collections(thread_id, names or None, owner=user.user)
+    return thread_json(info)
+
+
+# -- turns ------------------------------------------------------------------------------------
+@router.post(
+    "/threads/{thread_id}/messages",
+    response_model=AnswerOut,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "see docs/api.md"}},
+)
+async def send_message(
+    thread_id: ThreadId, body: NewMessage, user: CurrentUser, state: State
+) -> Any:
+    """Send a message and get the answer: streamed as Server-Sent Events (``stream: true``,
+    the default) or as one JSON answer."""
+    bot = state.bot(body.bot)
+    bot.check_message(body.text)
+    check_thread_id(thread_id)
+    run = state.turns.start(bot, user.user, thread_id, body.text, interactive=body.stream)
+    if not body.stream:
+        return await _collect(run)
+    events = run.events()
+    first = await anext(events, None)
+    if isinstance(first, TurnFailed):
+        raise _as_error(first)
+    return EventSourceResponse(
+        _stream(first, events), ping=PING_S, headers={"X-Accel-Buffering": "no"}
+    )
+
+
+async def _stream(first: Any, rest: Any) -> Any:
+    for event in sse_events(first):
+        yield event
+    async for item in rest:
+        for event in sse_events(item):
+            yield event
+
+
+async def _collect(run: TurnRun) -> dict[str, Any]:
+    async for item in run.events():
+        if isinstance(item, TurnEnd):
+            answer = item.answer
+            return {
+                **answer_json(answer),
+                "citations": [_jsonable(c) for c in answer.citations],
+                "trace": answer.trace.model_dump(mode="json"),
+            }
+        if isinstance(item, TurnFailed):
+            raise _as_error(item)
+    raise ApiError(500, "the turn ended without an answer", hint="see the server's log")
+
+
+def _as_error(failed: TurnFailed) -> ApiError:
+    data = error_json(failed)
+    return ApiError(error_status(failed), data["message"], hint=data["hint"], type=data["type"])
+
+
+@router.get("/threads/{thread_id}/approvals")
+def pending_approvals(thread_id: ThreadId, user: CurrentUser, state: State) -> dict[str, Any]:
+    """Tool calls of a running turn waiting for your answer."""
+    return {"thread_id": thread_id, "pending": state.approvals.pending(user.user, thread_id)}
+
+
+@router.post("/threads/{thread_id}/approvals/{call_id}")
+async def answer_approval(
+    thread_id: ThreadId, call_id: str, body: ApprovalAnswer, user: CurrentUser, state: State
+) -> dict[str, Any]:
+    """Approve or refuse a tool call that a running turn is waiting on."""
+    if not state.approvals.resolve((user.user, thread_id, call_id), body.approved):
+        raise ApiError(
+            404,
+            f"no tool call {call_id!r} is waiting for approval in thread {thread_id!r}",
+            hint="it may have been answered already, or timed out (then it was refused)",
+            type="not_found",
+        )
+    return {"thread_id": thread_id, "call_id": call_id, "approved": body.approved}

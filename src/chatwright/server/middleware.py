@@ -1,0 +1,209 @@
+"""Two pure ASGI middlewares (no buffering, so streamed answers stay streamed).
+
+:class:`LimitBody` refuses a body over the limit with 413: at once when ``Content-Length``
+says so, else by counting the bytes as they arrive (a chunked upload cannot slip past). A body
+whose media type the endpoint does not read is refused with 415 before anything reads it.
+
+:class:`SecurityHeaders` adds the page's Content-Security-Policy, ``nosniff`` and
+``no-referrer`` to every response, and ``Cache-Control: no-store`` to API answers (they hold
+private data). The interactive API docs (``/docs``) load Swagger UI from its CDN and run an
+inline script, so they get a policy that allows exactly that.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatwright.server.errors import error_body, to_json
+
+__all__ = ["CSP", "BodyTooLarge", "LimitBody", "SecurityHeaders", "is_upload"]
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+_DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; font-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+_UPLOAD = re.compile(r"^/api/collections/[^/]+/documents/?$")
+_WITH_BODY = {"POST", "PUT", "PATCH"}
+
+
+def is_upload(method: str, path: str) -> bool:
+    """Whether the request is a document upload (multipart, with the larger limit)."""
+    return method == "POST" and bool(_UPLOAD.match(path))
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while reading a body that turned out larger than the limit."""
+
+    kind = "payload_too_large"
+
+    def __init__(self, limit: int, *, upload: bool) -> None:
+        super().__init__(413, f"the request body is over the limit of {limit:,} bytes")
+        self.hint = (
+            "upload fewer or smaller files, or raise max_upload_bytes in [server]"
+            if upload
+            else "send less, or raise max_body_bytes in [server] of chatwright.toml"
+        )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+async def _send_error(
+    send: Send, path: str, status: int, message: str, hint: str, kind: str
+) -> None:
+    body = to_json(error_body(path, status, message, hint, kind)).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class LimitBody:
+    """Refuse bodies over the limit (413) and of a media type not read here (415)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_upload_bytes: int,
+        upload: Callable[[str, str], bool] = is_upload,
+    ) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.max_upload = max_upload_bytes
+        self.upload = upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        upload = self.upload(method, path)
+        limit = self.max_upload if upload else self.max_body
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            error = BodyTooLarge(limit, upload=upload)
+            await _send_error(send, path, 413, str(error.detail), error.hint, error.kind)
+            return
+        refusal = self._media_refusal(scope, upload, length)
+        if refusal is not None:
+            await _send_error(send, path, 415, *refusal)
+            return
+        await self._limited(scope, receive, send, limit, upload)
+
+    def _media_refusal(
+        self, scope: Scope, upload: bool, length: str | None
+    ) -> tuple[str, str, str] | None:
+        path = scope["path"]
+        if scope["method"] not in _WITH_BODY or not path.startswith(("/api/", "/v1/")):
+            return None
+        chunked = _header(scope, b"transfer-encoding") is not None
+        if not chunked and (length is None or length == "0"):
+            return None  # no body: nothing to read
+        media = _media_type(_header(scope, b"content-type"))
+        if upload:
+            if media == "multipart/form-data":
+                return None
+            return (
+                f"uploads must be multipart/form-data, not {media or 'no content type'}",
+                "send the files as form fields named 'files' (curl -F files=@report.pdf ...)",
+                "unsupported_media_type",
+            )
+        if media == "application/json" or (
+            media.startswith("application/") and media.endswith("+json")
+        ):
+            return None
+        return (
+            f"the body must be JSON, not {media or 'no content type'}",
+            "send it with Content-Type: application/json",
+            "unsupported_media_type",
+        )
+
+    async def _limited(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, upload: bool
+    ) -> None:
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit, upload=upload)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge as error:
+            if started:
+                raise
+            await _send_error(send, scope["path"], 413, str(error.detail), error.hint, error.kind)
+
+
+class SecurityHeaders:
+    """Add the security headers to every response (see the module's docstring)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        csp = _DOCS_CSP if path in _DOCS else CSP
+        private = path.startswith(("/api/", "/v1/"))
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers: list[Any] = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                added = [
+                    (b"content-security-policy", csp.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
+                if private:
+                    added.append((b"cache-control", b"no-store"))
+                headers += [(k, v) for k, v in added if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

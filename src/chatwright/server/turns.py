@@ -1,0 +1,199 @@
+"""Turns that outlive their HTTP connection, and the approvals they wait for.
+
+A turn runs in its own asyncio task (:meth:`Turns.start`) that drains ``Chatbot.stream`` into
+a queue; the response reads the queue. A client that goes away stops reading, nothing else:
+the turn still completes and its answer is stored whole. On shutdown, running turns get
+``shutdown_grace_s`` to finish, then are cancelled (the engine stores what arrived, marked
+interrupted).
+
+A tool call with side effects makes the engine emit an ``ApprovalRequest`` and await the
+approver it was given; :class:`Approvals` keys a future by ``(owner, thread, call id)``, which
+``POST /api/threads/{id}/approvals/{call_id}`` resolves. The future is registered as the event
+passes through the queue, before the client can see it, so an answer that comes back at once
+still finds it. No answer within ``[tools] approval_timeout_s`` means no (the engine's rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatwright.bot import Chatbot
+from chatwright.errors import ChatwrightError
+from chatwright.server.errors import http_hint
+from chatwright.types import ApprovalRequest
+
+__all__ = ["Approvals", "TurnFailed", "TurnRun", "Turns"]
+
+log = logging.getLogger("chatwright.server")
+
+Key = tuple[str, str, str]  # (owner, thread id, tool call id)
+
+
+@dataclass(frozen=True)
+class TurnFailed:
+    """The last item of a failed turn's queue: the error, as the client will see it."""
+
+    error: BaseException
+    message: str
+    hint: str | None = None
+
+    @classmethod
+    def of(cls, error: BaseException) -> TurnFailed:
+        if isinstance(error, ChatwrightError):
+            return cls(error, error.message, http_hint(error.hint))
+        if isinstance(error, asyncio.CancelledError):
+            return cls(error, "the server is shutting down", "send the message again later")
+        return cls(
+            error,
+            f"internal server error ({type(error).__name__})",
+            "this is a bug in chatwright: the server's log has the details",
+        )
+
+
+class _End:
+    """Marks the end of a turn's queue."""
+
+
+_END = _End()
+
+
+class Approvals:
+    """Pending approvals of running turns (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Key, asyncio.Future[bool]] = {}
+
+    def expect(self, key: Key) -> asyncio.Future[bool]:
+        future = self._pending.get(key)
+        if future is None or future.done():
+            future = self._pending[key] = asyncio.get_running_loop().create_future()
+        return future
+
+    def resolve(self, key: Key, approved: bool) -> bool:
+        """Answer a pending approval; False when none is waiting under ``key``."""
+        future = self._pending.get(key)
+        if future is None or future.done():
+            return False
+        future.set_result(approved)
+        return True
+
+    def discard(self, key: Key) -> None:
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    def pending(self, owner: str, thread_id: str) -> list[str]:
+        """The call ids waiting for this user's answer in this thread."""
+        return [
+            call
+            for (o, t, call), future in self._pending.items()
+            if o == owner and t == thread_id and not future.done()
+        ]
+
+    def approver(self, owner: str, thread_id: str) -> Any:
+        """The approver for ``Chatbot.stream``: waits for the user's answer."""
+
+        async def ask(request: ApprovalRequest, tool: Any) -> bool:
+            key = (owner, thread_id, request.call.id)
+            try:
+                return await self.expect(key)
+            finally:
+                self.discard(key)
+
+        return ask
+
+
+@dataclass
+class TurnRun:
+    """One running turn: who, where, and the queue of its events."""
+
+    owner: str
+    thread_id: str
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+    async def events(self) -> AsyncIterator[Any]:
+        """The turn's events (and a final :class:`TurnFailed` if it failed), as they come."""
+        while True:
+            item = await self.queue.get()
+            if item is _END:
+                return
+            yield item
+
+
+def _accepts_approver(bot: Chatbot) -> bool:
+    try:
+        return "approver" in inspect.signature(bot.stream).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a stream we cannot inspect
+        return False
+
+
+class Turns:
+    """Starts turns as tasks, keeps them alive, and lets them finish at shutdown."""
+
+    def __init__(self, approvals: Approvals) -> None:
+        self.approvals = approvals
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(
+        self, bot: Chatbot, owner: str, thread_id: str, text: str, *, interactive: bool = True
+    ) -> TurnRun:
+        """Run a turn in the background; ``interactive``: tool calls may wait for approval
+        (else they are refused at once, as nobody could answer)."""
+        run = TurnRun(owner, thread_id)
+        task = asyncio.create_task(self._drive(bot, run, text, interactive))
+        run.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return run
+
+    async def _drive(self, bot: Chatbot, run: TurnRun, text: str, interactive: bool) -> None:
+        keys: list[Key] = []
+        kwargs: dict[str, Any] = {"owner": run.owner}
+        if _accepts_approver(bot):
+            kwargs["approver"] = (
+                self.approvals.approver(run.owner, run.thread_id) if interactive else None
+            )
+        try:
+            async with aclosing(bot.stream(run.thread_id, text, **kwargs)) as events:
+                async for event in events:
+                    if isinstance(event, ApprovalRequest) and interactive:
+                        key = (run.owner, run.thread_id, event.call.id)
+                        self.approvals.expect(key)
+                        keys.append(key)
+                    run.queue.put_nowait(event)
+        except asyncio.CancelledError as e:
+            run.queue.put_nowait(TurnFailed.of(e))
+            raise
+        except Exception as e:
+            if not isinstance(e, ChatwrightError):
+                log.error("turn in thread %r failed", run.thread_id, exc_info=e)
+            run.queue.put_nowait(TurnFailed.of(e))
+        finally:
+            for key in keys:
+                self.approvals.discard(key)
+            run.queue.put_nowait(_END)
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Let running turns finish within ``grace_s``, then cancel the rest."""
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        log.info("waiting up to %g s for %d running turn(s)", grace_s, len(tasks))
+        _, late = await asyncio.wait(tasks, timeout=grace_s) if grace_s > 0 else (set(), set(tasks))
+        for task in late:
+            task.cancel()
+        for task in late:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
