@@ -1,0 +1,1425 @@
+/* chatwright web page: threads, streamed answers, citations, tools, collections and traces.
+ *
+ * Plain script, no build step. Everything the server or a model sends is untrusted: user text
+ * goes in through textContent; answers are Markdown parsed by marked with raw HTML escaped,
+ * then sanitized by DOMPurify (no styles, forms, frames or images; links only http(s)/mailto). */
+(function () {
+  "use strict";
+
+  const KEY_STORAGE = "chatwright.apiKey";
+  const RENDER_EVERY_MS = 60; // re-render a streaming answer at most this often
+  const JOB_POLL_MS = 400;
+
+  // -- small helpers ----------------------------------------------------------------------
+  const $ = (id) => document.getElementById(id);
+
+  /** Build an element: h("div", {class: "x", text: "..."}, child, "text", ...). Strings are text. */
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") el.className = value;
+      else if (key === "text") el.textContent = value;
+      else if (key.startsWith("on") && typeof value === "function") {
+        el.addEventListener(key.slice(2), value);
+      } else el.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : String(child));
+    }
+    return el;
+  }
+
+  const enc = encodeURIComponent;
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => ({
+      "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
+    })[c]);
+  }
+
+  function asList(data, ...keys) {
+    if (Array.isArray(data)) return data;
+    for (const key of [...keys, "items", "data", "results"]) {
+      if (data && Array.isArray(data[key])) return data[key];
+    }
+    return [];
+  }
+
+  function pretty(text) {
+    if (typeof text !== "string") return JSON.stringify(text, null, 2);
+    try {
+      return JSON.stringify(JSON.parse(text), null, 2);
+    } catch (_) {
+      return text;
+    }
+  }
+
+  function formatMs(ms) {
+    if (typeof ms !== "number") return "";
+    return ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : ms.toFixed(ms < 10 ? 2 : 0) + " ms";
+  }
+
+  function threadPins(thread) {
+    if (!thread) return [];
+    const pins = thread.pinned_collections ?? thread.pins ?? thread.pinned ?? thread.collections;
+    return Array.isArray(pins) ? pins : [];
+  }
+
+  // -- state --------------------------------------------------------------------------------
+  const state = {
+    threads: [],
+    threadId: null,
+    thread: null,
+    collections: [],
+    streams: new Map(), // thread id -> {controller, view}
+    loadToken: 0,
+    loading: null, // the thread being opened (a promise)
+  };
+
+  // -- the API ----------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(message, hint, type, status) {
+      super(message || "request failed");
+      this.name = "ApiError";
+      this.hint = hint || "";
+      this.type = type || "error";
+      this.status = status || 0;
+    }
+  }
+
+  function apiKey() {
+    try {
+      return localStorage.getItem(KEY_STORAGE) || "";
+    } catch (_) {
+      return "";
+    }
+  }
+
+  function headers(extra) {
+    const out = Object.assign({}, extra);
+    const key = apiKey();
+    if (key) out.Authorization = "Bearer " + key;
+    return out;
+  }
+
+  async function errorFrom(res) {
+    let message = `${res.status} ${res.statusText || "error"}`;
+    let hint = "";
+    let type = "http";
+    try {
+      const data = await res.json();
+      const err = data && (data.error ?? data.detail ?? data);
+      if (typeof err === "string") message = err;
+      else if (Array.isArray(err) && err.length) {
+        message = err.map((e) => (e.loc ? e.loc.join(".") + ": " : "") + (e.msg || "")).join("; ");
+      } else if (err && typeof err === "object") {
+        message = err.message || message;
+        hint = err.hint || "";
+        type = err.type || type;
+      }
+    } catch (_) { /* not JSON: keep the status line */ }
+    if (res.status === 401 && !hint) hint = "Enter an API key in Settings (the gear button).";
+    return new ApiError(message, hint, type, res.status);
+  }
+
+  /** Call the API: JSON in, JSON out; throws ApiError with the server's message and hint. */
+  async function api(method, path, body, options) {
+    const opts = options || {};
+    const init = { method, headers: headers({ Accept: opts.accept || "application/json" }) };
+    if (body instanceof FormData) init.body = body;
+    else if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    if (opts.signal) init.signal = opts.signal;
+    let res;
+    try {
+      res = await fetch("api" + path, init);
+    } catch (e) {
+      if (e && e.name === "AbortError") throw e;
+      throw new ApiError("Cannot reach the server.", "Check that the chatwright server is running, then retry.", "network");
+    }
+    if (!res.ok) throw await errorFrom(res);
+    if (opts.raw) return res;
+    if (res.status === 204) return null;
+    const type = res.headers.get("content-type") || "";
+    if (type.includes("json")) return res.json();
+    const text = await res.text();
+    return text ? text : null;
+  }
+
+  /** Parse a Server-Sent Events body, calling onEvent(name, data) for each event. */
+  async function readEvents(res, onEvent) {
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    const dispatch = (block) => {
+      let name = "message";
+      const data = [];
+      for (const line of block.split(/\r\n|\r|\n/)) {
+        if (!line || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" ")) value = value.slice(1);
+        if (field === "event") name = value;
+        else if (field === "data") data.push(value);
+      }
+      if (!data.length) return;
+      let payload = data.join("\n");
+      try {
+        payload = JSON.parse(payload);
+      } catch (_) { /* plain text data */ }
+      onEvent(name, payload);
+    };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let match;
+      while ((match = /\r\n\r\n|\n\n|\r\r/.exec(buffer))) {
+        const block = buffer.slice(0, match.index);
+        buffer = buffer.slice(match.index + match[0].length);
+        dispatch(block);
+      }
+    }
+    buffer += decoder.decode();
+    if (buffer.trim()) dispatch(buffer);
+  }
+
+  // -- the error banner -------------------------------------------------------------------
+  function showError(err) {
+    if (!err || err.name === "AbortError") return;
+    $("banner").classList.remove("info");
+    $("banner-message").textContent = err.message || String(err);
+    $("banner-hint").textContent = err.hint || "";
+    $("banner").hidden = false;
+    // A modal dialog hides the banner behind its backdrop: say it in the dialog too.
+    const dialogs = document.querySelectorAll("dialog[open]");
+    const dialog = dialogs[dialogs.length - 1];
+    if (dialog) {
+      let box = dialog.querySelector(".dialog-error");
+      if (!box) {
+        box = h("p", { class: "dialog-error", role: "alert" });
+        const head = dialog.querySelector(".dialog-head");
+        if (head) head.after(box);
+        else dialog.prepend(box);
+      }
+      box.textContent = (err.message || String(err)) + (err.hint ? ` (${err.hint})` : "");
+      box.hidden = false;
+    }
+  }
+
+  function hideBanner() {
+    $("banner").hidden = true;
+  }
+
+  /** Run an async UI action, showing what goes wrong in the banner. */
+  function guarded(fn) {
+    return async (...args) => {
+      try {
+        return await fn(...args);
+      } catch (e) {
+        showError(e);
+        return undefined;
+      }
+    };
+  }
+
+  // -- Markdown, safely -------------------------------------------------------------------
+  const FORBID_TAGS = [
+    "style", "form", "input", "button", "textarea", "select", "option", "iframe", "frame",
+    "frameset", "object", "embed", "img", "svg", "math", "video", "audio", "source", "picture",
+    "link", "meta", "base", "template", "dialog", "script", "noscript",
+  ];
+  const FORBID_ATTR = ["style", "id", "name", "srcset", "action", "formaction", "target", "ping"];
+  const SAFE_HREF = /^(https?:|mailto:)/i;
+  let markdownParser = null;
+
+  function setUpMarkdown() {
+    if (markdownParser) return markdownParser;
+    if (!window.marked || !window.DOMPurify) return null;
+    markdownParser = new window.marked.Marked({ gfm: true, breaks: true, async: false });
+    markdownParser.use({
+      renderer: {
+        // Raw HTML in Markdown is shown as text, never as markup.
+        html(token) {
+          return escapeHtml(token.text ?? token.raw ?? "");
+        },
+        // No remote images (the page's CSP blocks them anyway): a link to them instead.
+        image(token) {
+          const label = token.text || token.href || "image";
+          return `<a href="${escapeHtml(token.href || "")}">${escapeHtml(label)}</a>`;
+        },
+      },
+    });
+    window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.nodeName !== "A") return;
+      const href = (node.getAttribute("href") || "").trim();
+      if (href && SAFE_HREF.test(href)) {
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer");
+      } else {
+        node.removeAttribute("href");
+        node.classList.add("unsafe-link");
+        if (href) node.setAttribute("title", "link removed: only http, https and mailto links open");
+      }
+    });
+    return markdownParser;
+  }
+
+  /** Sanitized DOM for `text` as Markdown (plain text if the libraries failed to load). */
+  function markdownFragment(text) {
+    const parser = setUpMarkdown();
+    if (!parser) {
+      const frag = document.createDocumentFragment();
+      frag.append(h("p", { class: "plain", text }));
+      return frag;
+    }
+    const html = parser.parse(String(text || ""));
+    return window.DOMPurify.sanitize(html, {
+      FORBID_TAGS,
+      FORBID_ATTR,
+      ALLOW_DATA_ATTR: false,
+      ALLOW_ARIA_ATTR: false,
+      RETURN_DOM_FRAGMENT: true,
+    });
+  }
+
+  const CITE_MARK = /\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]/g;
+
+  /** Turn `[n]` in text nodes (not code or links) into buttons to citation n, where it exists. */
+  function linkCitations(root, onCite, known) {
+    if (!known.size) return;
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, {
+      acceptNode(node) {
+        for (let p = node.parentNode; p && p !== root; p = p.parentNode) {
+          if (p.nodeName === "CODE" || p.nodeName === "PRE" || p.nodeName === "A") return NodeFilter.FILTER_REJECT;
+        }
+        CITE_MARK.lastIndex = 0;
+        return CITE_MARK.test(node.nodeValue) ? NodeFilter.FILTER_ACCEPT : NodeFilter.FILTER_SKIP;
+      },
+    });
+    const nodes = [];
+    while (walker.nextNode()) nodes.push(walker.currentNode);
+    for (const node of nodes) {
+      const text = node.nodeValue;
+      const frag = document.createDocumentFragment();
+      let last = 0;
+      CITE_MARK.lastIndex = 0;
+      let match;
+      while ((match = CITE_MARK.exec(text))) {
+        const numbers = match[1].split(",").map((n) => parseInt(n.trim(), 10));
+        if (!numbers.every((n) => known.has(n))) continue;
+        frag.append(text.slice(last, match.index));
+        for (const n of numbers) {
+          frag.append(h("button", {
+            type: "button",
+            class: "cite-ref",
+            "data-cite": n,
+            "aria-label": `Source ${n}`,
+            onclick: () => onCite(n),
+          }, `[${n}]`));
+        }
+        last = match.index + match[0].length;
+      }
+      if (last === 0) continue;
+      frag.append(text.slice(last));
+      node.parentNode.replaceChild(frag, node);
+    }
+  }
+
+  // -- one assistant turn (streamed or from history) ---------------------------------------
+  class TurnView {
+    constructor(threadId) {
+      this.threadId = threadId;
+      this.seq = null;
+      this.trace = null;
+      this.segment = null; // the Markdown segment text is going into
+      this.segments = [];
+      this.tools = new Map(); // call id -> tool view
+      this.citations = new Map(); // index -> citation
+      this.timer = null;
+      this.lastRender = 0;
+      this.content = h("div", { class: "content" });
+      this.citationBox = h("div", { class: "citations", hidden: true });
+      this.traceButton = h("button", {
+        type: "button", class: "link-button trace-button", hidden: true,
+        onclick: guarded(() => this.showTrace()),
+      }, "Trace");
+      this.note = h("span", { class: "msg-note", hidden: true });
+      this.footer = h("div", { class: "msg-footer" }, this.traceButton, this.note);
+      this.el = h("article", { class: "msg assistant", "aria-label": "Answer" },
+        h("div", { class: "who", "aria-hidden": "true" }, "assistant"),
+        this.content, this.citationBox, this.footer);
+    }
+
+    setStreaming(on) {
+      this.el.classList.toggle("streaming", on);
+      this.el.setAttribute("aria-busy", on ? "true" : "false");
+    }
+
+    // text
+    appendText(delta) {
+      if (!delta) return;
+      if (!this.segment) this.newSegment();
+      this.segment.text += delta;
+      this.scheduleRender();
+    }
+
+    addText(text) {
+      if (!text) return;
+      this.newSegment();
+      this.segment.text = text;
+      this.renderSegment(this.segment);
+    }
+
+    newSegment() {
+      this.flush();
+      const seg = { text: "", el: h("div", { class: "markdown" }) };
+      this.content.append(seg.el);
+      this.segments.push(seg);
+      this.segment = seg;
+    }
+
+    scheduleRender() {
+      if (this.timer) return;
+      const wait = Math.max(0, RENDER_EVERY_MS - (performance.now() - this.lastRender));
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        if (this.segment) this.renderSegment(this.segment);
+      }, wait);
+    }
+
+    /** Render what a pending (throttled) render would have. */
+    flush() {
+      if (!this.timer) return;
+      clearTimeout(this.timer);
+      this.timer = null;
+      if (this.segment) this.renderSegment(this.segment);
+    }
+
+    renderSegment(seg) {
+      const stick = nearBottom();
+      this.lastRender = performance.now();
+      const frag = markdownFragment(seg.text);
+      linkCitations(frag, (n) => this.openCitation(n), this.citations);
+      seg.el.replaceChildren(frag);
+      if (stick) scrollToBottom();
+    }
+
+    // tools
+    addToolCall(call) {
+      if (!call || !call.id) return;
+      this.flush();
+      this.segment = null;
+      let tool = this.tools.get(call.id);
+      if (!tool) {
+        tool = new ToolView(call, this.threadId);
+        this.tools.set(call.id, tool);
+        this.content.append(tool.el);
+      }
+      return tool;
+    }
+
+    addToolResult(result) {
+      if (!result) return;
+      this.flush();
+      this.segment = null;
+      let tool = this.tools.get(result.tool_call_id);
+      if (!tool) tool = this.addToolCall({ id: result.tool_call_id || "result", name: result.name || "tool" });
+      tool.setResult(result);
+    }
+
+    needApproval(event) {
+      const call = event.call || event;
+      const tool = this.tools.get(call.id) || this.addToolCall(call);
+      tool.askApproval(event, this);
+    }
+
+    // citations
+    addCitation(citation) {
+      if (!citation || typeof citation.index !== "number") return;
+      this.citations.set(citation.index, citation);
+    }
+
+    renderCitations() {
+      const list = [...this.citations.values()].sort((a, b) => a.index - b.index);
+      this.citationBox.replaceChildren();
+      this.citationBox.hidden = !list.length;
+      if (!list.length) return;
+      const ol = h("ol", { class: "citation-list" });
+      for (const c of list) {
+        const name = c.title || c.source || c.document_id || "source";
+        const where = [c.source && c.source !== name ? c.source : null,
+          c.page !== null && c.page !== undefined ? `page ${c.page}` : null].filter(Boolean).join(", ");
+        const details = h("details", { class: "citation", "data-index": c.index },
+          h("summary", null,
+            h("span", { class: "citation-index" }, `[${c.index}]`), " ",
+            h("span", { class: "citation-title" }, name),
+            c.page !== null && c.page !== undefined ? h("span", { class: "muted" }, `, p. ${c.page}`) : null),
+          h("blockquote", { class: "citation-passage", text: c.text || "" }),
+          h("div", { class: "citation-source" },
+            "Source: ", where || name,
+            c.document_id ? ` · document ${c.document_id}` : ""));
+        ol.append(h("li", null, details));
+      }
+      this.citationBox.append(h("p", { class: "citations-title" }, "Sources"), ol);
+      for (const seg of this.segments) this.renderSegment(seg);
+    }
+
+    openCitation(n) {
+      const details = this.citationBox.querySelector(`details[data-index="${n}"]`);
+      if (!details) return;
+      details.open = true;
+      details.classList.add("flash");
+      setTimeout(() => details.classList.remove("flash"), 1200);
+      details.scrollIntoView({ block: "nearest" });
+      details.querySelector("summary").focus({ preventScroll: true });
+    }
+
+    // the end
+    finish(info) {
+      this.flush();
+      this.setStreaming(false);
+      if (info.message && Array.isArray(info.message.parts)) {
+        for (const part of info.message.parts) if (part.kind === "citation") this.addCitation(part);
+      }
+      if (!this.segments.length && info.text) this.addText(info.text);
+      if (typeof info.seq === "number") this.setSeq(info.seq);
+      if (info.trace) this.trace = info.trace;
+      this.renderCitations();
+      if (info.interrupted) this.setNote("stopped", false);
+    }
+
+    fail(err) {
+      this.flush();
+      this.setStreaming(false);
+      this.setNote(err.message || String(err), true);
+    }
+
+    setSeq(seq) {
+      this.seq = seq;
+      this.el.dataset.seq = String(seq);
+      this.traceButton.hidden = false;
+    }
+
+    setNote(text, isError) {
+      this.note.textContent = text;
+      this.note.classList.toggle("error", !!isError);
+      this.note.hidden = false;
+    }
+
+    async showTrace() {
+      let trace = null;
+      if (this.seq !== null) {
+        const data = await api("GET", `/threads/${enc(this.threadId)}/trace/${this.seq}`);
+        trace = data && data.trace && data.stages === undefined ? data.trace : data;
+      }
+      trace = trace || this.trace;
+      if (!trace) throw new ApiError("No trace for this answer.", "Traces are kept when store_traces is on.");
+      openTrace(trace, this.seq);
+    }
+  }
+
+  class ToolView {
+    constructor(call, threadId) {
+      this.call = call;
+      this.threadId = threadId;
+      this.state = h("span", { class: "tool-state" }, "running…");
+      this.result = h("div", { class: "tool-section tool-result", hidden: true });
+      this.details = h("details", { class: "tool", "data-call-id": call.id },
+        h("summary", null, "Tool ", h("span", { class: "tool-name" }, call.name || "tool"), this.state),
+        h("div", { class: "tool-section" }, h("h4", null, "Arguments"),
+          h("pre", { text: pretty(call.arguments ?? "{}") })),
+        this.result);
+      this.el = h("div", { class: "tool-wrap" }, this.details);
+    }
+
+    setResult(result) {
+      this.result.replaceChildren(h("h4", null, result.is_error ? "Error" : "Result"),
+        h("pre", { text: result.content ?? "" }));
+      this.result.hidden = false;
+      this.details.classList.toggle("error", !!result.is_error);
+      this.details.classList.toggle("ok", !result.is_error);
+      this.state.textContent = result.is_error ? "error" : "done";
+      if (this.approval) this.approval.remove();
+    }
+
+    askApproval(event, turn) {
+      this.state.textContent = "waiting for approval";
+      if (this.approval) this.approval.remove();
+      const decide = async (approved) => {
+        for (const b of buttons) b.disabled = true;
+        try {
+          const res = await api("POST",
+            `/threads/${enc(this.threadId)}/approvals/${enc(this.call.id)}`,
+            { approved }, { raw: true, accept: "text/event-stream, application/json" });
+          this.approval.replaceChildren(h("p", { class: "approval-done" }, approved ? "Approved." : "Denied."));
+          this.state.textContent = approved ? "approved, running…" : "denied";
+          if (!approved) this.details.classList.add("error");
+          const type = res.headers.get("content-type") || "";
+          if (type.includes("event-stream")) await consumeTurn(res, turn, this.threadId);
+        } catch (e) {
+          for (const b of buttons) b.disabled = false;
+          showError(e);
+        }
+      };
+      const buttons = [
+        h("button", { type: "button", class: "button primary small-button approve", onclick: () => decide(true) }, "Approve"),
+        h("button", { type: "button", class: "button small-button deny", onclick: () => decide(false) }, "Deny"),
+      ];
+      const description = event.description || `Run ${this.call.name}?`;
+      this.approval = h("div", { class: "approval", role: "group", "aria-label": `Approve ${this.call.name}` },
+        h("p", null, h("strong", null, description)),
+        event.reason ? h("p", { class: "small muted" }, event.reason) : null,
+        h("pre", { class: "small", text: pretty(this.call.arguments ?? "{}") }),
+        h("div", { class: "row" }, buttons));
+      this.el.append(this.approval);
+      if (nearBottom()) scrollToBottom();
+    }
+  }
+
+  // -- the conversation -------------------------------------------------------------------
+  const messagesEl = () => $("messages");
+
+  function nearBottom() {
+    const el = messagesEl();
+    return el.scrollHeight - el.scrollTop - el.clientHeight < 120;
+  }
+
+  function scrollToBottom() {
+    const el = messagesEl();
+    el.scrollTop = el.scrollHeight;
+  }
+
+  function userBubble(text) {
+    return h("article", { class: "msg user", "aria-label": "Your message" },
+      h("div", { class: "who", "aria-hidden": "true" }, "you"),
+      h("div", { class: "body", text }));
+  }
+
+  function updateEmpty() {
+    $("empty-state").hidden = messagesEl().children.length > 0;
+  }
+
+  function renderHistory(threadId, messages) {
+    const root = messagesEl();
+    root.replaceChildren();
+    let turn = null;
+    let lastAssistant = null;
+    const close = () => {
+      if (turn) {
+        turn.finish({ seq: lastAssistant ? lastAssistant.seq : undefined });
+        const meta = (lastAssistant && lastAssistant.metadata) || {};
+        if (meta.interrupted || meta.finish === "interrupted") {
+          turn.setNote(meta.reason ? `cut short: ${meta.reason}` : "cut short", false);
+        }
+        else if (meta.error) turn.setNote(String(meta.error), true);
+        else if (meta.finish && meta.finish !== "stop") turn.setNote(String(meta.finish), false);
+      }
+      turn = null;
+      lastAssistant = null;
+    };
+    for (const m of messages) {
+      if (m.role === "user") {
+        close();
+        root.append(userBubble(m.text ?? ""));
+      } else if (m.role === "assistant" || m.role === "tool") {
+        if (!turn) {
+          turn = new TurnView(threadId);
+          root.append(turn.el);
+        }
+        const parts = Array.isArray(m.parts) ? m.parts : [{ kind: "text", text: m.text }];
+        for (const part of parts) {
+          if (part.kind === "text") turn.addText(part.text);
+          else if (part.kind === "tool_call") turn.addToolCall(part);
+          else if (part.kind === "tool_result") turn.addToolResult(part);
+          else if (part.kind === "citation") turn.addCitation(part);
+        }
+        if (m.role === "assistant") lastAssistant = m;
+      } else {
+        close();
+        root.append(h("article", { class: "msg system", "aria-label": "System note" },
+          h("div", { class: "body", text: m.text ?? "" })));
+      }
+    }
+    close();
+    updateEmpty();
+    scrollToBottom();
+  }
+
+  function handleEvent(view, name, data, threadId) {
+    const d = data || {};
+    switch (name) {
+      case "text_delta":
+      case "delta":
+        view.appendText(typeof d === "string" ? d : d.text);
+        break;
+      case "tool_call":
+        view.addToolCall(d.call || d);
+        break;
+      case "tool_result":
+        view.addToolResult(d.result || d);
+        break;
+      case "approval_needed":
+        view.needApproval(d);
+        break;
+      case "citation":
+        view.addCitation(d.citation || d);
+        break;
+      case "trace":
+        view.trace = d.trace || d;
+        break;
+      case "done":
+        view.finish(d);
+        view.done = true;
+        if (threadId === state.threadId) refreshThreads();
+        break;
+      case "error": {
+        const err = new ApiError(d.message || "the turn failed", d.hint, d.type);
+        view.fail(err);
+        view.done = true;
+        showError(err);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  async function consumeTurn(res, view, threadId) {
+    const type = res.headers.get("content-type") || "";
+    if (!type.includes("event-stream")) {
+      // A server that answered in one piece: {text, seq, message, ...}.
+      const data = type.includes("json") ? await res.json() : { text: await res.text() };
+      view.finish(data.answer || data);
+      return;
+    }
+    await readEvents(res, (name, data) => handleEvent(view, name, data, threadId));
+  }
+
+  async function send(text) {
+    if (!text.trim()) return;
+    if (state.loading) await state.loading; // a thread still opening would wipe the new turn
+    let threadId = state.threadId;
+    if (!threadId) {
+      const thread = await api("POST", "/threads", { title: titleFrom(text) });
+      threadId = thread.id;
+      state.thread = thread;
+      state.threads = [thread, ...state.threads.filter((t) => t.id !== thread.id)];
+      state.threadId = threadId;
+      setHash(threadId);
+      renderThreads();
+      renderHeader();
+      messagesEl().replaceChildren();
+    }
+    const input = $("composer-input");
+    input.value = "";
+    autosize();
+    messagesEl().append(userBubble(text));
+    const view = new TurnView(threadId);
+    view.setStreaming(true);
+    messagesEl().append(view.el);
+    updateEmpty();
+    scrollToBottom();
+
+    const controller = new AbortController();
+    state.streams.set(threadId, { controller, view });
+    updateComposer();
+    try {
+      const body = { text, stream: true };
+      const bot = chosenBot();
+      if (bot) body.bot = bot;
+      const res = await api("POST", `/threads/${enc(threadId)}/messages`, body,
+        { raw: true, signal: controller.signal, accept: "text/event-stream" });
+      await consumeTurn(res, view, threadId);
+      if (!view.done) view.finish({});
+    } catch (e) {
+      if (e && e.name === "AbortError") {
+        view.finish({});
+        view.setNote("stopped (the server may still finish this answer)", false);
+      } else {
+        view.fail(e);
+        showError(e);
+      }
+    } finally {
+      state.streams.delete(threadId);
+      updateComposer();
+    }
+  }
+
+  function titleFrom(text) {
+    const line = text.trim().split(/\n/)[0];
+    return line.length > 60 ? line.slice(0, 57) + "…" : line;
+  }
+
+  function stop() {
+    const stream = state.streams.get(state.threadId);
+    if (stream) stream.controller.abort();
+  }
+
+  function updateComposer() {
+    const streaming = state.streams.has(state.threadId);
+    $("stop-button").hidden = !streaming;
+    $("send-button").hidden = streaming;
+  }
+
+  function autosize() {
+    const input = $("composer-input");
+    input.style.height = "auto";
+    input.style.height = Math.min(input.scrollHeight + 2, Math.round(window.innerHeight * 0.4)) + "px";
+  }
+
+  // -- threads ----------------------------------------------------------------------------
+  function idFromHash() {
+    const m = /^#thread=(.+)$/.exec(location.hash);
+    if (!m) return null;
+    try {
+      return decodeURIComponent(m[1]);
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function setHash(id) {
+    const want = id ? "#thread=" + enc(id) : "";
+    if (location.hash === want) return;
+    if (id) location.hash = want;
+    else history.replaceState(null, "", location.pathname + location.search);
+  }
+
+  async function refreshThreads() {
+    try {
+      state.threads = asList(await api("GET", "/threads?limit=200"), "threads");
+      const current = state.threads.find((t) => t.id === state.threadId);
+      if (current) state.thread = Object.assign({}, state.thread, current);
+      renderThreads();
+      renderHeader();
+    } catch (e) {
+      showError(e);
+    }
+  }
+
+  function renderThreads() {
+    const list = $("thread-list");
+    list.replaceChildren();
+    for (const t of state.threads) {
+      const title = t.title || "Untitled thread";
+      const active = t.id === state.threadId;
+      list.append(h("li", { class: "thread-item" + (active ? " active" : ""), "data-thread-id": t.id },
+        h("button", {
+          type: "button", class: "thread-open", title,
+          "aria-current": active ? "page" : null,
+          onclick: () => selectThread(t.id),
+        }, title),
+        h("span", { class: "thread-actions" },
+          h("button", {
+            type: "button", class: "icon-button thread-rename", "aria-label": `Rename ${title}`,
+            title: "Rename", onclick: guarded(() => renameThread(t)),
+          }, "✎"),
+          h("button", {
+            type: "button", class: "icon-button thread-delete", "aria-label": `Delete ${title}`,
+            title: "Delete", onclick: guarded(() => deleteThread(t)),
+          }, "✕"))));
+    }
+    $("thread-empty").hidden = state.threads.length > 0;
+  }
+
+  function renderHeader() {
+    const t = state.thread;
+    $("thread-title").textContent = t ? t.title || "Untitled thread" : "";
+    document.title = t && t.title ? `${t.title} · chatwright` : "chatwright";
+    const pins = threadPins(t);
+    const bar = $("pins-bar");
+    bar.replaceChildren();
+    if (t && pins.length) {
+      bar.append("Pinned: ", ...pins.map((p) => h("span", { class: "chip" }, p)));
+      bar.hidden = false;
+    } else bar.hidden = true;
+  }
+
+  function selectThread(id) {
+    closeSidebar();
+    if (id === state.threadId) return;
+    setHash(id);
+    openThread(id);
+  }
+
+  function openThread(id) {
+    state.loading = loadThread(id);
+    return state.loading;
+  }
+
+  async function loadThread(id) {
+    const token = ++state.loadToken;
+    state.threadId = id;
+    state.thread = state.threads.find((t) => t.id === id) || { id };
+    renderThreads();
+    renderHeader();
+    updateComposer();
+    if (!id) {
+      messagesEl().replaceChildren();
+      updateEmpty();
+      return;
+    }
+    try {
+      const [thread, messages] = await Promise.all([
+        api("GET", `/threads/${enc(id)}`),
+        loadMessages(id),
+      ]);
+      if (token !== state.loadToken) return;
+      state.thread = Object.assign({}, state.thread, thread && thread.thread ? thread.thread : thread);
+      renderHeader();
+      renderHistory(id, messages);
+      const stream = state.streams.get(id);
+      if (stream) {
+        // A turn still streaming into this thread: show its live view instead of the partial.
+        const last = messagesEl().lastElementChild;
+        if (last && last.classList.contains("assistant")) last.remove();
+        messagesEl().append(stream.view.el);
+        updateEmpty();
+      } else {
+        // A turn that began before this page (a reload mid-answer) runs on at the server.
+        const waiting = await pendingApprovals(id);
+        if (token === state.loadToken && (waiting.length || unfinished(messages))) {
+          followTurn(id, token, waiting);
+        }
+      }
+    } catch (e) {
+      if (token !== state.loadToken) return;
+      if (e.status === 404) {
+        state.threadId = null;
+        state.thread = null;
+        setHash(null);
+        renderThreads();
+        renderHeader();
+        messagesEl().replaceChildren();
+        updateEmpty();
+      }
+      showError(e);
+    }
+  }
+
+  async function pendingApprovals(id) {
+    try {
+      return asList(await api("GET", `/threads/${enc(id)}/approvals`), "pending");
+    } catch (_) {
+      return [];
+    }
+  }
+
+  /** Whether the last turn looks like it is still running (recent, without its answer). */
+  function unfinished(messages) {
+    const last = messages[messages.length - 1];
+    if (!last) return false;
+    const recent = typeof last.created_at !== "number" || Date.now() / 1000 - last.created_at < 600;
+    if (!recent || (last.metadata && last.metadata.interrupted)) return false;
+    if (last.role === "user" || last.role === "tool") return true;
+    const parts = Array.isArray(last.parts) ? last.parts : [];
+    return last.role === "assistant" && parts.some((p) => p.kind === "tool_call") &&
+      !parts.some((p) => p.kind === "text");
+  }
+
+  /** Show a turn that runs without this page's stream (approvals it waits on included) and
+   * poll the thread until its answer is stored. */
+  async function followTurn(id, token, waiting) {
+    const view = new TurnView(id);
+    view.setStreaming(true);
+    view.setNote("still answering (started before this page was loaded)…", false);
+    messagesEl().append(view.el);
+    updateEmpty();
+    for (const callId of waiting) {
+      const tool = view.addToolCall({ id: callId, name: "tool", arguments: "" });
+      tool.askApproval({
+        call: { id: callId, name: "tool" },
+        description: "A tool call is waiting for your approval.",
+        reason: "Its name, arguments and result show here once it has run.",
+      }, view);
+    }
+    scrollToBottom();
+    const started = Date.now();
+    while (Date.now() - started < 180000) {
+      await new Promise((r) => setTimeout(r, 1000));
+      if (token !== state.loadToken || state.streams.has(id)) return;
+      let messages;
+      try {
+        messages = await loadMessages(id);
+      } catch (_) {
+        continue;
+      }
+      const still = await pendingApprovals(id);
+      if (token !== state.loadToken || state.streams.has(id)) return;
+      if (!unfinished(messages) && !still.length) {
+        renderHistory(id, messages);
+        refreshThreads();
+        return;
+      }
+    }
+    view.setStreaming(false);
+    view.setNote("no answer yet: reopen the thread later to see it", false);
+  }
+
+  /** All of a thread's messages, following `next_after` when the server pages them. */
+  async function loadMessages(id) {
+    const all = [];
+    let after = null;
+    for (let page = 0; page < 100; page++) {
+      const query = after === null ? "" : `?after=${enc(after)}`;
+      const data = await api("GET", `/threads/${enc(id)}/messages${query}`);
+      all.push(...asList(data, "messages"));
+      after = data && !Array.isArray(data) ? data.next_after : null;
+      if (after === null || after === undefined) break;
+    }
+    return all;
+  }
+
+  async function newThread() {
+    closeSidebar();
+    const thread = await api("POST", "/threads", {});
+    state.threads = [thread, ...state.threads.filter((t) => t.id !== thread.id)];
+    setHash(thread.id);
+    await openThread(thread.id);
+    $("composer-input").focus();
+  }
+
+  async function renameThread(t) {
+    const title = await ask("Rename the thread", { input: t.title || "", label: "Title", ok: "Rename" });
+    if (title === null || !title.trim()) return;
+    const updated = await api("PATCH", `/threads/${enc(t.id)}`, { title: title.trim() });
+    Object.assign(t, updated && updated.id ? updated : { title: title.trim() });
+    if (t.id === state.threadId) state.thread = Object.assign({}, state.thread, t);
+    renderThreads();
+    renderHeader();
+  }
+
+  async function deleteThread(t) {
+    const ok = await ask(`Delete “${t.title || "Untitled thread"}” and all its messages?`, { ok: "Delete" });
+    if (ok === null) return;
+    await api("DELETE", `/threads/${enc(t.id)}`);
+    state.threads = state.threads.filter((x) => x.id !== t.id);
+    if (t.id === state.threadId) {
+      setHash(null);
+      await openThread(null);
+    } else renderThreads();
+  }
+
+  // -- a small confirm / prompt dialog -----------------------------------------------------
+  function ask(text, options) {
+    const opts = options || {};
+    const dialog = $("confirm-dialog");
+    $("confirm-text").textContent = text;
+    $("confirm-ok").textContent = opts.ok || "OK";
+    const hasInput = opts.input !== undefined;
+    $("prompt-label").hidden = !hasInput;
+    $("prompt-label-text").textContent = opts.label || "";
+    $("prompt-input").value = hasInput ? opts.input : "";
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => {
+        if (dialog.returnValue !== "ok") resolve(null);
+        else resolve(hasInput ? $("prompt-input").value : true);
+      }, { once: true });
+      dialog.returnValue = "";
+      dialog.showModal();
+      if (hasInput) {
+        $("prompt-input").focus();
+        $("prompt-input").select();
+      }
+    });
+  }
+
+  // -- collections ------------------------------------------------------------------------
+  async function loadCollections() {
+    state.collections = asList(await api("GET", "/collections"), "collections");
+    renderCollections();
+  }
+
+  function collectionName(c) {
+    return typeof c === "string" ? c : c.name;
+  }
+
+  function renderCollections() {
+    const list = $("collection-list");
+    list.replaceChildren();
+    const pins = threadPins(state.thread);
+    const hasThread = !!state.threadId;
+    for (const c of state.collections) {
+      const name = collectionName(c);
+      const docs = c.documents ?? c.document_count ?? c.documents_count;
+      const chunks = c.chunks ?? c.chunk_count;
+      const meta = [c.description,
+        typeof docs === "number" ? `${docs} document${docs === 1 ? "" : "s"}` : null,
+        typeof chunks === "number" ? `${chunks} passages` : null].filter(Boolean).join(" · ");
+      const box = h("input", {
+        type: "checkbox", class: "pin-checkbox", "data-collection": name,
+        disabled: !hasThread,
+        "aria-label": `Pin ${name} to this thread`,
+      });
+      box.checked = pins.includes(name);
+      box.addEventListener("change", guarded(async () => {
+        try {
+          await setPin(name, box.checked);
+        } catch (e) {
+          box.checked = !box.checked;
+          throw e;
+        }
+      }));
+      list.append(h("li", { class: "collection-item", "data-collection": name },
+        h("div", { class: "collection-info" },
+          h("div", { class: "collection-name" }, name),
+          meta ? h("div", { class: "collection-meta" }, meta) : null),
+        h("label", { class: "pin-toggle", title: hasThread ? "" : "Open a thread first" }, box, "Pinned"),
+        h("button", {
+          type: "button", class: "icon-button collection-delete", "aria-label": `Delete collection ${name}`,
+          title: "Delete collection", onclick: guarded(() => deleteCollection(name)),
+        }, "✕")));
+    }
+    $("collection-empty").hidden = state.collections.length > 0;
+    const select = $("upload-collection");
+    const previous = select.value;
+    select.replaceChildren(...state.collections.map((c) => h("option", { value: collectionName(c) }, collectionName(c))));
+    if (previous && state.collections.some((c) => collectionName(c) === previous)) select.value = previous;
+  }
+
+  async function setPin(name, on) {
+    if (!state.threadId) throw new ApiError("Open a thread first.", "Pins belong to a thread.");
+    const current = threadPins(state.thread).filter((p) => p !== name);
+    const collections = on ? [...current, name] : current;
+    const data = await api("PUT", `/threads/${enc(state.threadId)}/pins`, { collections });
+    let pins = collections;
+    if (Array.isArray(data)) pins = data;
+    else if (data && Array.isArray(data.collections)) pins = data.collections;
+    else if (data && data.id) pins = threadPins(data).length || !collections.length ? threadPins(data) : collections;
+    state.thread = Object.assign({}, state.thread, { pinned: pins, pinned_collections: pins, pins, collections: pins });
+    renderHeader();
+  }
+
+  async function createCollection(event) {
+    event.preventDefault();
+    const name = $("collection-name").value.trim();
+    const description = $("collection-description").value.trim();
+    if (!name) return;
+    const body = { name };
+    if (description) body.description = description;
+    await api("POST", "/collections", body);
+    $("collection-name").value = "";
+    $("collection-description").value = "";
+    await loadCollections();
+    $("upload-collection").value = name;
+  }
+
+  async function deleteCollection(name) {
+    const ok = await ask(`Delete the collection “${name}” and its documents?`, { ok: "Delete" });
+    if (ok === null) return;
+    await api("DELETE", `/collections/${enc(name)}`);
+    await loadCollections();
+    await refreshThreads();
+  }
+
+  async function upload(event) {
+    event.preventDefault();
+    const name = $("upload-collection").value;
+    const files = $("upload-files").files;
+    if (!name) throw new ApiError("Create a collection first.", "Then choose it here.");
+    if (!files || !files.length) throw new ApiError("Choose one or more files.");
+    const form = new FormData();
+    for (const f of files) form.append("files", f, f.name);
+    const status = $("upload-status");
+    const text = $("upload-text");
+    const progress = $("upload-progress");
+    const errors = $("upload-errors");
+    status.hidden = false;
+    status.classList.remove("done", "failed");
+    errors.replaceChildren();
+    progress.removeAttribute("value");
+    text.textContent = `Uploading ${files.length} file${files.length === 1 ? "" : "s"}…`;
+    $("upload-button").disabled = true;
+    try {
+      const job = await api("POST", `/collections/${enc(name)}/documents`, form);
+      const jobId = job && (job.job_id ?? job.id);
+      const final = jobId ? await pollJob(jobId) : job;
+      const errs = asList(final && final.errors, "errors");
+      for (const e of errs) errors.append(h("li", null, describeJobError(e)));
+      const failed = final && final.status === "failed";
+      status.classList.add(failed ? "failed" : "done");
+      progress.max = 1;
+      progress.value = 1;
+      const report = (final && final.report) || {};
+      const counts = ["added", "updated", "unchanged"]
+        .filter((k) => typeof report[k] === "number" && report[k] > 0)
+        .map((k) => `${report[k]} ${k}`);
+      if (final && typeof final.chunks === "number") counts.push(`${final.chunks} passages`);
+      text.textContent = failed
+        ? "Failed: no file could be read."
+        : `Done: ${final && typeof final.done === "number" ? final.done : files.length} of ` +
+          `${final && typeof final.total === "number" ? final.total : files.length} files` +
+          (counts.length ? ` (${counts.join(", ")})` : "") +
+          (errs.length ? `; ${errs.length} with errors` : "") + ".";
+      $("upload-files").value = "";
+    } catch (e) {
+      status.classList.add("failed");
+      text.textContent = "Upload failed.";
+      throw e;
+    } finally {
+      $("upload-button").disabled = false;
+      loadCollections().catch(showError);
+    }
+  }
+
+  function describeJobError(e) {
+    if (typeof e === "string") return e;
+    const where = e.source || e.file || e.path || e.name || "";
+    const what = e.reason || e.message || e.error || JSON.stringify(e);
+    return (where ? where + ": " : "") + what + (e.hint ? ` (${e.hint})` : "");
+  }
+
+  async function pollJob(jobId) {
+    const progress = $("upload-progress");
+    const text = $("upload-text");
+    for (;;) {
+      const job = await api("GET", `/jobs/${enc(jobId)}`);
+      const total = typeof job.total === "number" ? job.total : 0;
+      const done = typeof job.done === "number" ? job.done : 0;
+      if (total > 0) {
+        progress.max = total;
+        progress.value = done;
+      }
+      if (job.status === "done" || job.status === "failed") return job;
+      text.textContent = job.status === "queued" ? "Queued…"
+        : `Ingesting ${done}/${total || "?"}${job.current ? ": " + job.current : ""}…`;
+      await new Promise((r) => setTimeout(r, JOB_POLL_MS));
+    }
+  }
+
+  // -- memory -----------------------------------------------------------------------------
+  async function loadMemory() {
+    const items = asList(await api("GET", "/memory"), "memory", "memories", "facts");
+    const list = $("memory-list");
+    list.replaceChildren(...items.map((m) => h("li", { class: "item", "data-memory-id": m.id },
+      h("div", { class: "item-main" }, m.text ?? String(m),
+        m.created_at ? h("div", { class: "item-meta" }, new Date(m.created_at).toLocaleString()) : null),
+      h("button", {
+        type: "button", class: "icon-button", "aria-label": "Forget this",
+        title: "Forget", onclick: guarded(async () => {
+          await api("DELETE", `/memory/${enc(m.id)}`);
+          await loadMemory();
+        }),
+      }, "✕"))));
+    $("memory-empty").hidden = items.length > 0;
+  }
+
+  async function addMemory(event) {
+    event.preventDefault();
+    const text = $("memory-text").value.trim();
+    if (!text) return;
+    await api("POST", "/memory", { text });
+    $("memory-text").value = "";
+    await loadMemory();
+  }
+
+  // -- tools ------------------------------------------------------------------------------
+  async function loadTools() {
+    const bot = chosenBot();
+    const tools = asList(await api("GET", "/tools" + (bot ? `?bot=${enc(bot)}` : "")), "tools");
+    $("tool-list").replaceChildren(...tools.map((t) => {
+      const risky = t.side_effects || t.requires_approval || t.approval || t.needs_approval;
+      return h("li", { class: "item" },
+        h("div", { class: "item-main" },
+          h("span", { class: "tool-name" }, t.name || ""),
+          risky ? h("span", { class: "badge warn" }, "asks approval") : null,
+          t.source ? h("span", { class: "badge" }, t.source) : null,
+          t.description ? h("div", { class: "item-meta" }, t.description) : null));
+    }));
+    $("tool-empty").hidden = tools.length > 0;
+  }
+
+  // -- trace ------------------------------------------------------------------------------
+  function openTrace(trace, seq) {
+    const body = $("trace-body");
+    body.replaceChildren();
+    $("trace-title").textContent = seq !== null && seq !== undefined ? `Trace of message ${seq}` : "Trace";
+    const summary = [trace.model ? `model ${trace.model}` : null,
+      typeof trace.total_ms === "number" ? `total ${formatMs(trace.total_ms)}` : null,
+      typeof trace.input_tokens === "number" ? `${trace.input_tokens} tokens in` : null,
+      typeof trace.output_tokens === "number" ? `${trace.output_tokens} out` : null].filter(Boolean).join(" · ");
+    body.append(h("p", { class: "trace-summary" }, summary));
+    const rows = asList(trace.stages, "stages").map((s) => h("tr", { class: s.skipped ? "skipped" : "" },
+      h("td", null, s.name || ""),
+      h("td", { class: "num" }, s.skipped ? "skipped" : formatMs(s.ms)),
+      h("td", null,
+        s.note ? h("div", null, s.note) : null,
+        s.data && Object.keys(s.data).length
+          ? h("details", null, h("summary", null, "data"), h("pre", { text: JSON.stringify(s.data, null, 2) }))
+          : null)));
+    body.append(h("table", null,
+      h("thead", null, h("tr", null, h("th", { scope: "col" }, "Stage"), h("th", { scope: "col", class: "num" }, "Time"), h("th", { scope: "col" }, "Details"))),
+      h("tbody", null, rows)));
+    const notes = asList(trace.notes, "notes");
+    if (notes.length) {
+      body.append(h("h3", null, "Notes"), h("ul", { class: "trace-notes" }, notes.map((n) => h("li", null, String(n)))));
+    }
+    $("trace-dialog").showModal();
+  }
+
+  // -- settings ---------------------------------------------------------------------------
+  function openSettings() {
+    $("api-key").value = apiKey();
+    $("settings-dialog").returnValue = "";
+    $("settings-dialog").showModal();
+    $("api-key").focus();
+  }
+
+  function settingsClosed() {
+    const value = $("settings-dialog").returnValue;
+    try {
+      if (value === "save") {
+        const key = $("api-key").value.trim();
+        if (key) localStorage.setItem(KEY_STORAGE, key);
+        else localStorage.removeItem(KEY_STORAGE);
+      } else if (value === "clear") localStorage.removeItem(KEY_STORAGE);
+      else return;
+    } catch (_) {
+      showError(new ApiError("This browser does not let the page store the key.", "Allow site data, or use a key-less loopback server."));
+      return;
+    }
+    $("api-key").value = "";
+    hideBanner();
+    start();
+  }
+
+  // -- the sidebar on phones --------------------------------------------------------------
+  function toggleSidebar(open) {
+    const app = $("app");
+    const on = open === undefined ? !app.classList.contains("sidebar-open") : open;
+    app.classList.toggle("sidebar-open", on);
+    $("sidebar-toggle").setAttribute("aria-expanded", on ? "true" : "false");
+    $("sidebar-toggle").setAttribute("aria-label", on ? "Hide threads" : "Show threads");
+    if (on) {
+      const first = document.querySelector("#sidebar button");
+      if (first) first.focus();
+    }
+  }
+
+  function closeSidebar() {
+    if ($("app").classList.contains("sidebar-open")) toggleSidebar(false);
+  }
+
+  // -- bots -------------------------------------------------------------------------------
+  function renderBots(me) {
+    const bots = asList(me && me.bots, "bots");
+    const select = $("bot-select");
+    const previous = select.value;
+    select.replaceChildren(...bots.map((b) => h("option", {
+      value: b.name, title: b.description || b.model || "",
+    }, b.description ? `${b.name} (${b.description})` : b.name)));
+    const names = bots.map((b) => b.name);
+    if (names.includes(previous)) select.value = previous;
+    else if (me && names.includes(me.default_bot)) select.value = me.default_bot;
+    state.defaultBot = me ? me.default_bot : null;
+    $("bot-picker").hidden = bots.length < 2;
+  }
+
+  function chosenBot() {
+    if ($("bot-picker").hidden) return null;
+    const value = $("bot-select").value;
+    return value && value !== state.defaultBot ? value : null;
+  }
+
+  // -- start ------------------------------------------------------------------------------
+  async function start() {
+    try {
+      const me = await api("GET", "/me");
+      const who = me && (me.user || me.name || me.id);
+      $("whoami").textContent = who ? `Signed in as ${who}` : "";
+      renderBots(me);
+    } catch (e) {
+      showError(e);
+      if (e.status === 401) return;
+    }
+    await refreshThreads();
+    const id = idFromHash();
+    await openThread(id);
+  }
+
+  function wire() {
+    $("composer").addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (state.streams.has(state.threadId)) return;
+      const text = $("composer-input").value;
+      if (!text.trim()) return;
+      guarded(send)(text);
+    });
+    $("composer-input").addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        $("composer").requestSubmit();
+      }
+    });
+    $("composer-input").addEventListener("input", autosize);
+    $("stop-button").addEventListener("click", stop);
+    $("new-thread").addEventListener("click", guarded(newThread));
+    $("banner-close").addEventListener("click", hideBanner);
+    $("sidebar-toggle").addEventListener("click", () => toggleSidebar());
+    $("sidebar-backdrop").addEventListener("click", closeSidebar);
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") closeSidebar();
+    });
+    window.addEventListener("hashchange", () => {
+      const id = idFromHash();
+      if (id !== state.threadId) openThread(id);
+    });
+
+    $("collections-open").addEventListener("click", guarded(async () => {
+      $("collections-dialog").showModal();
+      await loadCollections();
+    }));
+    $("collection-create").addEventListener("submit", guarded(createCollection));
+    $("upload-form").addEventListener("submit", guarded(upload));
+    $("settings-open").addEventListener("click", openSettings);
+    $("memory-open").addEventListener("click", guarded(async () => {
+      closeSidebar();
+      $("memory-dialog").showModal();
+      await loadMemory();
+    }));
+    $("memory-add").addEventListener("submit", guarded(addMemory));
+    $("tools-open").addEventListener("click", guarded(async () => {
+      closeSidebar();
+      $("tools-dialog").showModal();
+      await loadTools();
+    }));
+    $("settings-dialog").addEventListener("close", settingsClosed);
+    for (const button of document.querySelectorAll(".dialog-close")) {
+      button.addEventListener("click", () => button.closest("dialog").close());
+    }
+    for (const dialog of document.querySelectorAll("dialog")) {
+      dialog.addEventListener("close", () => {
+        const box = dialog.querySelector(".dialog-error");
+        if (box) box.hidden = true;
+      });
+      // A click on the backdrop closes a dialog.
+      dialog.addEventListener("click", (event) => {
+        if (event.target === dialog) {
+          const r = dialog.getBoundingClientRect();
+          const inside = event.clientX >= r.left && event.clientX <= r.right &&
+            event.clientY >= r.top && event.clientY <= r.bottom;
+          if (!inside) dialog.close();
+        }
+      });
+    }
+  }
+
+  function init() {
+    setUpMarkdown();
+    wire();
+    autosize();
+    start();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+
+  // For tests and debugging: the pure helpers, nothing that holds secrets.
+  window.chatwright = Object.freeze({ markdownFragment, readEvents });
+})();
