@@ -36,6 +36,7 @@ def test_side_effects_ask_first_and_without_a_terminal_the_answer_is_no(tmp_path
     proc = run(tmp_path, "ask", "--config", str(cfg), "--thread", "t", CALL)
     assert "needs approval: remember has side effects" in proc.stdout
     assert "no terminal to ask" in proc.stderr and "--approve yes" in proc.stderr
+    assert "[tools] auto_approve" in proc.stderr
     assert "not run: the user did not approve" in proc.stdout
     assert "Likes" not in run(tmp_path, "memory", "list", "--config", str(cfg)).stdout
     thread = stored(tmp_path, "t")

@@ -177,7 +177,7 @@ def _cli_approver(mode: str) -> Any:
         if not (sys.stdin.isatty() and out.is_terminal):
             err.print(
                 f"[yellow]not run:[/] {request.call.name} needs approval and there is no "
-                "terminal to ask (pass --approve yes, or list it in [tools] auto_approve)",
+                "terminal to ask (pass --approve yes, or list it in \\[tools] auto_approve)",
                 highlight=False,
             )
             return False
