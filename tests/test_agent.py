@@ -600,3 +600,22 @@ def test_markdown_export_keeps_tool_output_inside_its_fence(store):
     bot.chat("t", "go")
     md = thread_to_markdown(store.get_thread("local", "t"), store.messages("local", "t"))
     assert "````\n```\n# not a heading\n```\n````" in md
+
+
+def test_embedded_model_prompt_quotes_tool_results_before_the_question():
+    from chatwright.models.local import TOOL_RESULTS, render_prompt
+    from chatwright.types import ToolResultPart
+
+    call = tool_call("calculate", {"expression": "17 * 23"}, id="c1")
+    _, lines = render_prompt(
+        [
+            Message.system("sys"),
+            Message.user("What is 17 * 23?"),
+            Message.assistant(tool_calls=[call]),
+            Message.tool(ToolResultPart(tool_call_id="c1", name="calculate", content="391")),
+        ]
+    )
+    assert lines == [
+        f'{TOOL_RESULTS}\ncalculate({{"expression": "17 * 23"}}) returned: 391',
+        "User: What is 17 * 23?",
+    ]

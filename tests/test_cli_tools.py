@@ -94,3 +94,11 @@ def test_mcp_tools_join_the_toolset_and_a_broken_server_is_reported(tmp_path):
     # A side-effecting MCP tool asks first: without a terminal, it is not run.
     proc = run(tmp_path, "ask", "--config", str(cfg), 'call demo_write_note {"text": "x"}')
     assert "needs approval" in proc.stdout and "did not approve" in proc.stdout
+
+
+def test_eval_tools_command_scores_a_model(tmp_path):
+    proc = run(tmp_path, "eval", "tools", "--model", "test:echo", "--json")
+    summary = json.loads(proc.stdout)
+    assert summary["all"]["n"] == 30
+    assert summary["all"]["no_tool_tasks"]["rate"] == 1.0  # echo never calls a tool
+    assert summary["all"]["tool_tasks"]["rate"] == 0.0

@@ -718,6 +718,25 @@ def eval_routing(
     out.print(table)
 
 
+@eval_app.command("tools")
+@handles_errors()
+def eval_tools(
+    tasks: Annotated[
+        Path | None, typer.Argument(help="JSON Lines of tool tasks (default: evals/tools).")
+    ] = None,
+    model: ModelOpt = None,
+    split: Annotated[str, typer.Option(help="train, test or all.")] = "all",
+    errors: Annotated[bool, typer.Option("--errors", help="Print the tasks it got wrong.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """How often a model picks the right tool with valid arguments (30 tasks, 6 tools)."""
+    from chatwright.evals import tools as tools_eval
+
+    argv = [str(tasks or tools_eval.DEFAULT_PATH), "--model", model or "local:gemma-3-270m"]
+    argv += ["--split", split] + (["--errors"] if errors else []) + (["--json"] if as_json else [])
+    tools_eval.main(argv, out=lambda line: out.print(line, markup=False, highlight=False))
+
+
 tools_app = typer.Typer(help="The tools the model may call: built-in, your own, MCP servers'.")
 app.add_typer(tools_app, name="tools")
 
