@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
 from chatwright import __version__
 from chatwright.bot import Chatbot
 from chatwright.errors import InvalidMessage
 from chatwright.server.deps import CurrentUser, State
 from chatwright.server.errors import SafeJSONResponse
-from chatwright.server.schemas import MemoryOut, MemoryText, ToolOut
+from chatwright.server.schemas import (
+    BODY_ERRORS,
+    MAX_INT,
+    BotList,
+    MemoryOut,
+    MemoryText,
+    MeOut,
+    ToolList,
+    ToolOut,
+    errors,
+)
 from chatwright.store.base import MemoryItem
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api", tags=["account"], default_response_class=SafeJSONResponse)
+router = APIRouter(
+    prefix="/api",
+    tags=["account"],
+    default_response_class=SafeJSONResponse,
+    responses=errors(401, 422, 500),
+)
+
+MemoryId = Annotated[int, Path(ge=1, le=MAX_INT, description="The memory's id.")]
 
 
 def memory_json(item: MemoryItem) -> dict[str, Any]:
@@ -38,7 +55,7 @@ def bot_json(name: str, bot: Chatbot, state: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/me")
+@router.get("/me", response_model=MeOut)
 def me(user: CurrentUser, state: State) -> dict[str, Any]:
     """Who you are here, how you were recognised, and the server's limits and bots."""
     settings = state.settings
@@ -57,7 +74,7 @@ def me(user: CurrentUser, state: State) -> dict[str, Any]:
     }
 
 
-@router.get("/bots")
+@router.get("/bots", response_model=BotList)
 def list_bots(user: CurrentUser, state: State) -> dict[str, Any]:
     """The bots this server runs (``bot`` in a message body picks one)."""
     return {"bots": [bot_json(n, b, state) for n, b in state.bots.items()]}
@@ -71,7 +88,7 @@ def tools_of(bot: Chatbot, owner: str) -> list[Any]:
     return list(found(owner) if callable(found) else found)
 
 
-@router.get("/tools", tags=["tools"])
+@router.get("/tools", tags=["tools"], response_model=ToolList, responses=errors(404))
 def list_tools(user: CurrentUser, state: State, bot: str | None = None) -> dict[str, Any]:
     """The tools the bot may call in your turns (``side_effects``: they ask before running)."""
     tools = tools_of(state.bot(bot), user.user)
@@ -96,21 +113,32 @@ def list_memory(user: CurrentUser, state: State) -> dict[str, list[MemoryOut]]:
     return {"memories": [MemoryOut(**memory_json(m)) for m in items]}
 
 
-@router.post("/memory", tags=["memory"], status_code=201, response_model=MemoryOut)
+@router.post(
+    "/memory",
+    tags=["memory"],
+    status_code=201,
+    response_model=MemoryOut,
+    responses=errors(*BODY_ERRORS),
+)
 def add_memory(body: MemoryText, user: CurrentUser, state: State) -> Any:
     """Remember a short fact (at most 500 characters)."""
     return memory_json(state.default.remember(body.text, owner=user.user))
 
 
-@router.patch("/memory/{memory_id}", tags=["memory"], response_model=MemoryOut)
-def edit_memory(memory_id: int, body: MemoryText, user: CurrentUser, state: State) -> Any:
+@router.patch(
+    "/memory/{memory_id}",
+    tags=["memory"],
+    response_model=MemoryOut,
+    responses=errors(*BODY_ERRORS, 404),
+)
+def edit_memory(memory_id: MemoryId, body: MemoryText, user: CurrentUser, state: State) -> Any:
     text = " ".join(body.text.split())
     if not text or len(text) > 500:
         raise InvalidMessage("a memory is 1 to 500 characters", hint="keep it to one short fact")
     return memory_json(state.store.update_memory(user.user, memory_id, text))
 
 
-@router.delete("/memory/{memory_id}", tags=["memory"], status_code=204)
-def forget_memory(memory_id: int, user: CurrentUser, state: State) -> Response:
+@router.delete("/memory/{memory_id}", tags=["memory"], status_code=204, responses=errors(404))
+def forget_memory(memory_id: MemoryId, user: CurrentUser, state: State) -> Response:
     state.default.forget(memory_id, owner=user.user)
     return Response(status_code=204)

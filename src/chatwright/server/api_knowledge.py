@@ -15,20 +15,30 @@ from chatwright.server.deps import CurrentUser, State
 from chatwright.server.errors import ApiError, SafeJSONResponse
 from chatwright.server.jobs import stage_files
 from chatwright.server.schemas import (
+    BODY_ERRORS,
+    MAX_INT,
     CollectionDetail,
     CollectionOut,
     CollectionPatch,
     JobAccepted,
     JobOut,
     NewCollection,
+    errors,
 )
 from chatwright.store.base import CollectionInfo, DocumentInfo
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api", tags=["collections"], default_response_class=SafeJSONResponse)
+router = APIRouter(
+    prefix="/api",
+    tags=["collections"],
+    default_response_class=SafeJSONResponse,
+    responses=errors(401, 422, 500),
+)
+NOT_FOUND = errors(404)
 
 Name = Annotated[str, Path(description="The collection's name (yours: names are per user).")]
+DocumentId = Annotated[int, Path(ge=1, le=MAX_INT, description="The document's id.")]
 
 
 def collection_json(info: CollectionInfo) -> dict[str, Any]:
@@ -78,14 +88,19 @@ def list_collections(user: CurrentUser, state: State) -> dict[str, list[Collecti
     return {"collections": [CollectionOut(**collection_json(c)) for c in found]}
 
 
-@router.post("/collections", status_code=201, response_model=CollectionOut)
+@router.post(
+    "/collections",
+    status_code=201,
+    response_model=CollectionOut,
+    responses=errors(*BODY_ERRORS, 409),
+)
 def create_collection(body: NewCollection, user: CurrentUser, state: State) -> Any:
     """Create an empty collection (a taken name is 409); then upload documents into it."""
     description = " ".join(body.description.split())
     return collection_json(state.store.create_collection(user.user, body.name, description))
 
 
-@router.get("/collections/{name}", response_model=CollectionDetail)
+@router.get("/collections/{name}", response_model=CollectionDetail, responses=NOT_FOUND)
 def get_collection(name: Name, user: CurrentUser, state: State) -> Any:
     """The collection and its documents."""
     info = _collection(state, user.user, name)
@@ -93,7 +108,9 @@ def get_collection(name: Name, user: CurrentUser, state: State) -> Any:
     return {**collection_json(info), "document_list": [document_json(d) for d in docs]}
 
 
-@router.patch("/collections/{name}", response_model=CollectionOut)
+@router.patch(
+    "/collections/{name}", response_model=CollectionOut, responses=errors(*BODY_ERRORS, 404)
+)
 def describe_collection(name: Name, body: CollectionPatch, user: CurrentUser, state: State) -> Any:
     """Set what the collection holds (the router reads it)."""
     _collection(state, user.user, name)
@@ -101,7 +118,7 @@ def describe_collection(name: Name, body: CollectionPatch, user: CurrentUser, st
     return collection_json(state.store.update_collection(user.user, name, description))
 
 
-@router.delete("/collections/{name}", status_code=204)
+@router.delete("/collections/{name}", status_code=204, responses=NOT_FOUND)
 def delete_collection(name: Name, user: CurrentUser, state: State) -> Response:
     """Delete the collection with its documents and their indexed chunks."""
     _collection(state, user.user, name)
@@ -109,7 +126,12 @@ def delete_collection(name: Name, user: CurrentUser, state: State) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/collections/{name}/documents", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/collections/{name}/documents",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=errors(*BODY_ERRORS, 404),
+)
 def upload_documents(
     name: Name,
     files: Annotated[list[UploadFile], File(description="one or more files")],
@@ -127,8 +149,8 @@ def upload_documents(
     return {**job.to_json(), "job_id": job.id}
 
 
-@router.delete("/collections/{name}/documents/{doc_id}", status_code=204)
-def delete_document(name: Name, doc_id: int, user: CurrentUser, state: State) -> Response:
+@router.delete("/collections/{name}/documents/{doc_id}", status_code=204, responses=NOT_FOUND)
+def delete_document(name: Name, doc_id: DocumentId, user: CurrentUser, state: State) -> Response:
     """Remove a document and its chunks."""
     info = _collection(state, user.user, name)
     doc = next((d for d in state.store.list_documents(user.user, name) if d.id == doc_id), None)
@@ -149,7 +171,7 @@ def list_jobs(user: CurrentUser, state: State) -> dict[str, list[JobOut]]:
     return {"jobs": [JobOut(**j.to_json()) for j in state.jobs.list(user.user)]}
 
 
-@router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobOut)
+@router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobOut, responses=NOT_FOUND)
 def get_job(job_id: str, user: CurrentUser, state: State) -> Any:
     """An ingest job's progress: status, files done of total, the report, files refused."""
     job = state.jobs.get(user.user, job_id)

@@ -14,23 +14,27 @@ from itertools import islice
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
-from sse_starlette import EventSourceResponse
 
 from chatwright.export import thread_to_json, thread_to_markdown
 from chatwright.server.deps import CurrentUser, State
 from chatwright.server.errors import ApiError, SafeJSONResponse
-from chatwright.server.events import answer_json, error_json, error_status, sse_events
+from chatwright.server.events import TurnStream, answer_json, error_json, error_status
 from chatwright.server.schemas import (
+    BODY_ERRORS,
+    MAX_INT,
     AnswerOut,
     ApprovalAnswer,
+    ApprovalOut,
     MessageList,
     NewMessage,
     NewThread,
+    PendingApprovals,
     Pins,
     ThreadList,
     ThreadOut,
     ThreadPatch,
     TraceOut,
+    errors,
 )
 from chatwright.server.turns import TurnFailed, TurnRun
 from chatwright.store import StoredMessage, ThreadInfo
@@ -39,7 +43,13 @@ from chatwright.types import TurnEnd, _jsonable
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api", tags=["threads"], default_response_class=SafeJSONResponse)
+router = APIRouter(
+    prefix="/api",
+    tags=["threads"],
+    default_response_class=SafeJSONResponse,
+    responses=errors(401, 422, 500),
+)
+NOT_FOUND = errors(404)
 
 ThreadId = Annotated[str, Path(description="The thread's id (yours: ids are per user).")]
 PING_S = 15  # an SSE comment this often keeps proxies from closing an idle stream
@@ -74,14 +84,16 @@ def list_threads(
     user: CurrentUser,
     state: State,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> dict[str, Any]:
     """Your threads, most recently active first."""
     found = state.store.list_threads(user.user, limit=limit, offset=offset)
     return {"threads": [thread_json(t) for t in found], "limit": limit, "offset": offset}
 
 
-@router.post("/threads", status_code=201, response_model=ThreadOut)
+@router.post(
+    "/threads", status_code=201, response_model=ThreadOut, responses=errors(*BODY_ERRORS, 409)
+)
 def create_thread(user: CurrentUser, state: State, body: NewThread | None = None) -> Any:
     """Start a thread (an id is generated unless given; a taken id is 409)."""
     body = body or NewThread()
@@ -90,12 +102,12 @@ def create_thread(user: CurrentUser, state: State, body: NewThread | None = None
     return thread_json(info)
 
 
-@router.get("/threads/{thread_id}", response_model=ThreadOut)
+@router.get("/threads/{thread_id}", response_model=ThreadOut, responses=NOT_FOUND)
 def get_thread(thread_id: ThreadId, user: CurrentUser, state: State) -> Any:
     return thread_json(state.store.get_thread(user.user, thread_id))
 
 
-@router.patch("/threads/{thread_id}", response_model=ThreadOut)
+@router.patch("/threads/{thread_id}", response_model=ThreadOut, responses=errors(*BODY_ERRORS, 404))
 def rename_thread(thread_id: ThreadId, body: ThreadPatch, user: CurrentUser, state: State) -> Any:
     title = " ".join(body.title.split())
     if not title:
@@ -103,7 +115,7 @@ def rename_thread(thread_id: ThreadId, body: ThreadPatch, user: CurrentUser, sta
     return thread_json(state.store.rename_thread(user.user, thread_id, title))
 
 
-@router.delete("/threads/{thread_id}", status_code=204)
+@router.delete("/threads/{thread_id}", status_code=204, responses=NOT_FOUND)
 def delete_thread(thread_id: ThreadId, user: CurrentUser, state: State) -> Response:
     state.store.delete_thread(user.user, thread_id)
     return Response(status_code=204)
@@ -111,7 +123,7 @@ def delete_thread(thread_id: ThreadId, user: CurrentUser, state: State) -> Respo
 
 @router.get(
     "/threads/{thread_id}/export",
-    responses={200: {"content": {"application/json": {}, "text/markdown": {}}}},
+    responses={200: {"content": {"application/json": {}, "text/markdown": {}}}, **NOT_FOUND},
 )
 def export_thread(
     thread_id: ThreadId,
@@ -133,12 +145,12 @@ def export_thread(
     )
 
 
-@router.get("/threads/{thread_id}/messages", response_model=MessageList)
+@router.get("/threads/{thread_id}/messages", response_model=MessageList, responses=NOT_FOUND)
 def thread_messages(
     thread_id: ThreadId,
     user: CurrentUser,
     state: State,
-    after: Annotated[int, Query(ge=0, description="only messages after this seq")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_INT, description="only messages after this seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> dict[str, Any]:
     """The thread's messages in order: text, parts (tool calls and results, citations)."""
@@ -153,10 +165,12 @@ def thread_messages(
     }
 
 
-@router.get("/threads/{thread_id}/trace/{seq}", response_model=TraceOut)
+@router.get("/threads/{thread_id}/trace/{seq}", response_model=TraceOut, responses=NOT_FOUND)
 def thread_trace(
     thread_id: ThreadId,
-    seq: Annotated[str, Path(description="the answer's seq, or 'latest'")],
+    seq: Annotated[
+        str, Path(pattern="^(latest|[0-9]+)$", description="the answer's seq, or 'latest'")
+    ],
     user: CurrentUser,
     state: State,
 ) -> dict[str, Any]:
@@ -165,8 +179,9 @@ def thread_trace(
     if seq == "latest":
         found = state.store.traces(owner, thread_id, limit=1)
         number, trace = found[-1] if found else (0, None)
-    elif seq.isdigit():
-        number, trace = int(seq), state.store.get_trace(owner, thread_id, int(seq))
+    elif seq.isascii() and seq.isdigit():  # "²".isdigit() too, and int() refuses it
+        number = int(seq)
+        trace = state.store.get_trace(owner, thread_id, number) if number <= MAX_INT else None
     else:
         raise ApiError(422, f"{seq!r} is not a message seq", hint="give a number, or 'latest'")
     if trace is None:
@@ -180,7 +195,9 @@ def thread_trace(
     return {"thread_id": thread_id, "seq": number, "trace": trace.model_dump(mode="json")}
 
 
-@router.put("/threads/{thread_id}/pins", response_model=ThreadOut)
+@router.put(
+    "/threads/{thread_id}/pins", response_model=ThreadOut, responses=errors(*BODY_ERRORS, 404)
+)
 def pin_collections(thread_id: ThreadId, body: Pins, user: CurrentUser, state: State) -> Any:
     """Search only these collections in this thread; [] lets the router choose again."""
     names = list(dict.fromkeys(body.collections))
@@ -192,7 +209,10 @@ def pin_collections(thread_id: ThreadId, body: Pins, user: CurrentUser, state: S
 @router.post(
     "/threads/{thread_id}/messages",
     response_model=AnswerOut,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "see docs/api.md"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "see docs/api.md"},
+        **errors(*BODY_ERRORS, 404, 502, 503),
+    },
 )
 async def send_message(
     thread_id: ThreadId, body: NewMessage, user: CurrentUser, state: State
@@ -205,21 +225,12 @@ async def send_message(
     run = state.turns.start(bot, user.user, thread_id, body.text, interactive=body.stream)
     if not body.stream:
         return await _collect(run)
-    events = run.events()
-    first = await anext(events, None)
-    if isinstance(first, TurnFailed):
-        raise _as_error(first)
-    return EventSourceResponse(
-        _stream(first, events), ping=PING_S, headers={"X-Accel-Buffering": "no"}
-    )
-
-
-async def _stream(first: Any, rest: Any) -> Any:
-    for event in sse_events(first):
-        yield event
-    async for item in rest:
-        for event in sse_events(item):
-            yield event
+    first = await run.batch()
+    if not first:  # a turn always ends with TurnEnd or TurnFailed: a bug if not
+        raise ApiError(500, "the turn ended without an answer", hint="see the server's log")
+    if isinstance(first[0], TurnFailed):
+        raise _as_error(first[0])
+    return TurnStream(run, first, ping_s=PING_S)
 
 
 async def _collect(run: TurnRun) -> dict[str, Any]:
@@ -241,13 +252,17 @@ def _as_error(failed: TurnFailed) -> ApiError:
     return ApiError(error_status(failed), data["message"], hint=data["hint"], type=data["type"])
 
 
-@router.get("/threads/{thread_id}/approvals")
+@router.get("/threads/{thread_id}/approvals", response_model=PendingApprovals)
 def pending_approvals(thread_id: ThreadId, user: CurrentUser, state: State) -> dict[str, Any]:
     """Tool calls of a running turn waiting for your answer."""
     return {"thread_id": thread_id, "pending": state.approvals.pending(user.user, thread_id)}
 
 
-@router.post("/threads/{thread_id}/approvals/{call_id}")
+@router.post(
+    "/threads/{thread_id}/approvals/{call_id}",
+    response_model=ApprovalOut,
+    responses=errors(*BODY_ERRORS, 404),
+)
 async def answer_approval(
     thread_id: ThreadId, call_id: str, body: ApprovalAnswer, user: CurrentUser, state: State
 ) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from chatwright.bot import Chatbot
 from chatwright.config import Settings, load_settings
 from chatwright.server import api_account, api_knowledge, api_threads, openai_compat
 from chatwright.server.auth import Authenticator, is_loopback
-from chatwright.server.errors import SafeJSONResponse, install_error_handlers
+from chatwright.server.errors import SafeJSONResponse, allowed_methods, install_error_handlers
 from chatwright.server.middleware import LimitBody, SecurityHeaders
 from chatwright.server.state import ServerState, build_bots
 from chatwright.server.web import STATIC_DIR, mount_web_page
@@ -91,6 +91,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
         LimitBody,
         max_body_bytes=settings.server.max_body_bytes,
         max_upload_bytes=settings.server.max_upload_bytes,
+        routed=lambda method, path: method in (allowed_methods(app, path) or {method}),
     )
     if settings.server.cors_origins:
         app.add_middleware(

@@ -3,7 +3,10 @@
 A request names its user with ``Authorization: Bearer <key>``. Keys are made with
 ``chatwright keys create USER`` (the secret is printed once) and stored hashed; a lookup is by
 the SHA-256 of the presented secret, so a revoked or deleted key stops working at the next
-request (nothing is cached).
+request (nothing is cached: a lookup costs a few microseconds, a cache would save nothing worth
+its invalidation). :meth:`Authenticator.authenticate_async` does the lookup on the event loop
+when the store is free, and in a worker thread only when another thread holds the store, so a
+request does not pay a thread hop to be authenticated.
 
 ``[server] auth`` decides what a request without a valid key gets:
 
@@ -26,6 +29,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Literal
+
+from starlette.concurrency import run_in_threadpool
 
 from chatwright.errors import UserError
 from chatwright.server.errors import ApiError
@@ -83,13 +88,37 @@ class Authenticator:
         return self.mode == "auto" and self.loopback and not self.store.has_api_keys()
 
     def authenticate(self, authorization: str | None) -> Principal:
+        """The request's user (blocking: it reads the store)."""
+        principal, key = self._identify(authorization)
+        if key is not None and self._touch_due(key):
+            self.store.touch_key(key.id)
+        return principal
+
+    async def authenticate_async(self, authorization: str | None) -> Principal:
+        """:meth:`authenticate` for the event loop: the lookup runs inline while no other
+        thread holds the store (it takes microseconds), else in a worker thread, so the loop
+        never waits for the store's lock; the rare write of a key's last use (every
+        ``_TOUCH_EVERY_S``) always goes to a worker thread."""
+        lock = getattr(self.store, "lock", None)
+        if lock is not None and lock.acquire(blocking=False):
+            try:
+                principal, key = self._identify(authorization)
+            finally:
+                lock.release()
+        else:
+            principal, key = await run_in_threadpool(self._identify, authorization)
+        if key is not None and self._touch_due(key):
+            await run_in_threadpool(self.store.touch_key, key.id)
+        return principal
+
+    def _identify(self, authorization: str | None) -> tuple[Principal, ApiKeyInfo | None]:
+        """The request's user, and the active key that says so (None: no key was used)."""
         if self.mode == "none":
-            return Principal(self.local_user, "local")
+            return Principal(self.local_user, "local"), None
         token = _bearer(authorization)
         key = self.store.find_key(hash_secret(token), revoked=True) if token else None
         if key is not None and key.active:
-            self._touch(key)
-            return Principal(key.user, "key", key.id, key.name)
+            return Principal(key.user, "key", key.id, key.name), key
         if key is not None:  # revoked: refused even where any other bearer would do
             raise ApiError(
                 401,
@@ -99,7 +128,7 @@ class Authenticator:
                 headers=_CHALLENGE,
             )
         if self.open_access():
-            return Principal(self.local_user, "local")
+            return Principal(self.local_user, "local"), None
         if authorization and token is None:
             raise ApiError(
                 401,
@@ -120,13 +149,15 @@ class Authenticator:
             401, "an API key is required", hint=KEY_HINT, type="unauthorized", headers=_CHALLENGE
         )
 
-    def _touch(self, key: ApiKeyInfo) -> None:
+    def _touch_due(self, key: ApiKeyInfo) -> bool:
+        """Whether to write the key's last use now (then the next is due in
+        ``_TOUCH_EVERY_S``)."""
         now = time.monotonic()
         with self._lock:
             if now - self._touched.get(key.id, -_TOUCH_EVERY_S) < _TOUCH_EVERY_S:
-                return
+                return False
             self._touched[key.id] = now
-        self.store.touch_key(key.id)
+        return True
 
 
 def _bearer(authorization: str | None) -> str | None:

@@ -87,7 +87,9 @@ def _require_server_extra() -> None:
 def serve(
     host: Annotated[
         str | None,
-        typer.Option("--host", help="Address to listen on \\[default: \\[server] host, 127.0.0.1]."),
+        typer.Option(
+            "--host", help="Address to listen on \\[default: \\[server] host, 127.0.0.1]."
+        ),
     ] = None,
     port: Annotated[
         int | None,

@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the server's state and the user a request acts as."""
+"""FastAPI dependencies: the server's state and the user a request acts as.
+
+Both are ``async``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
+per dependency per request (and at most 40 at a time), which cost more than the work itself.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +21,18 @@ def get_state(request: Request) -> ServerState:
     return state
 
 
-def current_user(
+async def state_dependency(request: Request) -> ServerState:
+    return get_state(request)
+
+
+async def current_user(
     request: Request,
     authorization: Annotated[
         str | None, Header(description="Bearer <API key>; see `chatwright keys create`")
     ] = None,
 ) -> Principal:
-    return get_state(request).auth.authenticate(authorization)
+    return await get_state(request).auth.authenticate_async(authorization)
 
 
-State = Annotated[ServerState, Depends(get_state)]
+State = Annotated[ServerState, Depends(state_dependency)]
 CurrentUser = Annotated[Principal, Depends(current_user)]

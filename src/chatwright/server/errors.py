@@ -41,6 +41,7 @@ from chatwright.errors import (
 __all__ = [
     "ApiError",
     "SafeJSONResponse",
+    "allowed_methods",
     "error_body",
     "http_hint",
     "install_error_handlers",
@@ -53,6 +54,8 @@ log = logging.getLogger("chatwright.server")
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+_PARAM = re.compile(r"\\{[^/]+?\\}")  # a path parameter, in a re.escape()d template
+_HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
 def to_json(value: Any) -> str:
@@ -232,17 +235,38 @@ _HTTP_MESSAGES = {
 }
 
 
+def allowed_methods(app: Any, path: str) -> set[str] | None:
+    """The methods the app's OpenAPI spec lists for ``path`` (None: a path it does not list,
+    such as the web page's). The router's own 405 names only the first route whose path
+    matched, so a path with a GET and a POST route said ``Allow: GET`` to a PUT."""
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "_allow", None)
+    if table is None:
+        table = []
+        for template, operations in app.openapi().get("paths", {}).items():
+            pattern = re.compile(_PARAM.sub("[^/]+", re.escape(template)) + "$")
+            methods = {m.upper() for m in operations if m in _HTTP_METHODS}
+            table.append((pattern, methods))
+        app.state._allow = table
+    found = [methods for pattern, methods in table if pattern.match(path)]
+    return set().union(*found) if found else None
+
+
 async def _http_error(request: Request, exc: Exception) -> SafeJSONResponse:
     assert isinstance(exc, HTTPException)
     code = exc.status_code
     message, hint = _HTTP_MESSAGES.get(code, (str(exc.detail), None))
+    headers = exc.headers
+    if code == 405:
+        methods = allowed_methods(request.app, request.url.path)
+        if methods:
+            headers = {**(headers or {}), "Allow": ", ".join(sorted(methods))}
     return _respond(
         request,
         code,
         message,
         getattr(exc, "hint", hint),
         getattr(exc, "kind", f"http_{code}"),
-        headers=exc.headers,
+        headers=headers,
     )
 
 

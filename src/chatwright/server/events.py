@@ -13,17 +13,26 @@ The names and payloads (docs/api.md is the reference for clients)::
 
 An event type this module does not know (a newer engine) is passed on under its own ``type``
 with its other fields, so clients can ignore what they do not handle.
+
+:class:`TurnStream` is the response that sends them. It is a plain ASGI response rather than
+sse-starlette's ``EventSourceResponse`` (an anyio task group of four tasks, and a cancel scope
+and a lock around every send, cost more per turn than the turn's own work): one write per batch
+of ready events, a ``: ping`` comment every ``ping_s``, and it stops at a disconnect (the turn
+goes on without it; see ``turns.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import BaseModel
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from chatwright.errors import ChatwrightError
 from chatwright.server.errors import status_of, to_json, type_of
-from chatwright.server.turns import TurnFailed
+from chatwright.server.turns import TurnFailed, TurnRun
 from chatwright.types import (
     Answer,
     ApprovalRequest,
@@ -35,7 +44,7 @@ from chatwright.types import (
     _jsonable,
 )
 
-__all__ = ["answer_json", "error_json", "error_status", "sse_events"]
+__all__ = ["TurnStream", "answer_json", "error_json", "error_status", "sse_frame"]
 
 
 def _dump(value: BaseModel) -> Any:
@@ -90,6 +99,75 @@ def event_payloads(item: Any) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
-def sse_events(item: Any) -> list[dict[str, str]]:
-    """The item as sse-starlette events: ``{"event": name, "data": json}``."""
-    return [{"event": name, "data": to_json(data)} for name, data in event_payloads(item)]
+def sse_frame(item: Any) -> bytes:
+    """The item's events as Server-Sent Events text: ``event:``, one ``data:`` line, a blank
+    line (``to_json`` writes one line: newlines in strings are escaped)."""
+    return b"".join(
+        f"event: {name}\r\ndata: {to_json(data)}\r\n\r\n".encode()
+        for name, data in event_payloads(item)
+    )
+
+
+_PING = b": ping\r\n\r\n"
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
+]
+
+
+class TurnStream(Response):
+    """A turn's events as a ``text/event-stream`` response, from ``first`` (the events
+    already read) on (see the module's docstring)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, run: TurnRun, first: list[Any], *, ping_s: float) -> None:
+        self.run = run
+        self.first = first
+        self.ping_s = ping_s
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(_HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        loop = asyncio.get_running_loop()
+        run = self.run
+        state = {"ping": False, "gone": False}
+
+        def ping_due() -> None:
+            state["ping"] = True
+            run.wake()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            state["gone"] = True
+            run.wake()
+
+        watcher = loop.create_task(watch())
+        timer = loop.call_later(self.ping_s, ping_due)
+        try:
+            items: list[Any] | None = self.first
+            while items is not None:
+                if state["gone"]:
+                    return  # nobody reads any more; the turn goes on
+                chunk = b"".join(sse_frame(item) for item in items)
+                if state["ping"]:
+                    state["ping"] = False
+                    chunk += _PING
+                    timer = loop.call_later(self.ping_s, ping_due)
+                if chunk:
+                    await send(_body(chunk, more=True))
+                items = await run.batch()
+            await send(_body(b"", more=False))
+        finally:
+            timer.cancel()
+            watcher.cancel()
+        if self.background is not None:
+            await self.background()
+
+
+def _body(chunk: bytes, *, more: bool) -> Message:
+    return {"type": "http.response.body", "body": chunk, "more_body": more}

@@ -2,7 +2,8 @@
 
 :class:`LimitBody` refuses a body over the limit with 413: at once when ``Content-Length``
 says so, else by counting the bytes as they arrive (a chunked upload cannot slip past). A body
-whose media type the endpoint does not read is refused with 415 before anything reads it.
+whose media type the endpoint does not read is refused with 415 before anything reads it (when
+an endpoint answers that method there: else the router's 404 or 405 says what is wrong).
 
 :class:`SecurityHeaders` adds the page's Content-Security-Policy, ``nosniff`` and
 ``no-referrer`` to every response, and ``Cache-Control: no-store`` to API answers (they hold
@@ -96,11 +97,13 @@ class LimitBody:
         max_body_bytes: int,
         max_upload_bytes: int,
         upload: Callable[[str, str], bool] = is_upload,
+        routed: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.max_upload = max_upload_bytes
         self.upload = upload
+        self.routed = routed  # (method, path): does an endpoint answer it (else: 404/405)?
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,7 +118,7 @@ class LimitBody:
             await _send_error(send, path, 413, str(error.detail), error.hint, error.kind)
             return
         refusal = self._media_refusal(scope, upload, length)
-        if refusal is not None:
+        if refusal is not None and (self.routed is None or self.routed(method, path)):
             await _send_error(send, path, 415, *refusal)
             return
         await self._limited(scope, receive, send, limit, upload)

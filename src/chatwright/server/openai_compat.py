@@ -46,6 +46,7 @@ from chatwright.server.errors import (
     type_of,
 )
 from chatwright.server.events import error_json, error_status
+from chatwright.server.schemas import BODY_ERRORS, OpenAIErrorOut, errors
 from chatwright.server.state import ServerState
 from chatwright.server.turns import TurnFailed
 from chatwright.store.sqlite import check_thread_id
@@ -53,7 +54,12 @@ from chatwright.types import Message, TextDelta, TurnEnd, _jsonable, from_openai
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["openai"], default_response_class=SafeJSONResponse)
+router = APIRouter(
+    prefix="/v1",
+    tags=["openai"],
+    default_response_class=SafeJSONResponse,
+    responses=errors(401, 422, 500, model=OpenAIErrorOut),
+)
 STARTED = int(time.time())
 THREAD_HEADER = "X-Chatwright-Thread"
 
@@ -67,8 +73,9 @@ class ChatRequest(BaseModel):
     messages: list[dict[str, Any]] = Field(min_length=1)
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    # A C int at most: local models take it as one.
+    max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
     n: int | None = Field(default=None, ge=1)
     stream_options: dict[str, Any] | None = None
     tools: list[Any] | None = None
@@ -117,7 +124,11 @@ def _model_entry(name: str, info: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- /v1/chat/completions ---------------------------------------------------------------------
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses=errors(*BODY_ERRORS, 404, 502, 503, model=OpenAIErrorOut),
+)
 async def chat_completions(
     body: ChatRequest,
     user: CurrentUser,

@@ -6,9 +6,11 @@ fields, so a typo is a 422 that names the field instead of being silently ignore
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+MAX_INT = 2**63 - 1  # SQLite's largest INTEGER: ids, seqs and offsets past it name nothing
 
 
 class _Body(BaseModel):
@@ -156,3 +158,99 @@ class ToolOut(BaseModel):
     parameters: dict[str, Any]
     side_effects: bool
     source: str
+
+
+class BotOut(BaseModel):
+    name: str
+    model: str
+    description: str
+    default: bool
+
+
+class BotList(BaseModel):
+    bots: list[BotOut]
+
+
+class ToolList(BaseModel):
+    tools: list[ToolOut]
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str | None
+
+
+class Limits(BaseModel):
+    max_message_chars: int
+    max_body_bytes: int
+    max_upload_bytes: int
+
+
+class MeOut(BaseModel):
+    user: str
+    auth: Literal["key", "local"]
+    key: KeyOut | None
+    version: str
+    default_bot: str
+    bots: list[BotOut]
+    limits: Limits
+
+
+class PendingApprovals(BaseModel):
+    thread_id: str
+    pending: list[str] = Field(description="ids of the tool calls waiting for your answer")
+
+
+class ApprovalOut(BaseModel):
+    thread_id: str
+    call_id: str
+    approved: bool
+
+
+# -- errors -----------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    message: str
+    hint: str | None
+    type: str = Field(description="machine-readable: thread_not_found, validation_error, ...")
+
+
+class ErrorOut(BaseModel):
+    """The body of every error under ``/api`` (docs/api.md, "Errors")."""
+
+    error: ErrorDetail
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorOut(BaseModel):
+    """The body of every error under ``/v1``: OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+_STATUS = {
+    400: "A mistake the engine caught (empty or too long message, bad id or name), or a body "
+    "that is not JSON",
+    401: "No key, or an unknown or revoked one",
+    404: "No such thing (or another user's)",
+    409: "The id or name is taken",
+    413: "The body is over the limit",
+    415: "The body is not JSON (uploads: not multipart/form-data)",
+    422: "A parameter or the body has the wrong shape or type",
+    500: "The store failed, or a bug",
+    502: "The model answered with an error",
+    503: "The model is unavailable or timed out",
+}
+
+
+BODY_ERRORS = (400, 413, 415)  # a route that reads a JSON body: not JSON, too big, not JSON at all
+
+
+def errors(*codes: int, model: type[BaseModel] = ErrorOut) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (for a route's ``responses=``)."""
+    return {code: {"model": model, "description": _STATUS[code]} for code in codes}

@@ -61,7 +61,12 @@ class _End:
     """Marks the end of a turn's queue."""
 
 
+class _Wake:
+    """Wakes a turn's reader with nothing to read (see :meth:`TurnRun.wake`)."""
+
+
 _END = _End()
+_WAKE = _Wake()
 
 
 class Approvals:
@@ -119,20 +124,54 @@ class TurnRun:
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
 
+    ended: bool = False
+
     async def events(self) -> AsyncIterator[Any]:
         """The turn's events (and a final :class:`TurnFailed` if it failed), as they come."""
+        while (items := await self.batch()) is not None:
+            for item in items:
+                yield item
+
+    async def batch(self) -> list[Any] | None:
+        """The next events: waits for one, then takes all that are ready too (a reader that
+        sends them in one write sends fewer). ``[]`` when :meth:`wake` woke the reader; None
+        once the turn has ended and everything was read."""
+        if self.ended:
+            return None
+        items = []
+        item = await self.queue.get()
         while True:
-            item = await self.queue.get()
             if item is _END:
-                return
-            yield item
+                self.ended = True
+                return items or None
+            if item is not _WAKE:
+                items.append(item)
+            if self.queue.empty():
+                return items
+            item = self.queue.get_nowait()
+
+    def wake(self) -> None:
+        """Make the reader's pending :meth:`batch` return (with ``[]`` if nothing came): for
+        a reader that also waits for something else (a ping due, a client gone)."""
+        self.queue.put_nowait(_WAKE)
+
+
+_ACCEPTS_APPROVER: dict[Any, bool] = {}
 
 
 def _accepts_approver(bot: Chatbot) -> bool:
-    try:
-        return "approver" in inspect.signature(bot.stream).parameters
-    except (TypeError, ValueError):  # pragma: no cover - a stream we cannot inspect
-        return False
+    """Whether ``bot.stream`` takes an ``approver`` (remembered per function: reading a
+    signature costs more than the rest of starting a turn)."""
+    stream = bot.stream
+    function = getattr(stream, "__func__", stream)
+    found = _ACCEPTS_APPROVER.get(function)
+    if found is None:
+        try:
+            found = "approver" in inspect.signature(stream).parameters
+        except (TypeError, ValueError):  # pragma: no cover - a stream we cannot inspect
+            found = False
+        _ACCEPTS_APPROVER[function] = found
+    return found
 
 
 class Turns:
@@ -161,6 +200,7 @@ class Turns:
             kwargs["approver"] = (
                 self.approvals.approver(run.owner, run.thread_id) if interactive else None
             )
+        first = True
         try:
             async with aclosing(bot.stream(run.thread_id, text, **kwargs)) as events:
                 async for event in events:
@@ -169,6 +209,13 @@ class Turns:
                         self.approvals.expect(key)
                         keys.append(key)
                     run.queue.put_nowait(event)
+                    if first:
+                        # Let the response send its headers and this event now: a model that
+                        # answers without waiting (test:echo, a cache) would otherwise run the
+                        # whole turn, its final commit included, before anything is sent.
+                        # Later events go out in batches of what is ready.
+                        first = False
+                        await asyncio.sleep(0)
         except asyncio.CancelledError as e:
             run.queue.put_nowait(TurnFailed.of(e))
             raise
