@@ -3,6 +3,11 @@
 Within a process an exact per-thread lock; across processes sharing a data directory, an
 advisory ``flock`` on one of a fixed set of lock files chosen by hashing the thread's key
 (a fixed set, so no lock file outlives or races with its thread's deletion).
+
+A process takes a bucket's ``flock`` once and shares it among all its turns whose threads hash
+to that bucket (counted; released when the last one ends): the exact per-thread lock already
+keeps those turns apart. Taking it per turn serialised unrelated threads of one process that
+share a bucket (measured under load: 31 of 200 threads did, and waited seconds).
 """
 
 from __future__ import annotations
@@ -33,11 +38,20 @@ class _Entry:
     users: int = 0
 
 
+@dataclass
+class _Bucket:
+    """A bucket's lock file as this process holds it: ``fd`` is None while being taken."""
+
+    fd: int | None = None
+    users: int = 0
+
+
 class TurnLocks:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory
         self._locks: dict[tuple[str, str], _Entry] = {}  # only threads with a turn under way
         self._guard = threading.Lock()
+        self._buckets: dict[int, _Bucket] = {}
         self._made = False
 
     def _local(self, key: tuple[str, str]) -> threading.Lock:
@@ -75,17 +89,59 @@ class TurnLocks:
             return
         digest = hashlib.blake2b("\0".join(key).encode("utf-8", "surrogatepass"), digest_size=8)
         bucket = int.from_bytes(digest.digest(), "big") % _BUCKETS
+        await self._take(bucket)
+        try:
+            yield
+        finally:
+            self._give(bucket)
+
+    async def _take(self, bucket: int) -> None:
+        """Join this process's hold on ``bucket``, taking its flock if nobody here has it."""
+        while True:
+            with self._guard:
+                held = self._buckets.get(bucket)
+                if held is not None and held.fd is not None:
+                    held.users += 1
+                    return
+                taker = held is None
+                if taker:
+                    self._buckets[bucket] = _Bucket()
+            if not taker:  # another turn of this process is taking it: wait for that
+                await asyncio.sleep(_POLL_S)
+                continue
+            fd = None
+            try:
+                fd = self._open(bucket)
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        await asyncio.sleep(_POLL_S)
+            except BaseException:
+                with self._guard:
+                    del self._buckets[bucket]
+                if fd is not None:
+                    os.close(fd)
+                raise
+            with self._guard:
+                entry = self._buckets[bucket]
+                entry.fd, entry.users = fd, entry.users + 1
+            return
+
+    def _give(self, bucket: int) -> None:
+        with self._guard:
+            entry = self._buckets[bucket]
+            entry.users -= 1
+            if entry.users:
+                return
+            del self._buckets[bucket]
+        assert entry.fd is not None
+        os.close(entry.fd)  # closing the descriptor releases the lock
+
+    def _open(self, bucket: int) -> int:
+        assert self.directory is not None
         if not self._made:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._made = True
-        fd = os.open(self.directory / f"{bucket:04d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(_POLL_S)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
+        return os.open(self.directory / f"{bucket:04d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
