@@ -112,7 +112,8 @@ def test_multi_step_parallel_tool_use_streams_and_stores_every_step(store):
     )
     events = asyncio.run(events_of(bot, "weather in Oslo and Paris, and 2+3?"))
     kinds = [type(e).__name__ for e in events]
-    assert kinds[:3] == ["ToolCallEvent", "ToolCallEvent", "ToolResultEvent"]
+    assert kinds[:4] == ["TurnStart", "ToolCallEvent", "ToolCallEvent", "ToolResultEvent"]
+    assert events[0].user_seq == 1 and events[0].thread_id == "t"
     assert kinds.count("ToolResultEvent") == 3 and kinds[-1] == "TurnEnd"
     results = {e.result.tool_call_id: e.result.content for e in events if hasattr(e, "result")}
     assert results == {"c0_weather": "sunny in Oslo", "c1_weather": "sunny in Paris", "c0_add": "5"}

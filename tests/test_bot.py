@@ -16,7 +16,7 @@ from chatwright.errors import InvalidMessage, ModelResponseError, ModelUnavailab
 from chatwright.models import ModelRequest
 from chatwright.models.base import ModelEvent
 from chatwright.models.test import ScriptedModel
-from chatwright.types import Done, Message, TextDelta, TurnEnd, Usage
+from chatwright.types import Done, Message, TextDelta, TurnEnd, TurnStart, Usage
 
 SYSTEM = "You are a test."
 
@@ -172,7 +172,8 @@ def test_traces_not_stored_when_disabled(store: SQLiteStore) -> None:
 # -- streaming ------------------------------------------------------------------------------
 async def test_stream_yields_deltas_then_one_turn_end(bot: Chatbot, store: SQLiteStore) -> None:
     events = [e async for e in bot.stream("t1", "a b c")]
-    deltas, last = events[:-1], events[-1]
+    assert events[0] == TurnStart(thread_id="t1", user_seq=1)
+    deltas, last = events[1:-1], events[-1]
     assert len(deltas) >= 2
     assert all(isinstance(e, TextDelta) for e in deltas)
     assert isinstance(last, TurnEnd)
@@ -280,6 +281,8 @@ async def test_consumer_closing_stream_early_keeps_partial_answer(store: SQLiteS
     got = []
     async with aclosing(bot.stream("t1", "count")) as events:
         async for event in events:
+            if isinstance(event, TurnStart):
+                continue
             got.append(event.text)
             if len(got) == 2:
                 break
@@ -292,8 +295,9 @@ async def test_consumer_closing_stream_early_keeps_partial_answer(store: SQLiteS
 async def test_aclose_after_break_keeps_partial_answer(store: SQLiteStore) -> None:
     bot = Chatbot(SlowModel(["one ", "two ", "three"]), store=store)
     events = bot.stream("t1", "count")
-    async for _ in events:
-        break
+    async for event in events:
+        if isinstance(event, TextDelta):
+            break
     await events.aclose()
     partial = stored(store, "t1")[-1]
     assert partial.text == "one "

@@ -46,6 +46,7 @@ EXPECTED = {
     "Toolset",
     "Trace",
     "TurnEnd",
+    "TurnStart",
     "UnknownModel",
     "Usage",
     "UserError",

@@ -166,8 +166,9 @@ def test_a_turn_streams_typed_events_then_done(client: TestClient) -> None:
     assert response.headers["content-type"].startswith("text/event-stream")
     events = sse(response.text)
     names = [name for name, _ in events]
+    assert events[0] == ("start", {"thread_id": "t1", "user_seq": 1})
     assert names[-2:] == ["trace", "done"]
-    assert set(names[:-2]) == {"text_delta"}
+    assert set(names[1:-2]) == {"text_delta"}
     assert "".join(data["text"] for name, data in events if name == "text_delta") == (
         "echo: hello there"
     )
@@ -247,16 +248,21 @@ def test_pins_use_the_users_collections(client: TestClient) -> None:
     assert client.put("/api/threads/zz/pins", json={"collections": []}).status_code == 404
 
 
-def test_an_error_before_any_output_is_an_http_error(tmp_path: Path) -> None:
+def test_a_model_failing_before_any_output_is_an_error_event_after_start(tmp_path: Path) -> None:
+    """The stream opens once the message is stored (``start``); a model that then fails is an
+    ``error`` event. Bad input is refused with an HTTP error before anything is stored."""
     model = BrokenModel([], ModelUnavailable("the model server is down", hint="start it"))
     with app_with(tmp_path, model) as client:
         response = client.post("/api/threads/t/messages", json={"text": "hi"})
-        assert response.status_code == 503
-        assert error_of(response) == {
+        assert response.status_code == 200
+        events = sse(response.text)
+        assert [name for name, _ in events] == ["start", "error"]
+        assert events[-1][1] == {
             "message": "the model server is down",
             "hint": "start it",
             "type": "model_unavailable",
         }
+        assert client.post("/api/threads/t/messages", json={"text": " "}).status_code == 400
         # the user's message was stored before the model was called
         assert [m["role"] for m in client.get("/api/threads/t/messages").json()["messages"]] == [
             "user"
@@ -267,7 +273,7 @@ def test_an_error_after_the_stream_began_is_an_error_event(tmp_path: Path) -> No
     model = BrokenModel(["partial ", "answer"], ModelResponseError("the provider broke"))
     with app_with(tmp_path, model) as client:
         events = sse(client.post("/api/threads/t/messages", json={"text": "hi"}).text)
-        assert [name for name, _ in events] == ["text_delta", "text_delta", "error"]
+        assert [name for name, _ in events] == ["start", "text_delta", "text_delta", "error"]
         assert events[-1][1] == {
             "message": "the provider broke",
             "hint": None,

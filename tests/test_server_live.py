@@ -103,7 +103,9 @@ def test_a_client_that_goes_away_does_not_cut_the_turn(live: str) -> None:
     ):
         assert r.status_code == 200
         arrived = time.monotonic()
-        assert next(sse_lines(r)) == ("text_delta", {"text": "echo: "})
+        lines = sse_lines(r)
+        assert next(lines) == ("start", {"thread_id": "gone", "user_seq": 1})
+        assert next(lines) == ("text_delta", {"text": "echo: "})
     # the first word came while the answer was being written, and the client is gone now
     assert len(history(live, "gone")) == 1
     messages = wait_for(lambda: (m := history(live, "gone")) and len(m) == 2 and m)
@@ -232,7 +234,7 @@ def test_a_tool_call_waits_for_the_users_approval(tmp_path: Path) -> None:
                         )
                         assert answer.json()["approved"] is approved
             names = [name for name, _ in events]
-            assert names[:2] == ["tool_call", "approval_needed"]
+            assert names[:3] == ["start", "tool_call", "approval_needed"]
             assert names[-2:] == ["trace", "done"]
             result = next(data["result"] for name, data in events if name == "tool_result")
             assert result["content"].startswith(expected)

@@ -15,7 +15,7 @@ from chatwright.server.auth import Authenticator
 from chatwright.server.events import TurnStream
 from chatwright.server.turns import _END, Approvals, TurnRun, Turns
 from chatwright.store import SQLiteStore
-from chatwright.types import TextDelta, TurnEnd
+from chatwright.types import TextDelta, TurnEnd, TurnStart
 
 
 class Client:
@@ -120,7 +120,7 @@ async def test_the_first_event_goes_out_before_the_answer_is_committed(tmp_path:
     assert first is not None
     await TurnStream(run, first, ping_s=15)(SCOPE, client.receive, send)
     assert order[:3] == ["commit user", "sent", "commit answer"]
-    assert isinstance(first[0], TextDelta) and not any(isinstance(e, TurnEnd) for e in first)
+    assert isinstance(first[0], TurnStart) and not any(isinstance(e, TurnEnd) for e in first)
     bot.close()
 
 

@@ -40,6 +40,7 @@ from chatwright.types import (
     ToolResultPart,
     Trace,
     TurnEnd,
+    TurnStart,
     Usage,
 )
 
@@ -83,6 +84,7 @@ __all__ = [
     "Toolset",
     "Trace",
     "TurnEnd",
+    "TurnStart",
     "UnknownModel",
     "Usage",
     "UserError",

@@ -68,6 +68,7 @@ from chatwright.types import (
     ToolResultEvent,
     Trace,
     TurnEnd,
+    TurnStart,
 )
 
 __all__ = ["Chatbot", "Event"]
@@ -75,7 +76,13 @@ __all__ = ["Chatbot", "Event"]
 _MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 
 Event: TypeAlias = (
-    TextDelta | ToolCallEvent | ToolResultEvent | ApprovalRequest | CitationEvent | TurnEnd
+    TurnStart
+    | TextDelta
+    | ToolCallEvent
+    | ToolResultEvent
+    | ApprovalRequest
+    | CitationEvent
+    | TurnEnd
 )
 Approver: TypeAlias = Callable[[ApprovalRequest, Tool], Any]  # -> bool or Awaitable[bool]
 T = TypeVar("T")
@@ -173,7 +180,8 @@ class Chatbot:
         owner: str | None = None,
         approver: Approver | None = None,
     ) -> AsyncIterator[Event]:
-        """Run one turn, yielding text deltas and tool events as they come, then a TurnEnd.
+        """Run one turn: a TurnStart once the message is stored, then text deltas and tool
+        events as they come, then a TurnEnd.
 
         ``thread_id`` is the caller's key: an id not seen before starts that thread; None
         starts a new thread with a generated id. ``approver(request, tool)`` decides calls
@@ -512,6 +520,7 @@ class _Turn:
             )
             loaded = memory.load(self.owner, self.thread_id, before_seq=stored.seq)
             s.data = {"messages": len(loaded.entries), "user_seq": stored.seq}
+        yield TurnStart(thread_id=self.thread_id, user_seq=stored.seq)
         retrieved = await self._knowledge(text, loaded)
         tools = bot.tools(self.owner)
         system_prompt = bot.system_prompt

@@ -37,6 +37,7 @@ from chatwright.types import (
     ToolCallEvent,
     ToolResultEvent,
     TurnEnd,
+    TurnStart,
 )
 
 __all__ = ["app", "main"]
@@ -131,6 +132,8 @@ async def _stream_turn(
         approver = _cli_approver(approve)
         async with aclosing(bot.stream(thread_id, text, approver=approver)) as events:
             async for event in events:
+                if isinstance(event, TurnStart):  # stored; the model is still thinking
+                    continue
                 if spinner:  # it draws on this line: stop it before printing anything
                     spinner.stop()
                     spinner = None

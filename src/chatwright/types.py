@@ -32,6 +32,7 @@ __all__ = [
     "ToolResultPart",
     "Trace",
     "TurnEnd",
+    "TurnStart",
     "Usage",
     "dump_json",
     "from_openai",
@@ -240,6 +241,15 @@ class Answer(BaseModel):
 
     def __str__(self) -> str:
         return self.text
+
+
+class TurnStart(_Value):
+    """The first event of a turn's stream: the user's message is stored (durably) as
+    ``user_seq`` of ``thread_id``; the model has not been called yet."""
+
+    type: Literal["start"] = "start"
+    thread_id: str
+    user_seq: int
 
 
 class TurnEnd(_Value):
