@@ -114,6 +114,26 @@ def test_a_client_that_goes_away_does_not_cut_the_turn(live: str) -> None:
     assert "interrupted" not in messages[1]["metadata"]
 
 
+def test_cancel_stops_a_running_turn_and_keeps_what_arrived(live: str) -> None:
+    words = " ".join(f"word{i}" for i in range(40))  # about 2 s at 50 ms a word
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", f"{live}/api/threads/stop/messages", json={"text": words}) as r,
+    ):
+        lines = sse_lines(r)
+        assert next(lines)[0] == "start"
+        assert next(lines)[0] == "text_delta"
+        stopped = client.post(f"{live}/api/threads/stop/cancel").json()
+        assert stopped == {"thread_id": "stop", "cancelled": 1}
+        rest = list(lines)
+        assert rest[-1][0] == "error" and rest[-1][1]["message"].startswith("stopped")
+    messages = wait_for(lambda: (m := history(live, "stop")) and len(m) == 2 and m)
+    assert messages[1]["metadata"]["interrupted"] is True
+    assert messages[1]["text"].startswith("echo:") and messages[1]["text"] != f"echo: {words}"
+    nothing = httpx.post(f"{live}/api/threads/stop/cancel").json()
+    assert nothing == {"thread_id": "stop", "cancelled": 0}
+
+
 def test_shutdown_lets_a_running_turn_finish(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path, model="test:slow"))
     words = " ".join(f"w{i}" for i in range(10))
@@ -227,8 +247,14 @@ def test_a_tool_call_waits_for_the_users_approval(tmp_path: Path) -> None:
                         call_id = data["call"]["id"]
                         assert data["reason"] == "delete_file has side effects"
                         assert data["description"].startswith("Delete a file")
-                        pending = c.get(f"{url}/api/threads/t/approvals").json()["pending"]
-                        assert pending == [call_id]
+                        pending = c.get(f"{url}/api/threads/t/approvals").json()
+                        assert pending["pending"] == [call_id]
+                        [waiting] = pending["calls"]  # enough for a page reloaded meanwhile
+                        assert waiting["name"] == "delete_file" and waiting["id"] == call_id
+                        assert (
+                            '"a.txt"' in waiting["arguments"] or '"b.txt"' in waiting["arguments"]
+                        )
+                        assert waiting["reason"] == "delete_file has side effects"
                         answer = c.post(
                             f"{url}/api/threads/t/approvals/{call_id}", json={"approved": approved}
                         )

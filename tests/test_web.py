@@ -457,6 +457,12 @@ def test_stop_ends_the_stream_in_the_page(page: Page) -> None:
     page.wait_for_timeout(300)
     assert answer.locator(".markdown").inner_text() == shown  # nothing more arrives
     assert "word59" not in shown
+    # The turn stopped on the server too: after a reload the stored answer is the cut one.
+    page.wait_for_timeout(300)
+    page.reload()
+    stored = wait_answered(page, 1)
+    expect(stored.locator(".markdown")).to_contain_text("echo:")
+    assert "word59" not in stored.locator(".markdown").inner_text()
 
 
 def test_an_api_key_from_settings_is_sent(page: Page) -> None:

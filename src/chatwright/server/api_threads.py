@@ -25,6 +25,7 @@ from chatwright.server.schemas import (
     AnswerOut,
     ApprovalAnswer,
     ApprovalOut,
+    Cancelled,
     MessageList,
     NewMessage,
     NewThread,
@@ -254,8 +255,28 @@ def _as_error(failed: TurnFailed) -> ApiError:
 
 @router.get("/threads/{thread_id}/approvals", response_model=PendingApprovals)
 def pending_approvals(thread_id: ThreadId, user: CurrentUser, state: State) -> dict[str, Any]:
-    """Tool calls of a running turn waiting for your answer."""
-    return {"thread_id": thread_id, "pending": state.approvals.pending(user.user, thread_id)}
+    """Tool calls of a running turn waiting for your answer (with what each asks)."""
+    requests = state.approvals.requests(user.user, thread_id)
+    calls = [
+        {
+            **r.call.model_dump(include={"id", "name", "arguments"}),
+            "reason": r.reason,
+            "description": r.description,
+        }
+        for r in requests
+    ]
+    return {
+        "thread_id": thread_id,
+        "pending": state.approvals.pending(user.user, thread_id),
+        "calls": calls,
+    }
+
+
+@router.post("/threads/{thread_id}/cancel", response_model=Cancelled)
+async def cancel_turn(thread_id: ThreadId, user: CurrentUser, state: State) -> dict[str, Any]:
+    """Stop the running turn of this thread, if any: what was streamed so far is stored,
+    marked interrupted. (A client that only disconnects does not stop a turn.)"""
+    return {"thread_id": thread_id, "cancelled": state.turns.cancel(user.user, thread_id)}
 
 
 @router.post(

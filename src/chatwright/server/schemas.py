@@ -196,9 +196,25 @@ class MeOut(BaseModel):
     limits: Limits
 
 
+class PendingCall(BaseModel):
+    id: str
+    name: str
+    arguments: str
+    reason: str = ""
+    description: str = ""
+
+
 class PendingApprovals(BaseModel):
     thread_id: str
     pending: list[str] = Field(description="ids of the tool calls waiting for your answer")
+    calls: list[PendingCall] = Field(
+        default_factory=list, description="those calls: tool, arguments, why they ask"
+    )
+
+
+class Cancelled(BaseModel):
+    thread_id: str
+    cancelled: int = Field(description="how many running turns were stopped")
 
 
 class ApprovalOut(BaseModel):

@@ -74,6 +74,7 @@ class Approvals:
 
     def __init__(self) -> None:
         self._pending: dict[Key, asyncio.Future[bool]] = {}
+        self._requests: dict[Key, ApprovalRequest] = {}  # what each pending call asks
 
     def expect(self, key: Key) -> asyncio.Future[bool]:
         future = self._pending.get(key)
@@ -89,7 +90,20 @@ class Approvals:
         future.set_result(approved)
         return True
 
+    def describe(self, key: Key, request: ApprovalRequest) -> None:
+        """Remember what the pending call ``key`` asks, for a client that reconnects."""
+        self._requests[key] = request
+
+    def requests(self, owner: str, thread_id: str) -> list[ApprovalRequest]:
+        """The approval requests waiting for this user's answer in this thread."""
+        return [
+            self._requests[key]
+            for key, future in self._pending.items()
+            if key[:2] == (owner, thread_id) and not future.done() and key in self._requests
+        ]
+
     def discard(self, key: Key) -> None:
+        self._requests.pop(key, None)
         future = self._pending.pop(key, None)
         if future is not None and not future.done():
             future.cancel()
@@ -115,7 +129,7 @@ class Approvals:
         return ask
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: kept in sets of running turns
 class TurnRun:
     """One running turn: who, where, and the queue of its events."""
 
@@ -125,6 +139,7 @@ class TurnRun:
     task: asyncio.Task[None] | None = None
 
     ended: bool = False
+    stopped: bool = False  # cancelled by the user (POST .../cancel)
 
     async def events(self) -> AsyncIterator[Any]:
         """The turn's events (and a final :class:`TurnFailed` if it failed), as they come."""
@@ -180,6 +195,7 @@ class Turns:
     def __init__(self, approvals: Approvals) -> None:
         self.approvals = approvals
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_thread: dict[tuple[str, str], set[TurnRun]] = {}
 
     def start(
         self, bot: Chatbot, owner: str, thread_id: str, text: str, *, interactive: bool = True
@@ -190,8 +206,33 @@ class Turns:
         task = asyncio.create_task(self._drive(bot, run, text, interactive))
         run.task = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        key = (owner, thread_id)
+        self._by_thread.setdefault(key, set()).add(run)
+        task.add_done_callback(lambda t: self._forget(key, run))
         return run
+
+    def _forget(self, key: tuple[str, str], run: TurnRun) -> None:
+        if run.task is not None:
+            self._tasks.discard(run.task)
+        runs = self._by_thread.get(key)
+        if runs is not None:
+            runs.discard(run)
+            if not runs:
+                del self._by_thread[key]
+
+    def cancel(self, owner: str, thread_id: str) -> int:
+        """Stop this user's running turns in this thread (what arrived is stored, marked
+        interrupted); how many were stopped."""
+        runs = [
+            r
+            for r in self._by_thread.get((owner, thread_id), ())
+            if r.task is not None and not r.task.done()
+        ]
+        for run in runs:
+            run.stopped = True
+            assert run.task is not None
+            run.task.cancel()
+        return len(runs)
 
     async def _drive(self, bot: Chatbot, run: TurnRun, text: str, interactive: bool) -> None:
         keys: list[Key] = []
@@ -207,6 +248,7 @@ class Turns:
                     if isinstance(event, ApprovalRequest) and interactive:
                         key = (run.owner, run.thread_id, event.call.id)
                         self.approvals.expect(key)
+                        self.approvals.describe(key, event)
                         keys.append(key)
                     run.queue.put_nowait(event)
                     if first:
@@ -217,7 +259,11 @@ class Turns:
                         first = False
                         await asyncio.sleep(0)
         except asyncio.CancelledError as e:
-            run.queue.put_nowait(TurnFailed.of(e))
+            if run.stopped:
+                failed = TurnFailed(e, "stopped: the turn was cancelled; what arrived is kept")
+            else:
+                failed = TurnFailed.of(e)
+            run.queue.put_nowait(failed)
             raise
         except Exception as e:
             if not isinstance(e, ChatwrightError):

@@ -740,7 +740,7 @@
     } catch (e) {
       if (e && e.name === "AbortError") {
         view.finish({});
-        view.setNote("stopped (the server may still finish this answer)", false);
+        view.setNote("stopped: what arrived is kept", false);
       } else {
         view.fail(e);
         showError(e);
@@ -757,8 +757,12 @@
   }
 
   function stop() {
-    const stream = state.streams.get(state.threadId);
+    const id = state.threadId;
+    const stream = state.streams.get(id);
     if (stream) stream.controller.abort();
+    // Stop the turn on the server too (a closed connection alone does not): what arrived is
+    // stored, marked as cut short.
+    if (id) api("POST", `/threads/${enc(id)}/cancel`).catch(() => {});
   }
 
   function updateComposer() {
@@ -905,7 +909,11 @@
 
   async function pendingApprovals(id) {
     try {
-      return asList(await api("GET", `/threads/${enc(id)}/approvals`), "pending");
+      const data = await api("GET", `/threads/${enc(id)}/approvals`);
+      const calls = asList(data, "calls");
+      if (calls.length) return calls;
+      // a server without call details: ids only
+      return asList(data, "pending").map((callId) => ({ id: callId, name: "tool", arguments: "" }));
     } catch (_) {
       return [];
     }
@@ -931,12 +939,12 @@
     view.setNote("still answering (started before this page was loaded)…", false);
     messagesEl().append(view.el);
     updateEmpty();
-    for (const callId of waiting) {
-      const tool = view.addToolCall({ id: callId, name: "tool", arguments: "" });
+    for (const call of waiting) {
+      const tool = view.addToolCall({ id: call.id, name: call.name, arguments: call.arguments });
       tool.askApproval({
-        call: { id: callId, name: "tool" },
-        description: "A tool call is waiting for your approval.",
-        reason: "Its name, arguments and result show here once it has run.",
+        call: { id: call.id, name: call.name, arguments: call.arguments },
+        description: call.description || "A tool call is waiting for your approval.",
+        reason: call.reason || "",
       }, view);
     }
     scrollToBottom();
