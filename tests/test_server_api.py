@@ -303,6 +303,29 @@ def test_tools_lists_the_bots_tools(tmp_path: Path) -> None:
     assert tools["lookup_order"]["side_effects"] is False
     assert tools["lookup_order"]["source"] == "python"
     assert tools["cancel_order"]["side_effects"] is True
+    assert tools["cancel_order"]["auto_approved"] is False
+
+
+def test_tools_report_mcp_servers_and_their_state(tmp_path: Path) -> None:
+    import sys
+
+    server = Path(__file__).parent / "mcp_server.py"
+    settings = Settings(
+        model="test:echo",
+        embedder="test:hash",
+        data_dir=tmp_path / "data",
+        server={"preload": False},
+        mcp={
+            "demo": {"command": sys.executable, "args": [str(server)]},
+            "gone": {"command": "/nonexistent/server"},
+        },
+    )
+    with TestClient(create_app(settings)) as client:
+        body = client.get("/api/tools").json()
+    names = {t["name"]: t for t in body["tools"]}
+    assert names["demo_add"]["source"] == "mcp:demo" and not names["demo_add"]["side_effects"]
+    status = {s["name"]: s["status"] for s in body["mcp_servers"]}
+    assert status["demo"].startswith("connected") and status["gone"].startswith("failed")
 
 
 # -- collections, documents, jobs ---------------------------------------------------------------

@@ -19,7 +19,6 @@ from chatwright.server.schemas import (
     MemoryText,
     MeOut,
     ToolList,
-    ToolOut,
     errors,
 )
 from chatwright.store.base import MemoryItem
@@ -80,29 +79,25 @@ def list_bots(user: CurrentUser, state: State) -> dict[str, Any]:
     return {"bots": [bot_json(n, b, state) for n, b in state.bots.items()]}
 
 
-def tools_of(bot: Chatbot, owner: str) -> list[Any]:
-    """The bot's tools for ``owner`` (none while the engine has no ``Chatbot.tools``)."""
-    found = getattr(bot, "tools", None)
-    if found is None:
-        return []
-    return list(found(owner) if callable(found) else found)
-
-
 @router.get("/tools", tags=["tools"], response_model=ToolList, responses=errors(404))
 def list_tools(user: CurrentUser, state: State, bot: str | None = None) -> dict[str, Any]:
-    """The tools the bot may call in your turns (``side_effects``: they ask before running)."""
-    tools = tools_of(state.bot(bot), user.user)
-    out = [
-        ToolOut(
-            name=t.name,
-            description=getattr(t, "description", "") or "",
-            parameters=dict(getattr(t, "parameters", {}) or {}),
-            side_effects=bool(getattr(t, "side_effects", False)),
-            source=str(getattr(t, "source", "python")),
-        )
-        for t in tools
+    """The tools the bot may call in your turns (``side_effects``: they ask before running,
+    unless ``auto_approve``), and the state of its MCP servers."""
+    chatbot = state.bot(bot)
+    approve = set(chatbot.settings.tools.auto_approve)
+    tools = [
+        {
+            "name": t.name,
+            "description": t.description,
+            "parameters": t.parameters,
+            "side_effects": t.side_effects,
+            "auto_approved": t.side_effects and (t.name in approve or "*" in approve),
+            "source": t.source,
+        }
+        for t in chatbot.tools(user.user)
     ]
-    return {"tools": [t.model_dump() for t in out]}
+    servers = [{"name": s.name, "status": s.status()} for s in chatbot.mcp_servers]
+    return {"tools": tools, "mcp_servers": servers}
 
 
 # -- user memory ------------------------------------------------------------------------------

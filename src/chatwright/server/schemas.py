@@ -157,7 +157,15 @@ class ToolOut(BaseModel):
     description: str
     parameters: dict[str, Any]
     side_effects: bool
-    source: str
+    auto_approved: bool = Field(
+        default=False, description="side effects, but runs unasked while nothing untrusted is read"
+    )
+    source: str = Field(description="python, builtin, or mcp:<server>")
+
+
+class MCPServerOut(BaseModel):
+    name: str
+    status: str = Field(description='e.g. "connected, 3 tools" or "failed to start: ..."')
 
 
 class BotOut(BaseModel):
@@ -173,6 +181,7 @@ class BotList(BaseModel):
 
 class ToolList(BaseModel):
     tools: list[ToolOut]
+    mcp_servers: list[MCPServerOut] = Field(default_factory=list)
 
 
 class KeyOut(BaseModel):
