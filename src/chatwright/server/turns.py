@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -171,24 +170,6 @@ class TurnRun:
         self.queue.put_nowait(_WAKE)
 
 
-_ACCEPTS_APPROVER: dict[Any, bool] = {}
-
-
-def _accepts_approver(bot: Chatbot) -> bool:
-    """Whether ``bot.stream`` takes an ``approver`` (remembered per function: reading a
-    signature costs more than the rest of starting a turn)."""
-    stream = bot.stream
-    function = getattr(stream, "__func__", stream)
-    found = _ACCEPTS_APPROVER.get(function)
-    if found is None:
-        try:
-            found = "approver" in inspect.signature(stream).parameters
-        except (TypeError, ValueError):  # pragma: no cover - a stream we cannot inspect
-            found = False
-        _ACCEPTS_APPROVER[function] = found
-    return found
-
-
 class Turns:
     """Starts turns as tasks, keeps them alive, and lets them finish at shutdown."""
 
@@ -236,11 +217,8 @@ class Turns:
 
     async def _drive(self, bot: Chatbot, run: TurnRun, text: str, interactive: bool) -> None:
         keys: list[Key] = []
-        kwargs: dict[str, Any] = {"owner": run.owner}
-        if _accepts_approver(bot):
-            kwargs["approver"] = (
-                self.approvals.approver(run.owner, run.thread_id) if interactive else None
-            )
+        approver = self.approvals.approver(run.owner, run.thread_id) if interactive else None
+        kwargs: dict[str, Any] = {"owner": run.owner, "approver": approver}
         first = True
         try:
             async with aclosing(bot.stream(run.thread_id, text, **kwargs)) as events:
