@@ -257,7 +257,8 @@ def test_eval_retrieval_on_a_tiny_beir_directory(tmp_path):
         "\n".join(json.dumps({"_id": k, "title": "", "text": v}) for k, v in docs.items())
     )
     (beir / "queries.jsonl").write_text(
-        json.dumps({"_id": "q1", "text": "why do cats purr"}) + "\n"
+        json.dumps({"_id": "q1", "text": "why do cats purr"})
+        + "\n"
         + json.dumps({"_id": "q2", "text": "barking dogs"})
     )
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")

@@ -14,9 +14,7 @@ from chatwright.evals.recall import FACTS, make_conversation, recall_at_k
 def make_bot(store, *, embedder="test:hash", **memory) -> Chatbot:
     memory.setdefault("strategy", "tokens")
     memory.setdefault("context_tokens", 600)
-    settings = Settings(
-        memory=MemorySettings(**memory), embedder=embedder, max_answer_tokens=100
-    )
+    settings = Settings(memory=MemorySettings(**memory), embedder=embedder, max_answer_tokens=100)
     return Chatbot("test:echo", store=store, settings=settings)
 
 

@@ -25,6 +25,8 @@ from chatwright.store import SQLiteStore
 from chatwright.tools import Tool
 from chatwright.types import Done, TextDelta, Usage
 
+LOCAL = "http://localhost"  # the server on loopback answers to local host names only
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -45,7 +47,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url=LOCAL) as c:
         yield c
 
 
@@ -113,7 +115,7 @@ def app_with(tmp_path: Path, model: Any, **kwargs: Any) -> TestClient:
     settings = make_settings(tmp_path)
     store = SQLiteStore(settings.db_path)
     bot = Chatbot(model, store=store, settings=settings, **kwargs)
-    return TestClient(create_app(settings, bots={"default": bot}))
+    return TestClient(create_app(settings, bots={"default": bot}), base_url=LOCAL)
 
 
 # -- me, threads --------------------------------------------------------------------------------
@@ -320,7 +322,7 @@ def test_tools_report_mcp_servers_and_their_state(tmp_path: Path) -> None:
             "gone": {"command": "/nonexistent/server"},
         },
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         body = client.get("/api/tools").json()
     names = {t["name"]: t for t in body["tools"]}
     assert names["demo_add"]["source"] == "mcp:demo" and not names["demo_add"]["side_effects"]
@@ -443,7 +445,7 @@ def test_bad_input_is_a_4xx_json_error(client: TestClient) -> None:
 
 def test_oversized_bodies_are_413(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, max_body_bytes=2048, max_upload_bytes=4096)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         big = client.post("/api/threads/t/messages", json={"text": "x" * 3000})
         assert big.status_code == 413 and error_of(big)["type"] == "payload_too_large"
 
@@ -553,15 +555,19 @@ def test_keys_once_one_exists(client: TestClient) -> None:
 
 
 def test_auth_keys_and_none_and_non_loopback(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path, auth="keys"))) as client:
+    with TestClient(create_app(make_settings(tmp_path, auth="keys")), base_url=LOCAL) as client:
         assert client.get("/api/me").status_code == 401
         _, ada = key_for(client, "ada")
         assert client.get("/api/me", headers=ada).json()["user"] == "ada"
-    with TestClient(create_app(make_settings(tmp_path / "b", auth="none"))) as client:
+    with TestClient(
+        create_app(make_settings(tmp_path / "b", auth="none")), base_url=LOCAL
+    ) as client:
         assert (
             client.get("/api/me", headers={"Authorization": "Bearer x"}).json()["user"] == "local"
         )
-    with TestClient(create_app(make_settings(tmp_path / "c"), host="0.0.0.0")) as client:
+    with TestClient(
+        create_app(make_settings(tmp_path / "c"), host="0.0.0.0"), base_url=LOCAL
+    ) as client:
         assert client.get("/api/me").status_code == 401
         assert client.get("/v1/models").json()["error"]["type"] == "authentication_error"
 
@@ -587,14 +593,16 @@ def test_the_web_page_and_its_files(tmp_path: Path, settings: Settings) -> None:
     (static / "vendor").mkdir(parents=True)
     (static / "index.html").write_text("<!doctype html><title>page</title>")
     (static / "app.js").write_text("console.log(1)")
-    with TestClient(create_app(settings, static_dir=static)) as client:
+    with TestClient(create_app(settings, static_dir=static), base_url=LOCAL) as client:
         page = client.get("/")
         assert page.status_code == 200 and "<title>page</title>" in page.text
         assert page.headers["content-type"].startswith("text/html")
         script = client.get("/static/app.js")
         assert script.text == "console.log(1)" and "javascript" in script.headers["content-type"]
         assert client.get("/static/../config.py").status_code == 404
-    with TestClient(create_app(settings, static_dir=tmp_path / "missing")) as client:
+    with TestClient(
+        create_app(settings, static_dir=tmp_path / "missing"), base_url=LOCAL
+    ) as client:
         page = client.get("/")
         assert page.status_code == 200 and "not installed" in page.text
         assert client.get("/static/app.js").status_code == 404
@@ -609,7 +617,7 @@ def test_v1_models_lists_bots_and_models(tmp_path: Path) -> None:
         server={"preload": False},
         bots={"support": {"model": "test:slow", "description": "helpdesk"}},
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert set(models) == {"default", "support", "test:echo", "test:slow"}
     assert models["support"]["chatwright"] == {
@@ -675,7 +683,7 @@ def test_cors_origins_and_preload_at_start_up(tmp_path: Path) -> None:
     store.create_user("ada")
     store.create_collection("ada", "notes")
     store.close()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         preflight = client.options(
             "/api/me",
             headers={
@@ -688,3 +696,82 @@ def test_cors_origins_and_preload_at_start_up(tmp_path: Path) -> None:
         assert preflight.headers["access-control-allow-origin"] == "https://app.example"
         other = client.get("/api/me", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+# -- who may call: host, origin, authentication before the body ---------------------------------
+def test_a_loopback_server_refuses_other_host_names(client: TestClient) -> None:
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends its own Host."""
+    refused = client.get("/api/threads", headers={"Host": "rebind.evil.example"})
+    assert refused.status_code == 400 and error_of(refused)["type"] == "invalid_host"
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        assert client.get("/api/threads", headers={"Host": host}).status_code == 200
+
+
+def test_changes_from_another_origin_are_refused(client: TestClient) -> None:
+    """CSRF: a form or fetch from another site's page cannot post to the server."""
+    evil = {"Origin": "http://evil.example"}
+    refused = client.post("/api/threads", json={"id": "x"}, headers=evil)
+    assert refused.status_code == 403 and error_of(refused)["type"] == "forbidden_origin"
+    files = {"files": ("a.md", b"# poison", "text/markdown")}
+    client.post("/api/collections", json={"name": "notes"})
+    upload = client.post("/api/collections/notes/documents", files=files, headers=evil)
+    assert upload.status_code == 403
+    assert client.get("/api/threads/x").status_code == 404  # nothing was created
+    same = client.post("/api/threads", json={"id": "y"}, headers={"Origin": "http://localhost"})
+    assert same.status_code == 201
+    assert client.get("/api/threads", headers=evil).status_code == 200  # reads: CORS decides
+
+
+def test_a_listed_origin_may_post(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, cors_origins=["http://app.example"])
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
+        made = client.post(
+            "/api/threads", json={"id": "z"}, headers={"Origin": "http://app.example"}
+        )
+    assert made.status_code == 201
+
+
+def test_requests_are_authenticated_before_their_body_is_read(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, auth="keys")), base_url=LOCAL) as client:
+        bad_json = client.post(
+            "/api/threads", content=b"{bad", headers={"Content-Type": "application/json"}
+        )
+        assert bad_json.status_code == 401  # not 400: the body was never parsed
+        assert bad_json.headers["www-authenticate"].startswith("Bearer")
+        big = client.post(
+            "/api/collections/x/documents",
+            files={"files": ("a.md", b"x" * 2_000_000, "text/markdown")},
+        )
+        assert big.status_code == 401
+
+
+def test_thread_ids_that_cannot_be_a_url_segment_are_refused(client: TestClient) -> None:
+    for bad in ("a/b", "..", "."):
+        refused = client.post("/api/threads", json={"id": bad})
+        assert refused.status_code == 400 and "cannot contain '/'" in error_of(refused)["message"]
+    through_openai = client.post(
+        "/v1/chat/completions",
+        json={"model": "test:echo", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"X-Chatwright-Thread": "x/y"},
+    )
+    assert through_openai.status_code == 400
+
+
+def test_upload_names_are_names_not_patterns_and_odd_ones_are_refused(client: TestClient) -> None:
+    client.post("/api/collections", json={"name": "docs"})
+    long_name = "é" * 100 + "你" * 90 + ".md"  # 193 characters, 470 bytes
+    files = [
+        ("files", ("report [final].md", b"# Report\n\nThe final figure is 42.", "text/markdown")),
+        ("files", ("*.md", b"# Star\n\nA file really called star.", "text/markdown")),
+        ("files", (long_name, b"# Long\n\nname", "text/markdown")),
+    ]
+    job = client.post("/api/collections/docs/documents", files=files).json()
+    for _ in range(200):
+        state = client.get(f"/api/jobs/{job['id']}").json()
+        if state["status"] in ("done", "failed"):
+            break
+        time.sleep(0.02)
+    assert state["status"] == "done"
+    sources = {d["source"] for d in client.get("/api/collections/docs").json()["document_list"]}
+    assert sources == {"uploads/report [final].md", "uploads/*.md"}
+    assert any(e["reason"] == "not a usable file name" for e in state["errors"])

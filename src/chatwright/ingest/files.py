@@ -60,9 +60,10 @@ class Found:
         return any(scope.covers(source) for scope in self.scopes)
 
 
-def find_files(paths: Iterable[str | Path]) -> Found:
-    """The files named by ``paths`` (files, directories, globs), in a stable order."""
-    finder = _Finder()
+def find_files(paths: Iterable[str | Path], *, literal: bool = False) -> Found:
+    """The files named by ``paths`` (files, directories, globs), in a stable order.
+    ``literal``: names are never globs (uploaded files may be called ``report [final].md``)."""
+    finder = _Finder(literal)
     for arg in paths:
         finder.argument(str(arg))
     return finder.found
@@ -77,7 +78,8 @@ def _has_dotdot(path: str) -> bool:
 
 
 class _Finder:
-    def __init__(self) -> None:
+    def __init__(self, literal: bool = False) -> None:
+        self.literal = literal
         self.found = Found()
         self.by_source: dict[str, SourceFile] = {}
         self.by_real: dict[Path, SourceFile] = {}
@@ -89,7 +91,7 @@ class _Finder:
         if _has_dotdot(arg):
             self.skip(arg, "the path has a '..' component; give the directory itself instead")
             return
-        if glob.has_magic(arg):
+        if not self.literal and glob.has_magic(arg):
             self.glob(arg)
             return
         path = Path(arg).expanduser()

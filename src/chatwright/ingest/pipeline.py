@@ -188,10 +188,12 @@ class Ingestor:
         sync: bool = False,
         description: str = "",
         progress: Callable[[Progress], None] | None = None,
+        literal: bool = False,
     ) -> IngestReport:
-        """Ingest ``paths`` into ``collection`` (created if missing); see the module's docstring."""
+        """Ingest ``paths`` into ``collection`` (created if missing); see the module's docstring.
+        ``literal``: the paths are file names, never glob patterns."""
         start = time.perf_counter()
-        found = find_files(paths)
+        found = find_files(paths, literal=literal)
         info = self.store.find_collection(self.owner, collection)
         if info is None:
             info = self.store.create_collection(self.owner, collection, description)

@@ -144,7 +144,11 @@ def upload_documents(
     _collection(state, user.user, name)
     ingestor = state.ingestor(user.user)  # before anything is staged: it may refuse
     staged = stage_files([(f.filename, f.file) for f in files])
-    job = state.jobs.submit(user.user, name, staged, lambda: ingestor)
+    try:
+        job = state.jobs.submit(user.user, name, staged, lambda: ingestor)
+    except BaseException:
+        staged.cleanup()
+        raise
     response.headers["Location"] = f"/api/jobs/{job.id}"
     return {**job.to_json(), "job_id": job.id}
 

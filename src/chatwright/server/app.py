@@ -29,7 +29,7 @@ from chatwright.config import Settings, load_settings
 from chatwright.server import api_account, api_knowledge, api_threads, openai_compat
 from chatwright.server.auth import Authenticator, is_loopback
 from chatwright.server.errors import SafeJSONResponse, allowed_methods, install_error_handlers
-from chatwright.server.middleware import LimitBody, SecurityHeaders
+from chatwright.server.middleware import Guard, LimitBody, SecurityHeaders
 from chatwright.server.state import ServerState, build_bots
 from chatwright.server.web import STATIC_DIR, mount_web_page
 from chatwright.store import SQLiteStore
@@ -81,17 +81,23 @@ def create_app(
     for module in (api_account, api_threads, api_knowledge, openai_compat):
         app.include_router(module.router)
     mount_web_page(app, static_dir)
-    _add_middleware(app, settings)
+    _add_middleware(app, settings, auth)
     return app
 
 
-def _add_middleware(app: FastAPI, settings: Settings) -> None:
+def _add_middleware(app: FastAPI, settings: Settings, auth: Authenticator) -> None:
     # Added innermost first: each add_middleware wraps what is there.
     app.add_middleware(
         LimitBody,
         max_body_bytes=settings.server.max_body_bytes,
         max_upload_bytes=settings.server.max_upload_bytes,
         routed=lambda method, path: method in (allowed_methods(app, path) or {method}),
+    )
+    app.add_middleware(
+        Guard,
+        authenticate=auth.authenticate_async,
+        loopback=auth.loopback,
+        origins=settings.server.cors_origins,
     )
     if settings.server.cors_origins:
         app.add_middleware(

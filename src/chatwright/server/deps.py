@@ -31,6 +31,11 @@ async def current_user(
         str | None, Header(description="Bearer <API key>; see `chatwright keys create`")
     ] = None,
 ) -> Principal:
+    """The user the ``Guard`` middleware authenticated (before the body was read); apps
+    without it authenticate here."""
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is not None:
+        return principal
     return await get_state(request).auth.authenticate_async(authorization)
 
 

@@ -49,6 +49,8 @@ def safe_file_name(name: str | None) -> str | None:
     base = PurePosixPath((name or "").replace("\\", "/")).name.strip()
     if not base or base in (".", "..") or base.startswith(".") or len(base) > 200:
         return None
+    if len(base.encode("utf-8", "surrogatepass")) > 255:  # the file system's limit is bytes
+        return None
     if not base.isprintable():
         return None
     return base
@@ -70,20 +72,24 @@ def stage_files(files: list[tuple[str | None, BinaryIO]]) -> Staged:
     """Write ``(file name, content)`` pairs under a new temporary ``uploads/`` directory."""
     root = Path(tempfile.mkdtemp(prefix="chatwright-upload-"))
     staged = Staged(root)
-    folder = root / UPLOAD_DIR
-    folder.mkdir()
-    for name, content in files:
-        base = safe_file_name(name)
-        if base is None:
-            staged.errors.append({"file": str(name or ""), "reason": "not a usable file name"})
-            continue
-        target = folder / base
-        if target.exists():
-            staged.errors.append({"file": base, "reason": "the same name was uploaded twice"})
-            continue
-        with target.open("wb") as out:
-            shutil.copyfileobj(content, out, 1024 * 1024)
-        staged.paths.append(target)
+    try:
+        folder = root / UPLOAD_DIR
+        folder.mkdir()
+        for name, content in files:
+            base = safe_file_name(name)
+            if base is None:
+                staged.errors.append({"file": str(name or ""), "reason": "not a usable file name"})
+                continue
+            target = folder / base
+            if target.exists():
+                staged.errors.append({"file": base, "reason": "the same name was uploaded twice"})
+                continue
+            with target.open("wb") as out:
+                shutil.copyfileobj(content, out, 1024 * 1024)
+            staged.paths.append(target)
+    except BaseException:  # a full disk, a cancelled request: leave nothing behind
+        staged.cleanup()
+        raise
     return staged
 
 
@@ -185,7 +191,10 @@ class Jobs:
                 job.status = "failed"
                 return
             report = ingestor().ingest(
-                [str(p) for p in staged.paths], job.collection, progress=self._progress(job)
+                [str(p) for p in staged.paths],
+                job.collection,
+                progress=self._progress(job),
+                literal=True,  # uploaded names are names, not patterns
             )
             job.report = report_json(report)
             job.errors += [{"file": Path(s.path).name, "reason": s.reason} for s in report.skipped]

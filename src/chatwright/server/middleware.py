@@ -71,9 +71,16 @@ def _media_type(value: str | None) -> str:
 
 
 async def _send_error(
-    send: Send, path: str, status: int, message: str, hint: str, kind: str
+    send: Send,
+    path: str,
+    status: int,
+    message: str,
+    hint: str,
+    kind: str,
+    headers: dict[str, str] | None = None,
 ) -> None:
     body = to_json(error_body(path, status, message, hint, kind)).encode("utf-8")
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
@@ -81,6 +88,7 @@ async def _send_error(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *extra,
             ],
         }
     )
@@ -210,3 +218,90 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _guarded(path: str) -> bool:
+    return path.startswith(("/api/", "/v1/")) or path in ("/api", "/v1")
+
+
+def _host_name(host: str) -> str:
+    """``host`` of a Host header without its port (``[::1]:8000`` → ``[::1]``)."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Guard:
+    """Who may talk to the API, decided before any body is read.
+
+    - **Host** (a server listening on loopback): only ``localhost``, ``127.0.0.1`` or ``[::1]``.
+      A web page that rebinds its own domain to 127.0.0.1 (DNS rebinding) sends its own name
+      and is refused: without this, any site could read and drive a key-less local server.
+    - **Origin**: a browser request that changes something (POST, PUT, PATCH, DELETE) from
+      another origin than the server's own, or one listed in ``cors_origins``, is refused
+      (403), so a page elsewhere cannot post forms or uploads to it (CSRF).
+    - **Authentication** of ``/api`` and ``/v1`` requests, before their body is read or parsed:
+      an unauthenticated client cannot make the server spool a 50 MB upload to be told 401.
+      The user found is kept in the request's state for the endpoints.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticate: Callable[[str | None], Any],
+        loopback: bool,
+        origins: list[str],
+    ) -> None:
+        self.app = app
+        self.authenticate = authenticate
+        self.loopback = loopback
+        self.origins = {o.rstrip("/") for o in origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        host = _header(scope, b"host") or ""
+        if self.loopback and _host_name(host.lower()) not in _LOCAL_HOSTS:
+            await _send_error(
+                send,
+                path,
+                400,
+                f"this server answers to localhost only, not {host!r}",
+                "open it as http://127.0.0.1:PORT or http://localhost:PORT",
+                "invalid_host",
+            )
+            return
+        origin = _header(scope, b"origin")
+        if origin and scope["method"] in _UNSAFE and not self._allowed(origin, scope, host):
+            await _send_error(
+                send,
+                path,
+                403,
+                f"requests from {origin} are not allowed",
+                "add the origin to [server] cors_origins to let its pages call this server",
+                "forbidden_origin",
+            )
+            return
+        if _guarded(path) and scope["method"] != "OPTIONS":
+            try:
+                principal = await self.authenticate(_header(scope, b"authorization"))
+            except Exception as e:  # ApiError: 401 with its message and hint
+                status = getattr(e, "status", 401)
+                hint = getattr(e, "hint", None) or ""
+                kind = getattr(e, "type", "unauthorized")
+                headers = getattr(e, "headers", None) or {}
+                await _send_error(send, path, status, str(e), hint, kind, headers)
+                return
+            scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    def _allowed(self, origin: str, scope: Scope, host: str) -> bool:
+        origin = origin.rstrip("/")
+        return origin in self.origins or origin == f"{scope.get('scheme', 'http')}://{host}"

@@ -84,11 +84,18 @@ def _thread(row: sqlite3.Row | tuple[Any, ...]) -> ThreadInfo:
     )
 
 
-def check_thread_id(thread_id: str) -> str:
+def check_thread_id(thread_id: str, *, new: bool = False) -> str:
+    """``thread_id`` if it can name a thread; a ``new`` one may also not contain ``/`` or be
+    ``.`` or ``..``: it would not fit in a URL path (``/api/threads/{id}``)."""
     if not thread_id or len(thread_id) > MAX_THREAD_ID_LENGTH or not thread_id.isprintable():
         raise UserError(
             f"invalid thread id {thread_id[:40]!r}",
             hint=f"use 1-{MAX_THREAD_ID_LENGTH} printable characters",
+        )
+    if new and ("/" in thread_id or thread_id in (".", "..")):
+        raise UserError(
+            f"invalid thread id {thread_id[:40]!r}: it cannot contain '/' or be '.' or '..'",
+            hint="use letters, digits, '-', '_' or ':' instead",
         )
     return thread_id
 
@@ -177,7 +184,7 @@ class SQLiteStore:
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> ThreadInfo:
-        thread_id = check_thread_id(thread_id) if thread_id else uuid.uuid4().hex[:12]
+        thread_id = check_thread_id(thread_id, new=True) if thread_id else uuid.uuid4().hex[:12]
         with self._write() as db:
             self._insert_thread(db, owner, thread_id, title, metadata)
         return self.get_thread(owner, thread_id)
@@ -254,7 +261,8 @@ class SQLiteStore:
             except ThreadNotFound:
                 if not create:
                     raise
-                pk, seq = self._insert_thread(db, owner, check_thread_id(thread_id), None, None), 0
+                new_id = check_thread_id(thread_id, new=True)
+                pk, seq = self._insert_thread(db, owner, new_id, None, None), 0
             for message, (role, text, data), count in zip(messages, rows, counts, strict=True):
                 seq += 1
                 db.execute(
