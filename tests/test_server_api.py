@@ -775,3 +775,22 @@ def test_upload_names_are_names_not_patterns_and_odd_ones_are_refused(client: Te
     sources = {d["source"] for d in client.get("/api/collections/docs").json()["document_list"]}
     assert sources == {"uploads/report [final].md", "uploads/*.md"}
     assert any(e["reason"] == "not a usable file name" for e in state["errors"])
+
+
+def test_a_loopback_server_refuses_connections_from_elsewhere(tmp_path: Path) -> None:
+    """Embedded under a server listening on the network, a loopback app still only answers
+    local connections (it decided to need no key because it is local)."""
+    far_app = create_app(make_settings(tmp_path / "far"))
+    with TestClient(far_app, base_url=LOCAL, client=("10.1.2.3", 5000)) as far:
+        refused = far.get("/api/threads")
+        assert refused.status_code == 403 and error_of(refused)["type"] == "forbidden_peer"
+    near_app = create_app(make_settings(tmp_path / "near"))
+    with TestClient(near_app, base_url=LOCAL, client=("127.0.0.1", 5000)) as near:
+        assert near.get("/api/threads").status_code == 200
+
+
+def test_memory_text_is_one_printable_line(client: TestClient) -> None:
+    made = client.post("/api/memory", json={"text": "likes\x00 tea\x1b[31m\nand cake"}).json()
+    assert made["text"] == "likes tea [31m and cake"
+    edited = client.patch(f"/api/memory/{made['id']}", json={"text": "\x00\x00"})
+    assert edited.status_code == 400

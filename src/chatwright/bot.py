@@ -330,12 +330,11 @@ class Chatbot:
     # -- user memory ----------------------------------------------------------------------
     def remember(self, text: str, *, owner: str | None = None) -> MemoryItem:
         """Keep a short fact about the user, shown in the context of all their threads."""
-        text = " ".join(text.split())
-        if not text:
-            raise InvalidMessage("nothing to remember", hint="give the fact as text")
-        if len(text) > 500:
-            raise InvalidMessage("a memory is at most 500 characters", hint="keep it to one fact")
-        return self.store.add_memory(owner or self.owner, text)
+        return self.store.add_memory(owner or self.owner, clean_memory(text))
+
+    def edit_memory(self, memory_id: int, text: str, *, owner: str | None = None) -> MemoryItem:
+        """Replace the text of one of the user's memories."""
+        return self.store.update_memory(owner or self.owner, memory_id, clean_memory(text))
 
     def memories(self, *, owner: str | None = None) -> list[MemoryItem]:
         return self.store.list_memories(owner or self.owner)
@@ -705,6 +704,17 @@ class _Turn:
         self.bot.store.append(
             self.owner, self.thread_id, pair, trace=trace, tokens=[memory.count(m) for m in pair]
         )
+
+
+def clean_memory(text: str) -> str:
+    """A memory as it is kept: one line of printable text, 1 to 500 characters (it goes into
+    every prompt of the user's threads)."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if not text:
+        raise InvalidMessage("nothing to remember", hint="give the fact as text")
+    if len(text) > 500:
+        raise InvalidMessage("a memory is at most 500 characters", hint="keep it to one fact")
+    return text
 
 
 def _with_output_limit(t: Tool, cfg: Any) -> Tool:

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from chatwright import __version__
 from chatwright._cliutil import ConfigOpt, DataDirOpt, UserOpt, err, handles_errors, out
-from chatwright.bot import Chatbot
+from chatwright.bot import Chatbot, clean_memory
 from chatwright.config import load_settings
 from chatwright.errors import UserError
 from chatwright.export import thread_to_json, thread_to_markdown
@@ -560,7 +560,7 @@ def memory_edit(
 ) -> None:
     """Change a remembered fact."""
     with _store(data_dir, config, user) as (store, owner):
-        item = store.update_memory(owner, memory_id, " ".join(text.split()))
+        item = store.update_memory(owner, memory_id, clean_memory(text))
     err.print(f"#{item.id}: {item.text}")
 
 

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Path, Response
 
 from chatwright import __version__
 from chatwright.bot import Chatbot
-from chatwright.errors import InvalidMessage
 from chatwright.server.deps import CurrentUser, State
 from chatwright.server.errors import SafeJSONResponse
 from chatwright.server.schemas import (
@@ -127,10 +126,7 @@ def add_memory(body: MemoryText, user: CurrentUser, state: State) -> Any:
     responses=errors(*BODY_ERRORS, 404),
 )
 def edit_memory(memory_id: MemoryId, body: MemoryText, user: CurrentUser, state: State) -> Any:
-    text = " ".join(body.text.split())
-    if not text or len(text) > 500:
-        raise InvalidMessage("a memory is 1 to 500 characters", hint="keep it to one short fact")
-    return memory_json(state.store.update_memory(user.user, memory_id, text))
+    return memory_json(state.default.edit_memory(memory_id, body.text, owner=user.user))
 
 
 @router.delete("/memory/{memory_id}", tags=["memory"], status_code=204, responses=errors(404))

@@ -13,6 +13,7 @@ inline script, so they get a policy that allows exactly that.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
@@ -224,6 +225,16 @@ _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
+def _local_peer(address: str) -> bool:
+    """Whether a client address is this machine (or a test client, which has no address)."""
+    if address in ("testclient", "testserver"):  # Starlette's in-process test client
+        return True
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _guarded(path: str) -> bool:
     return path.startswith(("/api/", "/v1/")) or path in ("/api", "/v1")
 
@@ -268,6 +279,19 @@ class Guard:
             return
         path = scope["path"]
         host = _header(scope, b"host") or ""
+        peer = (scope.get("client") or ("",))[0]
+        if self.loopback and peer and not _local_peer(peer):
+            # Listening on loopback, a connection from elsewhere means the app is served on
+            # an address it was not told about (embedded under another server): refuse it.
+            await _send_error(
+                send,
+                path,
+                403,
+                "this server accepts local connections only",
+                "to serve a network, run `chatwright serve --host 0.0.0.0` with API keys",
+                "forbidden_peer",
+            )
+            return
         if self.loopback and _host_name(host.lower()) not in _LOCAL_HOSTS:
             await _send_error(
                 send,
