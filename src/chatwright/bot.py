@@ -548,34 +548,44 @@ class _Turn:
                 max_tokens=bot.settings.max_answer_tokens, temperature=bot.settings.temperature
             ),
         )
-        # Text the user did not write is in the context: calls with side effects must ask.
-        untrusted = bool(used or context.recalled_seqs) or any(m.role == "tool" for m in messages)
+        # Text the user did not write is in the context (passages, recalled turns, tool
+        # output, or a summary, which may have folded tool output in): calls with side
+        # effects must ask.
+        untrusted = (
+            bool(used or context.recalled_seqs)
+            or context.summary_through_seq is not None
+            or any(m.role == "tool" for m in messages)
+        )
         run = self.agent
         try:
             with self.stage("generate") as s:
-                async for event in run_agent(
-                    bot.model,
-                    request,
-                    run,
-                    tools=tools,
-                    context=ToolContext(self.owner, self.thread_id, bot, self),
-                    limits=bot.limits(),
-                    policy=ApprovalPolicy(frozenset(bot.settings.tools.auto_approve)),
-                    approver=self.approver,
-                    untrusted=untrusted,
-                    on_step=self._store_step,
-                    count=memory.count,
-                    model_timeout_s=bot.settings.model_timeout_s,
-                ):
-                    yield event
+                # aclosing: when our consumer stops, the loop stores its step (calls paired
+                # with results) before the partial answer is kept below, not later.
+                async with aclosing(
+                    run_agent(
+                        bot.model,
+                        request,
+                        run,
+                        tools=tools,
+                        context=ToolContext(self.owner, self.thread_id, bot, self),
+                        limits=bot.limits(),
+                        policy=ApprovalPolicy(frozenset(bot.settings.tools.auto_approve)),
+                        approver=self.approver,
+                        untrusted=untrusted,
+                        on_step=self._store_step,
+                        count=memory.count,
+                        model_timeout_s=bot.settings.model_timeout_s,
+                    )
+                ) as events:
+                    async for event in events:
+                        yield event
                 s.data = run.report()
                 self.trace.notes.extend(run.notes)
         except TimeoutError:
             self._keep_partial(run.current, "timed out")
             raise ModelUnavailable(
                 f"{bot.model.name} did not finish within {bot.settings.model_timeout_s:g} s",
-                hint="raise model_timeout_s (or [tools] time_limit_s) in chatwright.toml, "
-                "or check the model server",
+                hint="raise model_timeout_s in chatwright.toml, or check the model server",
             ) from None
         except ModelError as e:
             self._keep_partial(run.current, e.message)

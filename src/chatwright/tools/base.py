@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints, overload
+from typing import Annotated, Any, get_args, get_origin, get_type_hints, overload
 
 import pydantic
 import pydantic_core
@@ -161,7 +161,7 @@ class Tool:
         if inspect.iscoroutinefunction(self.function):
             return await self.function(**kwargs)
         loop = asyncio.get_running_loop()
-        call = functools.partial(self.function, **kwargs)
+        call = functools.partial(_guarded, self.function, kwargs)
         result = await loop.run_in_executor(_POOL, call)
         if inspect.isawaitable(result):
             return await result
@@ -183,11 +183,29 @@ class Tool:
             content, is_error = f"{self.name} timed out after {self.timeout_s:g} s", True
         except _Unserialisable as e:
             content, is_error = f"{self.name} returned {e}, which cannot be shown as text", True
-        except Exception as e:  # the tool's own failure: the model hears about it, not the user
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the turn is being cancelled: not the tool's failure
+            content, is_error = f"{self.name} failed: it was cancelled inside", True
+        except (Exception, SystemExit, KeyboardInterrupt) as e:  # the tool's own failure
             content, is_error = f"{self.name} failed: {type(e).__name__}: {e}", True
         ms = round((loop.time() - start) * 1000, 3)
         text, truncated = truncate(content, self.max_output_chars)
         return ToolOutput(text, is_error=is_error, truncated=truncated, ms=ms)
+
+
+class _Exited(Exception):  # carries a sync tool's SystemExit out of its thread
+    pass
+
+
+def _guarded(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Run a sync tool in a worker thread; ``sys.exit()`` in it ends the call, not the
+    process."""
+    try:
+        return function(**kwargs)
+    except (SystemExit, KeyboardInterrupt) as e:
+        raise _Exited(f"{type(e).__name__}({e})") from None
 
 
 # -- the decorator ------------------------------------------------------------------------
@@ -273,13 +291,32 @@ def _fields(
                 hint="tools take named parameters only, so the model knows what to send",
             )
         hint = hints.get(param.name, Any)
-        if hint is ToolContext:
+        if _mentions_context(hint):
+            if _unwrap(hint) is not ToolContext:
+                raise ConfigError(
+                    f"tool {function.__name__!r}: type {param.name!r} as plain ToolContext",
+                    hint="an optional or combined ToolContext would let the model send one",
+                )
             context_param = param.name
             continue
         default = ... if param.default is param.empty else param.default
         info = pydantic.Field(default, description=docs.get(param.name) or None)
         fields[param.name] = (hint, info)
     return fields, context_param
+
+
+def _unwrap(hint: Any) -> Any:
+    while get_origin(hint) is Annotated:
+        hint = get_args(hint)[0]
+    return hint
+
+
+def _mentions_context(hint: Any) -> bool:
+    """Whether ``hint`` is or contains ToolContext (``ToolContext | None``, ``Annotated``)."""
+    hint = _unwrap(hint)
+    if hint is ToolContext:
+        return True
+    return any(_mentions_context(arg) for arg in get_args(hint))
 
 
 def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
