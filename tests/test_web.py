@@ -25,7 +25,7 @@ pytest.importorskip("fastapi", reason="the browser tests need fastapi")
 pytest.importorskip("sse_starlette", reason="the browser tests need sse-starlette")
 
 from chatwright import Chatbot, SQLiteStore  # noqa: E402
-from chatwright.config import Settings  # noqa: E402
+from chatwright.config import Settings, ToolsSettings  # noqa: E402
 from chatwright.tools import tool  # noqa: E402
 from web_helpers import CHROMIUM, WATCH_STREAM_JS, LiveServer, NoteTakingModel  # noqa: E402
 
@@ -53,6 +53,12 @@ def save_note(text: str) -> str:
     return f"saved {text!r}"
 
 
+@tool
+def lookup(q: str) -> str:
+    """Look something up."""
+    return f"found {q}"
+
+
 # -- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
@@ -66,6 +72,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         bots = {
             "default": Chatbot(settings=settings, store=store),
             "notes": Chatbot(NoteTakingModel(), settings=settings, store=store, tools=[save_note]),
+            "budget": Chatbot(
+                "test:tools",
+                settings=settings.model_copy(update={"tools": ToolsSettings(token_budget=1)}),
+                store=store,
+                tools=[lookup],
+            ),
         }
         app = create_app(settings, host="127.0.0.1", store=store, bots=bots)
         try:
@@ -498,3 +510,13 @@ def test_the_page_runs_under_its_content_security_policy(page: Page, server: Liv
         assert page.request.get(f"{server.url}/{script}").ok, script
     assert page.evaluate("typeof marked.Marked") == "function"
     assert page.evaluate("typeof DOMPurify.sanitize") == "function"
+
+
+def test_a_turn_stopped_by_a_bound_says_so(page: Page) -> None:
+    page.locator("#bot-select").select_option("budget")
+    new_thread(page)
+    send(page, 'call lookup {"q": "x"}')
+    answer = wait_answered(page, 1)
+    expect(answer.locator(".msg-note")).to_contain_text("stopped: token budget")
+    page.reload()
+    expect(wait_answered(page, 1).locator(".msg-note")).to_contain_text("stopped: token budget")

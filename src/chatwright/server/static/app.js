@@ -492,6 +492,8 @@
       if (info.trace) this.trace = info.trace;
       this.renderCitations();
       if (info.interrupted) this.setNote("stopped", false);
+      const meta = (info.message && info.message.metadata) || {};
+      if (!info.interrupted && meta.stopped) this.setNote(`stopped: ${meta.stopped}`, false);
     }
 
     fail(err) {
@@ -617,6 +619,7 @@
         if (meta.interrupted || meta.finish === "interrupted") {
           turn.setNote(meta.reason ? `cut short: ${meta.reason}` : "cut short", false);
         }
+        else if (meta.stopped) turn.setNote(`stopped: ${meta.stopped}`, false);
         else if (meta.error) turn.setNote(String(meta.error), true);
         else if (meta.finish && meta.finish !== "stop") turn.setNote(String(meta.finish), false);
       }
