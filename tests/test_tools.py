@@ -212,3 +212,4 @@ def test_approval_policy():
     assert "could have asked" in policy.reason(risky, untrusted=True)
     assert ApprovalPolicy().reason(risky, untrusted=False) == "send has side effects"
     assert ApprovalPolicy(frozenset({"*"})).reason(risky, untrusted=False) is None
+    assert policy.auto(risky) and not policy.auto(safe) and not ApprovalPolicy().auto(risky)

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 from chatwright._locks import TurnLocks
-from chatwright.agent import TOOL_DATA_RULE, AgentRun, Generation, Limits, run_agent, unanswered
+from chatwright.agent import (
+    TOOL_DATA_RULE,
+    AgentRun,
+    Approver,
+    Generation,
+    Limits,
+    run_agent,
+    unanswered,
+)
 from chatwright.config import Settings, load_settings
 from chatwright.errors import (
     ChatwrightError,
@@ -84,7 +92,6 @@ Event: TypeAlias = (
     | CitationEvent
     | TurnEnd
 )
-Approver: TypeAlias = Callable[[ApprovalRequest, Tool], Any]  # -> bool or Awaitable[bool]
 T = TypeVar("T")
 
 
@@ -314,6 +321,26 @@ class Chatbot:
         return [
             t if t.max_output_chars <= cfg.max_output_chars else _with_output_limit(t, cfg)
             for t in unique.values()
+        ]
+
+    @property
+    def policy(self) -> ApprovalPolicy:
+        """Which tool calls wait for approval (``[tools] auto_approve``)."""
+        return ApprovalPolicy(frozenset(self.settings.tools.auto_approve))
+
+    def describe_tools(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """The tools of :meth:`tools` as JSON-ready values (for ``tools list`` and the API)."""
+        policy = self.policy
+        return [
+            {
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.parameters,
+                "side_effects": t.side_effects,
+                "auto_approved": policy.auto(t),
+                "source": t.source,
+            }
+            for t in self.tools(owner)
         ]
 
     def limits(self) -> Limits:
@@ -569,7 +596,7 @@ class _Turn:
                         tools=tools,
                         context=ToolContext(self.owner, self.thread_id, bot, self),
                         limits=bot.limits(),
-                        policy=ApprovalPolicy(frozenset(bot.settings.tools.auto_approve)),
+                        policy=bot.policy,
                         approver=self.approver,
                         untrusted=untrusted,
                         on_step=self._store_step,

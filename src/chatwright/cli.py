@@ -755,22 +755,10 @@ def tools_list(
 ) -> None:
     """List the tools a turn offers the model, and the state of each MCP server."""
     with _bot(model, data_dir, config, user) as bot:
-        found = bot.tools()
-        servers = [(s.name, s.status()) for s in bot.mcp_servers]
+        found = bot.describe_tools()
+        servers = [{"name": s.name, "status": s.status()} for s in bot.mcp_servers]
         if as_json:
-            payload = {
-                "tools": [
-                    {
-                        "name": t.name,
-                        "source": t.source,
-                        "side_effects": t.side_effects,
-                        "description": t.description,
-                        "parameters": t.parameters,
-                    }
-                    for t in found
-                ],
-                "mcp_servers": [{"name": n, "status": st} for n, st in servers],
-            }
+            payload = {"tools": found, "mcp_servers": servers}
             out.file.write(json.dumps(payload, ensure_ascii=False) + "\n")
             return
         if not found:
@@ -778,17 +766,15 @@ def tools_list(
                 "no tools (built-ins: [tools] builtin; MCP servers: [mcp.NAME] sections)",
                 markup=False,
             )
-        approve = set(bot.settings.tools.auto_approve)
         for t in found:
             effects = ""
-            if t.side_effects:
-                asks = "asks first" if t.name not in approve and "*" not in approve else "auto"
-                effects = f" · side effects ({asks})"
-            out.print(f"[bold]{t.name}[/] [dim]{t.source}{effects}[/]", highlight=False)
-            if t.description:
-                out.print(f"  {t.description.splitlines()[0]}", markup=False)
-        for name, status in servers:
-            err.print(f"MCP server {name}: {status}", markup=False)
+            if t["side_effects"]:
+                effects = f" · side effects ({'auto' if t['auto_approved'] else 'asks first'})"
+            out.print(f"[bold]{t['name']}[/] [dim]{t['source']}{effects}[/]", highlight=False)
+            if t["description"]:
+                out.print(f"  {t['description'].splitlines()[0]}", markup=False)
+        for server in servers:
+            err.print(f"MCP server {server['name']}: {server['status']}", markup=False)
 
 
 @app.command()

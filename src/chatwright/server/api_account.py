@@ -83,20 +83,8 @@ def list_tools(user: CurrentUser, state: State, bot: str | None = None) -> dict[
     """The tools the bot may call in your turns (``side_effects``: they ask before running,
     unless ``auto_approve``), and the state of its MCP servers."""
     chatbot = state.bot(bot)
-    approve = set(chatbot.settings.tools.auto_approve)
-    tools = [
-        {
-            "name": t.name,
-            "description": t.description,
-            "parameters": t.parameters,
-            "side_effects": t.side_effects,
-            "auto_approved": t.side_effects and (t.name in approve or "*" in approve),
-            "source": t.source,
-        }
-        for t in chatbot.tools(user.user)
-    ]
     servers = [{"name": s.name, "status": s.status()} for s in chatbot.mcp_servers]
-    return {"tools": tools, "mcp_servers": servers}
+    return {"tools": chatbot.describe_tools(user.user), "mcp_servers": servers}
 
 
 # -- user memory ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import functools
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, get_args, get_origin, get_type_hints, overload
 
@@ -369,6 +369,3 @@ def truncate(text: str, limit: int) -> tuple[str, bool]:
         return text, False
     note = f"\n[output truncated: showing {limit:,} of {len(text):,} characters]"
     return text[:limit] + note, True
-
-
-Approver = Callable[[Any, Tool], Awaitable[bool] | bool]

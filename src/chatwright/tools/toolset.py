@@ -79,11 +79,16 @@ class ApprovalPolicy:
 
     auto_approve: frozenset[str] = field(default_factory=frozenset)
 
+    def auto(self, tool: Tool) -> bool:
+        """Whether ``tool`` has side effects and may run unasked (while nothing untrusted
+        has been read)."""
+        return tool.side_effects and bool({tool.name, "*"} & self.auto_approve)
+
     def reason(self, tool: Tool, *, untrusted: bool) -> str | None:
         """Why ``tool`` needs approval now, or None when it may run."""
         if not tool.side_effects:
             return None
-        if tool.name in self.auto_approve or "*" in self.auto_approve:
+        if self.auto(tool):
             if not untrusted:
                 return None
             return (
