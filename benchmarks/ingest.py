@@ -100,7 +100,7 @@ def run_ingest(
 ) -> dict[str, Any]:
     store = SQLiteStore(db)
     try:
-        index = SearchIndex(store.connection, embedder, lock=store.lock)
+        index = SearchIndex(store, embedder)
         ingestor = Ingestor(store, index, "bench", chunk_tokens=chunk_tokens, overlap=overlap)
         first = ingestor.ingest([root], "bench")
         again = ingestor.ingest([root], "bench")

@@ -129,7 +129,7 @@ def main() -> None:
         store = SQLiteStore(Path(tmp) / "bench.db")
         for fact in ("I'm vegetarian", "My project is called Atlas", "I live in Lyon"):
             store.add_memory("local", fact)
-        index = SearchIndex(store.connection, get_embedder("test:hash"), lock=store.lock)
+        index = SearchIndex(store, get_embedder("test:hash"))
         for strategy in ("window", "tokens", "summary"):
             settings = MemorySettings(strategy=strategy, context_tokens=4096)
             memory = Memory(

@@ -51,7 +51,7 @@ def embedder() -> CountingEmbedder:
 
 @pytest.fixture
 def index(store: SQLiteStore, embedder: CountingEmbedder) -> SearchIndex:
-    return SearchIndex(store.connection, embedder, lock=store.lock)
+    return SearchIndex(store, embedder)
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def test_changed_settings_re_chunk_even_an_unchanged_file(tmp_path, store, index
 
 def test_keyword_only_documents_get_vectors_once_there_is_an_embedder(tmp_path, store, ingestor):
     docs = write_docs(tmp_path)
-    plain = Ingestor(store, SearchIndex(store.connection, None, lock=store.lock), OWNER)
+    plain = Ingestor(store, SearchIndex(store, None), OWNER)
     plain.ingest([docs], "kb")
     assert all(vector is None for _, _, vector in rows(store).values())
     assert ingestor.ingest([docs], "kb").updated == 5
@@ -283,7 +283,7 @@ def test_each_bad_file_is_skipped_with_its_reason_and_the_rest_ingests(tmp_path,
     (tmp_path / "secret.md").write_text("# Secret\n\noutside the root")
     (bad / "escape.md").symlink_to(tmp_path / "secret.md")
     (bad / "outside").symlink_to(tmp_path)
-    index = SearchIndex(store.connection, None, lock=store.lock)
+    index = SearchIndex(store, None)
     report = Ingestor(store, index, OWNER, max_bytes=600_000).ingest(
         [docs, tmp_path / "nothing-here", f"{docs}/../secret.md"], "kb"
     )
@@ -365,7 +365,7 @@ def test_a_crash_mid_document_leaves_the_previous_version_intact(
 def test_vectors_of_another_size_are_refused_up_front(tmp_path, store, ingestor):
     docs = write_docs(tmp_path)
     ingestor.ingest([docs], "kb")
-    other = SearchIndex(store.connection, CountingEmbedder(dim=32), lock=store.lock)
+    other = SearchIndex(store, CountingEmbedder(dim=32))
     with pytest.raises(UserError, match="64-dimensional vectors"):
         Ingestor(store, other, OWNER).ingest([docs], "kb")
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from chatwright._locks import _BUCKETS, TurnLocks
+from chatwright.store.file_locks import _BUCKETS
+from chatwright.store.file_locks import FileTurnLocks as TurnLocks
 
 
 def bucket_of(owner: str, thread: str) -> int:

@@ -17,12 +17,13 @@ from chatwright.retrieval import (
     SearchIndex,
     convex_fusion,
     default_weights,
-    m003_retrieval,
     reciprocal_rank_fusion,
 )
-from chatwright.retrieval.bm25 import MAX_BLOCKS, Postings, score_bm25
-from chatwright.retrieval.fusion import rrf_score
-from chatwright.retrieval.text import analyze, fts5_query
+from chatwright.search.bm25 import MAX_BLOCKS, Postings, score_bm25
+from chatwright.search.fusion import rrf_score
+from chatwright.search.text import analyze, fts5_query
+from chatwright.store.migrations import m003_search_index as m003_retrieval
+from chatwright.store.sqlite_chunks import SQLiteChunks
 
 DIM = get_embedder("test:hash").dim
 
@@ -46,6 +47,11 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def make(db: sqlite3.Connection, embedder: object = None, **options: object) -> SearchIndex:
+    """A search index over the SQLite backend's chunks in ``db``."""
+    return SearchIndex(SQLiteChunks(db, **options), embedder)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     conn = connect(tmp_path / "index.db")
@@ -61,7 +67,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def index(db: sqlite3.Connection, backend: str) -> SearchIndex:
-    return SearchIndex(db, keyword_backend=backend)  # type: ignore[arg-type]
+    return make(db, keyword_backend=backend)
 
 
 def unit(*values: float) -> list[float]:
@@ -294,14 +300,14 @@ def test_remove_clear_and_re_add_stay_consistent(index: SearchIndex) -> None:
 
 
 def test_appends_to_a_cached_namespace_match_a_fresh_load(db: sqlite3.Connection) -> None:
-    index = SearchIndex(db)
+    index = make(db)
     index.add("t", [Chunk("0", "seed text about rivers")])
     index.search("rivers", ["t"])  # load the segment, then extend it in place
-    segment = index._segments["t"]
+    segment = index.chunks._segments["t"]
     for i in range(1, 30):
         index.add("t", [Chunk(str(i), f"note {i} about rivers and {'lakes ' * (i % 4)}")])
-    assert index._segments["t"] is segment  # extended, not reloaded
-    fresh = SearchIndex(db)
+    assert index.chunks._segments["t"] is segment  # extended, not reloaded
+    fresh = make(db)
     for query in ["rivers lakes", "note 17", "lakes"]:
         got = [(h.key, round(h.score, 5)) for h in index.search(query, ["t"], k=30)]
         assert got == [(h.key, round(h.score, 5)) for h in fresh.search(query, ["t"], k=30)]
@@ -310,11 +316,11 @@ def test_appends_to_a_cached_namespace_match_a_fresh_load(db: sqlite3.Connection
 def test_writes_from_another_connection_are_seen(tmp_path: Path) -> None:
     first = connect(tmp_path / "shared.db")
     m003_retrieval(first)
-    reader = SearchIndex(first)
+    reader = make(first)
     reader.add("n", [Chunk("a", "original words")])
     assert [h.key for h in reader.search("original", ["n"])] == ["a"]
     second = connect(tmp_path / "shared.db")
-    writer = SearchIndex(second)
+    writer = make(second)
     writer.add("n", [Chunk("b", "brand new words")])
     writer.remove("n", ["a"])
     assert [h.key for h in reader.search("words", ["n"])] == ["b"]
@@ -340,7 +346,7 @@ def test_mappings_are_accepted_as_items(index: SearchIndex) -> None:
 
 
 def test_writes_inside_a_callers_transaction_use_a_savepoint(db: sqlite3.Connection) -> None:
-    index = SearchIndex(db)
+    index = make(db)
     db.execute("BEGIN IMMEDIATE")
     index.add("n", [Chunk("a", "inside the outer transaction")])
     db.execute("ROLLBACK")
@@ -349,7 +355,7 @@ def test_writes_inside_a_callers_transaction_use_a_savepoint(db: sqlite3.Connect
 
 # -- vectors and hybrid ---------------------------------------------------------------------
 def test_vector_mode_ranks_the_nearest_first(db: sqlite3.Connection) -> None:
-    index = SearchIndex(db)
+    index = make(db)
     index.add(
         "v",
         [
@@ -372,7 +378,7 @@ def test_vector_mode_ranks_the_nearest_first(db: sqlite3.Connection) -> None:
 
 
 def test_vectors_of_another_size_are_refused(db: sqlite3.Connection) -> None:
-    index = SearchIndex(db)
+    index = make(db)
     index.add("v", [Chunk("a", "x", vector=[1.0, 0.0])])
     with pytest.raises(UserError):
         index.add("v", [Chunk("b", "y", vector=[1.0, 0.0, 0.0])])
@@ -381,7 +387,7 @@ def test_vectors_of_another_size_are_refused(db: sqlite3.Connection) -> None:
 
 def test_embedder_fills_missing_vectors_in_batches(db: sqlite3.Connection) -> None:
     embedder = CountingEmbedder()
-    index = SearchIndex(db, embedder)
+    index = make(db, embedder)
     index.add("n", [Chunk(str(i), f"text number {i}") for i in range(150)])
     assert embedder.batches == [64, 64, 22]
     assert db.execute("SELECT count(*) FROM chunks WHERE vector IS NULL").fetchone()[0] == 0
@@ -393,7 +399,7 @@ def test_embedder_fills_missing_vectors_in_batches(db: sqlite3.Connection) -> No
 
 def test_hybrid_combines_keyword_and_vector_hits(db: sqlite3.Connection) -> None:
     embedder = get_embedder("test:hash")
-    index = SearchIndex(db, embedder)
+    index = make(db, embedder)
     index.add(
         "h",
         [
@@ -421,33 +427,33 @@ def test_hybrid_combines_keyword_and_vector_hits(db: sqlite3.Connection) -> None
 
 
 def test_hybrid_without_embedder_is_keyword_search(db: sqlite3.Connection) -> None:
-    index = SearchIndex(db)
+    index = make(db)
     fill(index)
     hybrid = index.search("wolves", ["collection:1"])
     assert [h.key for h in hybrid] == ["dogs"] and hybrid[0].ranks == {"keyword": 1}
 
 
 def test_least_recently_searched_segments_are_evicted(db: sqlite3.Connection) -> None:
-    index = SearchIndex(db, max_cached_chunks=3)
+    index = make(db, max_cached_chunks=3)
     for name in ("a", "b", "c"):
         index.add(name, [Chunk("1", f"{name} words"), Chunk("2", f"more {name} words")])
     index.search("words", ["a"])
     index.search("words", ["b"])  # 4 chunks cached > 3: "a" goes
-    assert list(index._segments) == ["b"]
+    assert list(index.chunks._segments) == ["b"]
     assert [h.namespace for h in index.search("words", ["a", "c"], k=1)] == ["a"]
-    assert set(index._segments) == {"a", "c"}  # a search's own segments are kept
+    assert set(index.chunks._segments) == {"a", "c"}  # a search's own segments are kept
 
 
 def test_fts5_keyword_search_loads_nothing_in_memory(db: sqlite3.Connection) -> None:
-    index = SearchIndex(db, keyword_backend="fts5")
+    index = make(db, keyword_backend="fts5")
     fill(index)
     assert index.search("wolves", ["collection:1"], mode="keyword")[0].key == "dogs"
-    assert index._segments == {}
+    assert index.chunks._segments == {}
 
 
 def test_keyword_mode_does_not_embed_the_query(db: sqlite3.Connection) -> None:
     embedder = CountingEmbedder()
-    index = SearchIndex(db, embedder)
+    index = make(db, embedder)
     index.add("n", [Chunk("a", "alpha", vector=np.ones(DIM))])
     assert index.search("alpha", ["n"], mode="keyword")[0].key == "a"
     assert embedder.batches == []
@@ -456,12 +462,12 @@ def test_keyword_mode_does_not_embed_the_query(db: sqlite3.Connection) -> None:
 
 
 def test_preload_loads_namespaces_ahead_of_search(db: sqlite3.Connection) -> None:
-    index = SearchIndex(db)
+    index = make(db)
     fill(index)
-    assert index._segments == {}
+    assert index.chunks._segments == {}
     index.preload(["collection:1", "absent"])
-    assert set(index._segments) == {"collection:1"}
-    assert index._segments["collection:1"].pks.size == len(DOCS)
+    assert set(index.chunks._segments) == {"collection:1"}
+    assert index.chunks._segments["collection:1"].pks.size == len(DOCS)
 
 
 def test_query_embeddings_are_memoized_across_searches() -> None:
@@ -484,7 +490,7 @@ def test_query_embeddings_are_memoized_across_searches() -> None:
     conn = _sqlite3.connect(":memory:", isolation_level=None)
     m003_retrieval(conn)
     embedder = Counting()
-    index = SearchIndex(conn, embedder)
+    index = make(conn, embedder)
     index.add("ns", [Chunk("a", "cats purr"), Chunk("b", "dogs bark")])
     embedder.calls.clear()
     first = index.embed_query("why do cats purr")

@@ -15,7 +15,6 @@ from chatwright.errors import ModelUnavailable
 from chatwright.models.embeddings import get_embedder
 from chatwright.models.test import ScriptedModel
 from chatwright.retrieval.index import SearchIndex
-from chatwright.retrieval.schema import m003_retrieval
 from chatwright.routing import (
     AllRouter,
     ChitChatRouter,
@@ -31,6 +30,8 @@ from chatwright.routing import (
     is_chitchat,
 )
 from chatwright.store.base import CollectionInfo
+from chatwright.store.migrations import m003_search_index as m003_retrieval
+from chatwright.store.sqlite_chunks import SQLiteChunks
 
 EMB = get_embedder("test:hash")
 TOPICS = {
@@ -241,7 +242,7 @@ def test_no_collections() -> None:
 def index(tmp_path: Path) -> Iterator[SearchIndex]:
     db = sqlite3.connect(tmp_path / "i.db", isolation_level=None)
     m003_retrieval(db)
-    yield SearchIndex(db, EMB)
+    yield SearchIndex(SQLiteChunks(db), EMB)
     db.close()
 
 
@@ -265,10 +266,10 @@ def test_profiles_update_when_version_changes(index: SearchIndex) -> None:
     index.add("collection:1", [{"key": "a", "text": "bake bread"}])
     first = build_profiles(index, cols, EMB, cache=cache)[0]
     again = build_profiles(index, cols, EMB, cache=cache)[0]
-    assert cache.centroid_reads == 1 and again.centroid is first.centroid
+    assert index.chunks.centroid_reads == 1 and again.centroid is first.centroid
     index.add("collection:1", [{"key": "b", "text": "router firmware"}])
     changed = build_profiles(index, cols, EMB, cache=cache)[0]
-    assert cache.centroid_reads == 2 and changed.chunks == 2
+    assert index.chunks.centroid_reads == 2 and changed.chunks == 2
     assert not np.allclose(changed.centroid, first.centroid)  # type: ignore[arg-type]
 
 

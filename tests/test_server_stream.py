@@ -120,7 +120,8 @@ async def test_the_first_event_goes_out_before_the_answer_is_committed(tmp_path:
     assert first is not None
     await TurnStream(run, first, ping_s=15)(SCOPE, client.receive, send)
     assert order[:3] == ["commit user", "sent", "commit answer"]
-    assert isinstance(first[0], TurnStart) and not any(isinstance(e, TurnEnd) for e in first)
+    items = [f.item for f in first]
+    assert isinstance(items[0], TurnStart) and not any(isinstance(e, TurnEnd) for e in items)
     bot.close()
 
 

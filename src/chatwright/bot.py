@@ -21,7 +21,6 @@ from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
-from chatwright._locks import TurnLocks
 from chatwright.agent import (
     TOOL_DATA_RULE,
     AgentRun,
@@ -59,7 +58,7 @@ from chatwright.routing import (
     embed_exemplars,
     with_best_chunks,
 )
-from chatwright.store import SQLiteStore, Store, StoredMessage, ThreadInfo
+from chatwright.store import Store, StoredMessage, ThreadInfo, open_store
 from chatwright.store.base import CollectionInfo, MemoryItem
 from chatwright.store.sqlite import check_thread_id
 from chatwright.tools import ApprovalPolicy, Tool, ToolContext, Toolset, tool
@@ -118,13 +117,9 @@ class Chatbot:
         self.model: Model = (
             model if not isinstance(model, (str, type(None))) else get_model(name, self.settings)
         )
-        self.store: Store = store or SQLiteStore(self.settings.db_path)
+        self.store: Store = store or open_store(self.settings)
         self.owner = owner or self.settings.user
         self.system_prompt = self.settings.system_prompt if system_prompt is None else system_prompt
-        lock_dir = None
-        if isinstance(self.store, SQLiteStore) and self.store.path != ":memory:":
-            lock_dir = Path(self.store.path).parent / "locks"
-        self._locks = TurnLocks(lock_dir)
         self.notes: list[str] = []  # set-up notes, carried in every turn's trace
         self.toolset = Toolset(tools)
         self._mcp: list[Any] | None = None  # MCP servers, connected at the first turn
@@ -142,17 +137,19 @@ class Chatbot:
             recall=ThreadRecall(self.index, self.store) if self.index is not None else None,
         )
 
-    def _search_index(self) -> SearchIndex | None:
-        """The search index in the store's database (SQLite stores), with the embedder."""
-        if not isinstance(self.store, SQLiteStore):
-            return None
+    def _search_index(self) -> SearchIndex:
+        """The store's search index with the configured embedder: built once per store and
+        embedder, and shared by every bot on that store."""
         embedder = None
         if self.settings.embedder:
+            name = self.settings.embedder
             try:
-                embedder = get_embedder(self.settings.embedder, self.settings)
+                embedder = self.store.shared(
+                    ("embedder", name), lambda: get_embedder(name, self.settings)
+                )
             except ChatwrightError as e:
                 self.notes.append(f"embedder unavailable, keyword search only: {e.message}")
-        return SearchIndex(self.store.connection, embedder, lock=self.store.lock)
+        return SearchIndex.for_store(self.store, embedder)
 
     @classmethod
     def from_config(
@@ -201,7 +198,7 @@ class Chatbot:
         # aclosing: if our consumer stops early, the turn is closed now (keeping the partial
         # answer), not whenever the garbage collector gets to it.
         async with (
-            self._locks.hold(owner, thread_id),
+            self.store.locks.hold(owner, thread_id),
             aclosing(_Turn(self, owner, thread_id, approver).run(text)) as events,
         ):
             async for event in events:
@@ -373,7 +370,7 @@ class Chatbot:
     def candidate_collections(self, owner: str) -> list[CollectionInfo]:
         """The collections a turn may search: with something indexed; the configured ones,
         else all of the owner's."""
-        if self.index is None or not isinstance(self.store, SQLiteStore):
+        if self.index is None:
             return []
         wanted = set(self.settings.knowledge.collections)
         return [

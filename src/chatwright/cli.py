@@ -29,7 +29,7 @@ from chatwright.errors import UserError
 from chatwright.export import thread_to_json, thread_to_markdown
 from chatwright.ingest.command import register as register_ingest
 from chatwright.server import command as server_command
-from chatwright.store import SQLiteStore
+from chatwright.store import Store, open_store
 from chatwright.types import (
     Answer,
     ApprovalRequest,
@@ -102,10 +102,10 @@ def _bot(
 @contextmanager
 def _store(
     data_dir: Path | None, config: Path | None, user: str | None
-) -> Iterator[tuple[SQLiteStore, str]]:
+) -> Iterator[tuple[Store, str]]:
     """The store and owner, for commands that need no model."""
     settings = load_settings(config, data_dir=data_dir, user=user)
-    store = SQLiteStore(settings.db_path)
+    store = open_store(settings)
     try:
         yield store, settings.user
     finally:

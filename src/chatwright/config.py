@@ -190,6 +190,14 @@ class ServerSettings(_Section):
     cors_origins: list[str] = Field(default_factory=list)  # other origins allowed to call
     preload: bool = True  # load the users' collections into memory at start-up
     shutdown_grace_s: float = Field(default=30.0, ge=0)  # running turns may finish meanwhile
+    ingest_workers: int = Field(default=1, ge=1)  # threads ingesting uploads, per replica
+    # Replicas (several `chatwright serve` on one database): a turn's events reach the store
+    # within stream_flush_s (then any replica can resume the stream, and approvals or cancels
+    # posted to another replica reach the turn); a replica that wrote nothing for
+    # replica_stale_s (it heartbeats every replica_heartbeat_s) is taken for dead.
+    stream_flush_s: float = Field(default=0.1, gt=0, le=5)
+    replica_heartbeat_s: float = Field(default=2.0, gt=0, le=60)
+    replica_stale_s: float = Field(default=10.0, gt=0)
 
 
 _BOT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -225,6 +233,9 @@ class Settings(BaseSettings):
 
     model: str = "local:gemma-3-270m"
     data_dir: Path = Field(default_factory=default_data_dir)
+    # Where everything is stored: None is the SQLite file in data_dir (one person);
+    # "postgresql://user:pass@host/db" shares one PostgreSQL among server replicas (teams).
+    database_url: str | None = None
     user: str = Field(default="local", min_length=1, max_length=200)
     system_prompt: str = "You are a helpful assistant. Answer briefly and accurately."
     max_message_chars: int = Field(default=32_000, ge=1)
@@ -261,6 +272,18 @@ class Settings(BaseSettings):
                     f"bot name {name!r}: use 1-64 letters, digits, '_', '.' or '-' (no ':')"
                 )
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme = value.partition("://")[0].lower()
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                "must be postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db"
+            )
+        return value.strip()
 
     @property
     def db_path(self) -> Path:

@@ -25,7 +25,6 @@ import csv
 import hashlib
 import json
 import re
-import sqlite3
 import sys
 import tempfile
 import time
@@ -46,9 +45,10 @@ from chatwright.retrieval import (
     SearchIndex,
     convex_fusion,
     default_weights,
-    m003_retrieval,
     reciprocal_rank_fusion,
 )
+from chatwright.store import SQLiteStore
+from chatwright.store.sqlite_chunks import SQLiteChunks
 
 if TYPE_CHECKING:
     from chatwright.models.embeddings import Embedder
@@ -177,9 +177,8 @@ def embed_corpus(
 def _build(
     data: BeirData, embedder: Embedder | None, cache_dir: Path | None, **options: Any
 ) -> SearchIndex:
-    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    m003_retrieval(db)
-    index = SearchIndex(db, embedder, **options)
+    store = SQLiteStore(":memory:")
+    index = SearchIndex(SQLiteChunks(store.connection, lock=store.lock, **options), embedder)
     vectors = embed_corpus(data, embedder, cache_dir) if embedder is not None else None
     index.add(
         NAMESPACE,
@@ -314,14 +313,15 @@ def tune(
     data = load(path, split)
     model = _resolve(embedder)
     index = _build(data, model, cache_dir)
+    chunks: Any = index.chunks  # the SQLite backend's BM25 (tuning is for it)
     bm25_table = []
     for k1 in k1_grid:
         for b in b_grid:
-            index.k1, index.b = k1, b
+            chunks.k1, chunks.b = k1, b
             row = scores(_run(index, data, "keyword", {}), data.qrels)
             bm25_table.append({"k1": k1, "b": b, **row})
     best_bm25 = _best(bm25_table)
-    index.k1, index.b = best_bm25["k1"], best_bm25["b"]
+    chunks.k1, chunks.b = best_bm25["k1"], best_bm25["b"]
     result: dict[str, Any] = {
         "split": split,
         "queries": len(data.queries),

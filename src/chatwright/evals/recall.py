@@ -190,9 +190,7 @@ def evaluate(
         for mode, name in (("keyword", None), ("hybrid", embedder)):
             if mode == "hybrid" and not name:
                 continue
-            index = SearchIndex(
-                store.connection, get_embedder(name) if name else None, lock=store.lock
-            )
+            index = SearchIndex(store, get_embedder(name) if name else None)
             index.clear(f"thread:{store.get_thread('local', 'long').uid}")
             recall = ThreadRecall(index, store)
             recall.index_turns("local", "long", all_turns)

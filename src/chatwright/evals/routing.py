@@ -140,7 +140,7 @@ def ingest_dataset(root: Path, workdir: Path, embedder: Any) -> tuple[Any, Any, 
     from chatwright.retrieval.index import SearchIndex
 
     store = SQLiteStore(workdir / "routing.db")
-    index = SearchIndex(store.connection, embedder, lock=store.lock)
+    index = SearchIndex.for_store(store, embedder)
     ingestor = Ingestor(store, index, "eval")
     for c in json.loads((root / "collections.json").read_text()):
         ingestor.ingest([root / "docs" / c["name"]], c["name"], description=c["description"])

@@ -3,8 +3,8 @@
 Ingest never runs inside a turn. ``chatwright ingest PATH... --collection NAME`` (``command.py``)
 or, from Python::
 
-    store = SQLiteStore(path)
-    index = SearchIndex(store.connection, get_embedder(), lock=store.lock)
+    store = open_store(settings)                  # SQLite file or PostgreSQL
+    index = SearchIndex.for_store(store, get_embedder())
     report = Ingestor(store, index, owner="ada").ingest(["docs/"], "handbook")
 """
 

@@ -34,7 +34,7 @@ from chatwright.errors import ChatwrightError, UserError
 from chatwright.ingest.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from chatwright.ingest.pipeline import Ingestor, IngestReport, Progress, has_vectors
 from chatwright.retrieval.index import SearchIndex
-from chatwright.store import SQLiteStore
+from chatwright.store import Store, open_store
 
 __all__ = ["collections_app", "register"]
 
@@ -58,8 +58,8 @@ def register(app: typer.Typer) -> None:
 
 
 @contextmanager
-def _store(settings: Settings) -> Iterator[SQLiteStore]:
-    store = SQLiteStore(settings.db_path)
+def _store(settings: Settings) -> Iterator[Store]:
+    store = open_store(settings)
     try:
         yield store
     finally:
@@ -80,7 +80,7 @@ def _size(n: int) -> str:
 
 # -- ingest -------------------------------------------------------------------------------
 def _embedder(
-    settings: Settings, name: str | None, store: SQLiteStore, owner: str, collection: str
+    settings: Settings, name: str | None, store: Store, owner: str, collection: str
 ) -> Any:
     """The embedder, or None (keyword search only) with a warning when it cannot load."""
     name = settings.embedder if name is None else name
@@ -165,7 +165,7 @@ def ingest(
     settings = load_settings(config, data_dir=data_dir, user=user)
     with _store(settings) as store:
         chosen = _embedder(settings, embedder, store, settings.user, collection)
-        index = SearchIndex(store.connection, chosen, lock=store.lock)
+        index = SearchIndex.for_store(store, chosen)
         ingestor = Ingestor(
             store,
             index,

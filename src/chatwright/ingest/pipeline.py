@@ -53,8 +53,7 @@ from chatwright.memory.tokens import ESTIMATE, TokenCounter
 from chatwright.retrieval.index import Chunk, SearchIndex
 
 if TYPE_CHECKING:
-    from chatwright.store.base import CollectionInfo, DocumentInfo
-    from chatwright.store.sqlite import SQLiteStore
+    from chatwright.store.base import CollectionInfo, DocumentInfo, Store
 
 __all__ = ["IngestReport", "Ingestor", "Progress"]
 
@@ -116,7 +115,7 @@ class _Prepared:
     chunks: list[TextChunk]
     hashes: list[str]
     old: DocumentInfo | None
-    old_vectors: dict[str, bytes | None]  # text hash -> stored vector, of the old version
+    old_vectors: dict[str, np.ndarray | None]  # text hash -> stored vector, of the old version
 
 
 def text_hash(text: str) -> str:
@@ -140,14 +139,14 @@ def _hash_of_key(key: str) -> str:
 class Ingestor:
     """Ingests files into one owner's collections; see the module's docstring.
 
-    ``index`` must share ``store``'s connection and lock
-    (``SearchIndex(store.connection, embedder, lock=store.lock)``); its embedder (None:
-    keyword search only) embeds the chunks. ``counter`` sizes chunks (default: the estimate).
+    ``index`` must search ``store``'s chunks (``SearchIndex.for_store(store, embedder)``);
+    its embedder (None: keyword search only) embeds the chunks. ``counter`` sizes chunks
+    (default: the estimate).
     """
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         index: SearchIndex,
         owner: str,
         *,
@@ -231,11 +230,10 @@ class Ingestor:
             overlap=self.overlap,
             count=self.counter.count,
         )
-        old_vectors: dict[str, bytes | None] = {}
+        old_vectors: dict[str, np.ndarray | None] = {}
         if old is not None and old.metadata.get("embedder") == _name(self.embedder):
-            with self.store.lock:
-                rows = self._stored(info.namespace, old.id, "key, vector")
-            old_vectors = {_hash_of_key(key): vector for key, vector in rows}
+            stored = self.index.chunks.vectors(info.namespace, f"{old.id}:")
+            old_vectors = {_hash_of_key(key): vector for key, vector in stored.items()}
         return _Prepared(
             file=file,
             digest=digest,
@@ -247,15 +245,9 @@ class Ingestor:
             old_vectors=old_vectors,
         )
 
-    def _stored(self, namespace: str, document_id: int, columns: str) -> list[Any]:
-        """Rows of the document's chunks (keys ``"<id>:…"``: a range of the key index)."""
-        return self.store.connection.execute(
-            f"SELECT {columns} FROM chunks WHERE namespace = ? AND key >= ? AND key < ?",
-            (namespace, f"{document_id}:", f"{document_id};"),
-        ).fetchall()
-
     def _stored_keys(self, namespace: str, document_id: int) -> set[str]:
-        return {key for (key,) in self._stored(namespace, document_id, "key")}
+        """The keys of the document's chunks (``"<id>:…"``)."""
+        return set(self.index.chunks.vectors(namespace, f"{document_id}:"))
 
     def embed(self, prepared: Sequence[_Prepared]) -> int:
         """Fill the vector cache with every text of ``prepared`` not stored or cached."""
@@ -280,9 +272,7 @@ class Ingestor:
         if self.embedder is None:
             return None
         stored = p.old_vectors.get(h)
-        if stored is not None:
-            return np.frombuffer(stored, dtype=np.float16).astype(np.float32)
-        return self._cache[h]
+        return stored if stored is not None else self._cache[h]
 
     def write(self, info: CollectionInfo, p: _Prepared) -> tuple[int, int, int]:
         """Store one document and its chunks atomically; (added, reused, removed) chunks."""
@@ -339,17 +329,12 @@ class Ingestor:
         return removed
 
 
-def vector_dim(store: SQLiteStore, info: CollectionInfo) -> int:
+def vector_dim(store: Store, info: CollectionInfo) -> int:
     """The length of the collection's stored vectors (0: it has none)."""
-    with store.lock:
-        row = store.connection.execute(
-            "SELECT length(vector) FROM chunks WHERE namespace = ? AND vector IS NOT NULL LIMIT 1",
-            (info.namespace,),
-        ).fetchone()
-    return row[0] // 2 if row else 0  # stored as float16
+    return store.chunks.dimension(info.namespace)
 
 
-def has_vectors(store: SQLiteStore, info: CollectionInfo) -> bool:
+def has_vectors(store: Store, info: CollectionInfo) -> bool:
     return vector_dim(store, info) > 0
 
 

@@ -1,17 +1,11 @@
 """Hybrid search for documents and conversation memory (BM25 + vectors, fused).
 
-``SearchIndex`` is the engine; ``m003_retrieval`` creates its tables; ``reciprocal_rank_fusion``
-and ``convex_fusion`` are the ways it fuses BM25 and vector results.
+``SearchIndex`` is the engine over a store's chunks; ``reciprocal_rank_fusion`` and
+``convex_fusion`` are the ways it fuses BM25 and vector results.
 """
 
 from __future__ import annotations
 
-from chatwright.retrieval.fusion import (
-    DEFAULT_RRF_K,
-    Fused,
-    convex_fusion,
-    reciprocal_rank_fusion,
-)
 from chatwright.retrieval.index import (
     DEFAULT_FUSION,
     FLOORS,
@@ -20,7 +14,12 @@ from chatwright.retrieval.index import (
     SearchIndex,
     default_weights,
 )
-from chatwright.retrieval.schema import m003_retrieval
+from chatwright.search.fusion import (
+    DEFAULT_RRF_K,
+    Fused,
+    convex_fusion,
+    reciprocal_rank_fusion,
+)
 
 __all__ = [
     "DEFAULT_FUSION",
@@ -32,6 +31,5 @@ __all__ = [
     "SearchIndex",
     "convex_fusion",
     "default_weights",
-    "m003_retrieval",
     "reciprocal_rank_fusion",
 ]

@@ -9,7 +9,6 @@ in meaning (cosine >= ``min_similarity``), so unrelated turns are never pushed i
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 
@@ -60,12 +59,8 @@ class ThreadRecall:
             return 0
         namespace, uid = found
         if uid not in self._through:
-            with self.index._lock:
-                row = self.index.db.execute(
-                    "SELECT metadata FROM chunks WHERE namespace = ? ORDER BY key DESC LIMIT 1",
-                    (namespace,),
-                ).fetchone()
-            self._through[uid] = json.loads(row[0])["last_seq"] if row else 0
+            last = self.index.chunks.last(namespace)
+            self._through[uid] = int(last.metadata["last_seq"]) if last else 0
         return self._through[uid]
 
     def index_turns(self, owner: str, thread_id: str, turns: Sequence[Turn]) -> int:

@@ -1,9 +1,8 @@
 """Build :class:`CollectionProfile` objects from the search index, cheaply and kept current.
 
 A profile holds the embedding of the collection's description (cached by text) and the
-normalized mean of its chunks' stored vectors (cached per namespace, keyed by the namespace's
-``chunk_namespaces.version``, which triggers bump on every write): unchanged collections cost
-one small query, a changed one is re-read.
+normalized mean of its chunks' stored vectors (``ChunkIndex.centroid``: the store caches it per
+namespace and recomputes it only after a write), so unchanged collections cost one small query.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import dataclasses
 import threading
 import weakref
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,12 +26,10 @@ __all__ = ["ProfileCache", "build_profiles"]
 
 
 class ProfileCache:
-    """Description embeddings by (embedder, text); centroids by (namespace, version)."""
+    """Description embeddings by (embedder, text)."""
 
     def __init__(self) -> None:
         self.descriptions: dict[tuple[str, str], np.ndarray] = {}
-        self.centroids: dict[str, tuple[int, np.ndarray | None, int]] = {}
-        self.centroid_reads = 0  # how many times vectors were read (for tests)
         self._lock = threading.Lock()
 
     def description_vector(self, embedder: Embedder | None, text: str) -> np.ndarray | None:
@@ -44,37 +40,6 @@ class ProfileCache:
             if key not in self.descriptions:
                 self.descriptions[key] = np.asarray(embedder.embed([text])[0], dtype=np.float32)
             return self.descriptions[key]
-
-    def centroid(self, index: SearchIndex, namespace: str) -> tuple[np.ndarray | None, int]:
-        """(normalized mean vector or None, how many vectors) of ``namespace``'s chunks."""
-        lock: Any = getattr(index, "_lock", None) or nullcontext()
-        with lock:
-            row = index.db.execute(
-                "SELECT version FROM chunk_namespaces WHERE namespace = ?", (namespace,)
-            ).fetchone()
-            version = row[0] if row else 0
-            cached = self.centroids.get(namespace)
-            if cached is not None and cached[0] == version:
-                return cached[1], cached[2]
-            total: np.ndarray | None = None
-            count = 0
-            for (blob,) in index.db.execute(
-                "SELECT vector FROM chunks WHERE namespace = ? AND vector IS NOT NULL",
-                (namespace,),
-            ):
-                v = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
-                if total is None:
-                    total = np.zeros_like(v)
-                if v.shape == total.shape:
-                    total += v
-                    count += 1
-            self.centroid_reads += 1
-        centroid = None
-        if total is not None and count:
-            norm = float(np.linalg.norm(total))
-            centroid = total / norm if norm > 0 else None
-        self.centroids[namespace] = (version, centroid, count)
-        return centroid, count
 
 
 _CACHES: weakref.WeakKeyDictionary[Any, ProfileCache] = weakref.WeakKeyDictionary()
@@ -98,7 +63,7 @@ def build_profiles(
     profiles = []
     for info in collections:
         notes: list[str] = []
-        centroid, count = cache.centroid(index, info.namespace)
+        centroid, count = index.chunks.centroid(info.namespace)
         description = info.description or ""
         dvec = cache.description_vector(embedder, description)
         if dvec is not None and centroid is not None and dvec.shape != centroid.shape:

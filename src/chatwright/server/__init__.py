@@ -12,7 +12,8 @@ Design, module by module:
 - ``turns.py``: a turn runs in its own task, independent of the HTTP connection; ``events.py``
   turns its events into Server-Sent Events (the format: docs/api.md).
 - ``openai_compat.py``: ``/v1/models`` and ``/v1/chat/completions`` for OpenAI clients.
-- ``jobs.py``: uploads are ingested by a worker thread; the loop never waits for it.
+- ``jobs.py``: uploads are queued in the database and ingested by a worker thread of any
+  replica; the loop never waits for it.
 - ``auth.py``: API keys (stored hashed) or, on loopback without keys, the local user.
 - ``middleware.py``: body limits (413/415) and security headers; ``errors.py``: JSON errors.
 - ``command.py``: ``chatwright serve``, ``users`` and ``keys``.

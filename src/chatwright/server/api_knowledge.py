@@ -1,8 +1,9 @@
 """``/api/collections`` and ``/api/jobs``: named document collections, uploads, ingest jobs.
 
-An upload (multipart, field ``files``, one or more) is staged and ingested by a background job
-(``jobs.py``); the answer is 202 with the job's id at once. Collection names are per user: a
-name another user has is simply not one of yours (404).
+An upload (multipart, field ``files``, one or more) is stored with a background job in the
+database and ingested by a worker of any replica (``jobs.py``); the answer is 202 with the job's
+id at once. Collection names are per user: a name another user has is simply not one of yours
+(404).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi import APIRouter, File, Path, Response, UploadFile
 
 from chatwright.server.deps import CurrentUser, State
 from chatwright.server.errors import ApiError, SafeJSONResponse
-from chatwright.server.jobs import stage_files
+from chatwright.server.jobs import job_json, stage_files
 from chatwright.server.schemas import (
     BODY_ERRORS,
     MAX_INT,
@@ -142,15 +143,11 @@ def upload_documents(
     """Upload files (txt, md, html, pdf, docx) to ingest in the background: 202 and a job to
     poll at ``GET /api/jobs/{job_id}``."""
     _collection(state, user.user, name)
-    ingestor = state.ingestor(user.user)  # before anything is staged: it may refuse
+    state.ingestor(user.user)  # before anything is staged: it may refuse
     staged = stage_files([(f.filename, f.file) for f in files])
-    try:
-        job = state.jobs.submit(user.user, name, staged, lambda: ingestor)
-    except BaseException:
-        staged.cleanup()
-        raise
+    job = state.jobs.submit(user.user, name, staged)  # deletes the staged files, come what may
     response.headers["Location"] = f"/api/jobs/{job.id}"
-    return {**job.to_json(), "job_id": job.id}
+    return {**job_json(job), "job_id": job.id}
 
 
 @router.delete("/collections/{name}/documents/{doc_id}", status_code=204, responses=NOT_FOUND)
@@ -171,8 +168,8 @@ def delete_document(name: Name, doc_id: DocumentId, user: CurrentUser, state: St
 
 @router.get("/jobs", tags=["jobs"])
 def list_jobs(user: CurrentUser, state: State) -> dict[str, list[JobOut]]:
-    """Your ingest jobs since the server started, newest first."""
-    return {"jobs": [JobOut(**j.to_json()) for j in state.jobs.list(user.user)]}
+    """Your newest ingest jobs (50 at most), newest first."""
+    return {"jobs": [JobOut(**job_json(j)) for j in state.jobs.list(user.user)]}
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=JobOut, responses=NOT_FOUND)
@@ -183,7 +180,7 @@ def get_job(job_id: str, user: CurrentUser, state: State) -> Any:
         raise ApiError(
             404,
             f"job {job_id!r} not found",
-            hint="jobs are kept in memory until the server restarts; list yours at GET /api/jobs",
+            hint="the newest 500 finished jobs of each user are kept; list yours at GET /api/jobs",
             type="not_found",
         )
-    return job.to_json()
+    return job_json(job)

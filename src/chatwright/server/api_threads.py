@@ -10,15 +10,25 @@ per user, so another user's thread of the same id is simply a different thread.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from itertools import islice
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 
 from chatwright.export import thread_to_json, thread_to_markdown
 from chatwright.server.deps import CurrentUser, State
 from chatwright.server.errors import ApiError, SafeJSONResponse
-from chatwright.server.events import TurnStream, answer_json, error_json, error_status
+from chatwright.server.events import (
+    Framed,
+    ResumeStream,
+    TurnFailed,
+    TurnStream,
+    answer_json,
+    error_json,
+    error_status,
+)
 from chatwright.server.schemas import (
     BODY_ERRORS,
     MAX_INT,
@@ -37,8 +47,9 @@ from chatwright.server.schemas import (
     TraceOut,
     errors,
 )
-from chatwright.server.turns import TurnFailed, TurnRun
-from chatwright.store import StoredMessage, ThreadInfo
+from chatwright.server.turns import TurnRun
+from chatwright.store import Store, StoredMessage, ThreadInfo
+from chatwright.store.base import StreamInfo
 from chatwright.store.sqlite import check_thread_id
 from chatwright.types import TurnEnd, _jsonable
 
@@ -229,8 +240,9 @@ async def send_message(
     first = await run.batch()
     if not first:  # a turn always ends with TurnEnd or TurnFailed: a bug if not
         raise ApiError(500, "the turn ended without an answer", hint="see the server's log")
-    if isinstance(first[0], TurnFailed):
-        raise _as_error(first[0])
+    head = first[0].item if isinstance(first[0], Framed) else first[0]
+    if isinstance(head, TurnFailed):
+        raise _as_error(head)
     return TurnStream(run, first, ping_s=PING_S)
 
 
@@ -254,29 +266,59 @@ def _as_error(failed: TurnFailed) -> ApiError:
 
 
 @router.get("/threads/{thread_id}/approvals", response_model=PendingApprovals)
-def pending_approvals(thread_id: ThreadId, user: CurrentUser, state: State) -> dict[str, Any]:
-    """Tool calls of a running turn waiting for your answer (with what each asks)."""
-    requests = state.approvals.requests(user.user, thread_id)
+async def pending_approvals(thread_id: ThreadId, user: CurrentUser, state: State) -> dict[str, Any]:
+    """Tool calls of a running turn waiting for your answer (with what each asks), whichever
+    replica runs it."""
     calls = [
         {
             **r.call.model_dump(include={"id", "name", "arguments"}),
             "reason": r.reason,
             "description": r.description,
         }
-        for r in requests
+        for r in state.approvals.requests(user.user, thread_id)
     ]
-    return {
-        "thread_id": thread_id,
-        "pending": state.approvals.pending(user.user, thread_id),
-        "calls": calls,
-    }
+    pending = state.approvals.pending(user.user, thread_id)
+    for stream in await _remote_streams(state, user.user, thread_id):
+        waiting = await asyncio.to_thread(_waiting_calls, state.store, stream.id)
+        pending += list(waiting)
+        calls += [
+            {**data["call"], "reason": data.get("reason"), "description": data.get("description")}
+            for data in waiting.values()
+        ]
+    return {"thread_id": thread_id, "pending": pending, "calls": calls}
+
+
+async def _remote_streams(state: Any, owner: str, thread_id: str) -> list[StreamInfo]:
+    """The thread's running turns on other replicas (from the store)."""
+    streams = await asyncio.to_thread(state.store.streams.running, owner, thread_id)
+    return [s for s in streams if s.replica != state.turns.replica]
+
+
+def _waiting_calls(store: Store, stream_id: str) -> dict[str, dict[str, Any]]:
+    """The calls of a recorded stream that asked for approval and have no result yet."""
+    waiting: dict[str, dict[str, Any]] = {}
+    after = 0
+    while rows := store.streams.events(stream_id, after):
+        after = rows[-1][0]
+        for _, name, data in rows:
+            if name == "approval_needed":
+                payload = json.loads(data)
+                waiting[payload["call"]["id"]] = payload
+            elif name == "tool_result":
+                waiting.pop(json.loads(data)["result"]["tool_call_id"], None)
+    return waiting
 
 
 @router.post("/threads/{thread_id}/cancel", response_model=Cancelled)
 async def cancel_turn(thread_id: ThreadId, user: CurrentUser, state: State) -> dict[str, Any]:
-    """Stop the running turn of this thread, if any: what was streamed so far is stored,
-    marked interrupted. (A client that only disconnects does not stop a turn.)"""
-    return {"thread_id": thread_id, "cancelled": state.turns.cancel(user.user, thread_id)}
+    """Stop the running turn of this thread, if any, whichever replica runs it: what was
+    streamed so far is stored, marked interrupted. (A client that only disconnects does not
+    stop a turn.)"""
+    cancelled = state.turns.cancel(user.user, thread_id)
+    for stream in await _remote_streams(state, user.user, thread_id):
+        await asyncio.to_thread(state.store.streams.signal, stream.id, "cancel")
+        cancelled += 1
+    return {"thread_id": thread_id, "cancelled": cancelled}
 
 
 @router.post(
@@ -287,8 +329,11 @@ async def cancel_turn(thread_id: ThreadId, user: CurrentUser, state: State) -> d
 async def answer_approval(
     thread_id: ThreadId, call_id: str, body: ApprovalAnswer, user: CurrentUser, state: State
 ) -> dict[str, Any]:
-    """Approve or refuse a tool call that a running turn is waiting on."""
-    if not state.approvals.resolve((user.user, thread_id, call_id), body.approved):
+    """Approve or refuse a tool call that a running turn is waiting on, whichever replica
+    runs it."""
+    if not state.approvals.resolve(
+        (user.user, thread_id, call_id), body.approved
+    ) and not await _signal_approval(state, user.user, thread_id, call_id, body.approved):
         raise ApiError(
             404,
             f"no tool call {call_id!r} is waiting for approval in thread {thread_id!r}",
@@ -296,3 +341,62 @@ async def answer_approval(
             type="not_found",
         )
     return {"thread_id": thread_id, "call_id": call_id, "approved": body.approved}
+
+
+async def _signal_approval(
+    state: Any, owner: str, thread_id: str, call_id: str, approved: bool
+) -> bool:
+    """Leave the answer for the replica whose turn waits on ``call_id``; False if none does."""
+    for stream in await _remote_streams(state, owner, thread_id):
+        if call_id in await asyncio.to_thread(_waiting_calls, state.store, stream.id):
+            await asyncio.to_thread(
+                state.store.streams.signal, stream.id, "approval", call_id, approved
+            )
+            return True
+    return False
+
+
+@router.get(
+    "/threads/{thread_id}/stream",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "see docs/api.md"},
+        **errors(400, 404),
+    },
+)
+async def resume_stream(
+    thread_id: ThreadId,
+    user: CurrentUser,
+    state: State,
+    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
+    stream: Annotated[str | None, Query(max_length=100)] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+) -> Any:
+    """Resume a turn's event stream, on any replica: the events after ``Last-Event-ID``
+    (``<stream>:<seq>``, as each event's ``id:`` says), or after ``?stream=&after=``, or the
+    thread's latest turn from the start; then the rest as it comes, until the turn ends."""
+    if last_event_id:
+        stream, _, seq = last_event_id.rpartition(":")
+        if not stream or not seq.isdigit():
+            raise ApiError(
+                400,
+                f"invalid Last-Event-ID {last_event_id[:60]!r}",
+                hint="send the id of the last event received: <stream>:<seq>",
+                type="invalid_request",
+            )
+        after = int(seq)
+    streams = state.store.streams
+    found = await asyncio.to_thread(
+        streams.get if stream else streams.latest,
+        *((user.user, thread_id, stream) if stream else (user.user, thread_id)),
+    )
+    if found is None:
+        raise ApiError(
+            404,
+            f"no recorded turn {'stream ' + repr(stream) + ' ' if stream else ''}"
+            f"in thread {thread_id!r}",
+            hint="streams are kept for an hour after their turn ends; read the thread's "
+            "messages instead",
+            type="not_found",
+        )
+    stale_s = state.settings.server.replica_stale_s
+    return ResumeStream(state.store, found, after, ping_s=PING_S, stale_s=stale_s)

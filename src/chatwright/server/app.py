@@ -32,7 +32,7 @@ from chatwright.server.errors import SafeJSONResponse, allowed_methods, install_
 from chatwright.server.middleware import Guard, LimitBody, SecurityHeaders
 from chatwright.server.state import ServerState, build_bots
 from chatwright.server.web import STATIC_DIR, mount_web_page
-from chatwright.store import SQLiteStore
+from chatwright.store import Store, open_store
 
 __all__ = ["create_app"]
 
@@ -50,7 +50,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     host: str | None = None,
-    store: SQLiteStore | None = None,
+    store: Store | None = None,
     bots: Mapping[str, Chatbot] | None = None,
     static_dir: Path = STATIC_DIR,
 ) -> FastAPI:
@@ -62,8 +62,7 @@ def create_app(
     host = host or settings.server.host
     owns_store = store is None and bots is None
     if store is None:
-        store = next(iter(bots.values())).store if bots else SQLiteStore(settings.db_path)
-    assert isinstance(store, SQLiteStore), "the server runs on a SQLiteStore"
+        store = next(iter(bots.values())).store if bots else open_store(settings)
     built = dict(bots) if bots else build_bots(settings, store)
     auth = Authenticator(
         store, mode=settings.server.auth, local_user=settings.user, loopback=is_loopback(host)
@@ -113,6 +112,7 @@ def _add_middleware(app: FastAPI, settings: Settings, auth: Authenticator) -> No
 def _lifespan(state: ServerState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.jobs.start()  # and jobs queued before, here or by a replica gone
         preload = None
         if state.settings.server.preload:
             preload = asyncio.get_running_loop().run_in_executor(None, _preload, state)

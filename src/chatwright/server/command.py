@@ -25,7 +25,7 @@ from rich.table import Table
 from chatwright import __version__
 from chatwright._cliutil import ConfigOpt, DataDirOpt, UserOpt, err, handles_errors, out
 from chatwright.config import load_settings
-from chatwright.store import SQLiteStore
+from chatwright.store import Store, open_store
 
 __all__ = ["keys_app", "missing_server_extra", "register", "serve", "users_app"]
 
@@ -52,9 +52,9 @@ def register(app: typer.Typer) -> None:
 
 
 @contextmanager
-def _store(data_dir: Path | None, config: Path | None) -> Iterator[SQLiteStore]:
+def _store(data_dir: Path | None, config: Path | None) -> Iterator[Store]:
     settings = load_settings(config, data_dir=data_dir)
-    store = SQLiteStore(settings.db_path)
+    store = open_store(settings)
     try:
         yield store
     finally:
@@ -121,7 +121,7 @@ def serve(
     settings = load_settings(config, model=model, data_dir=data_dir, user=user)
     host = host or settings.server.host
     port = settings.server.port if port is None else port
-    store = SQLiteStore(settings.db_path)
+    store = open_store(settings)
     try:
         check_exposure(settings.server.auth, host, store)
         keys = store.has_api_keys()
@@ -130,7 +130,7 @@ def serve(
     app = create_app(settings, host=host)
     state = app.state.chatwright
     shown = f"[{host}]" if ":" in host else host
-    err.print(f"chatwright {__version__} · http://{shown}:{port} · data {settings.data_dir}")
+    err.print(f"chatwright {__version__} · http://{shown}:{port} · data {state.store.location}")
     err.print(
         "bots: "
         + ", ".join(f"{n} ({b.model.name})" for n, b in state.bots.items())

@@ -1,47 +1,67 @@
-"""Document ingest as background jobs: an upload returns at once, a worker thread ingests.
+"""Document ingest as durable background jobs: an upload returns at once, and a worker of any
+replica ingests it.
 
-``POST /api/collections/{name}/documents`` stages the uploaded files in a temporary
-directory (``uploads/<original file name>``, so a document's source is
-``uploads/report.pdf``: uploading a file of the same name again updates that document) and
-queues a :class:`Job`. One worker thread runs jobs in turn with the ordinary
-:class:`~chatwright.ingest.Ingestor`; the event loop never waits for parsing or embedding.
-A job's progress (files done of total, the current file) is read by ``GET /api/jobs/{id}``.
-Files that cannot be read (unsupported type, malformed, empty) are listed in the job's
-``errors`` with the reason; the others are ingested. A job where no file could be read is
-``failed``.
+``POST /api/collections/{name}/documents`` stages the uploaded files (:func:`stage_files`:
+usable names only, each once), then :meth:`Jobs.submit` stores them with the job in the
+store's job queue (``store.jobs``, :class:`~chatwright.store.base.JobQueue`) and deletes the
+staging directory: replicas share the database, not a disk. Each server process runs
+``[server] ingest_workers`` worker threads. A worker claims the next job (fair between users:
+the oldest queued job of the user with the fewest running jobs, so one user's twenty uploads
+do not hold up another's one), writes its files into a temporary ``uploads/`` directory (a
+document's source is ``uploads/report.pdf``: uploading a file of that name again updates that
+document) and runs the ordinary :class:`~chatwright.ingest.Ingestor`, one transaction per
+document; the event loop never waits for parsing or embedding. A heartbeat thread writes the
+job's progress (files done of total, the current file) as it changes and every
+``heartbeat_s`` even while one long document is embedding, so ``GET /api/jobs/{id}`` on any
+replica shows it live. Files that cannot be read (unsupported type, malformed, empty) are
+listed in the job's ``errors`` with the reason; the others are ingested. A job where no file
+could be read is ``failed``.
 
-Jobs live in memory: a restart forgets finished ones (their documents stay, of course). At
-shutdown, the running job stops after the document it is writing (each document is one
-transaction) and queued ones are dropped.
+A job outlives the process running it. At shutdown a worker stops after the document it is
+writing and puts the job back in the queue. A worker that crashed stops beating: after
+``stale_after_s`` a worker of any replica (or of this one, restarted) takes the job over, and
+as ingest is idempotent (documents already written are found unchanged by their hash) it
+resumes where the other stopped. A job abandoned ``max_attempts`` times fails. The store keeps
+the newest 500 finished jobs of each user; their documents stay, of course.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Literal
+from types import TracebackType
+from typing import Any, BinaryIO
 
 from chatwright.errors import ChatwrightError, UserError
 from chatwright.ingest.pipeline import Ingestor, IngestReport, Progress
+from chatwright.store.base import JobInfo, JobQueue, Store
 
-__all__ = ["Job", "Jobs", "Staged", "safe_file_name", "stage_files"]
+__all__ = ["Jobs", "Staged", "job_json", "safe_file_name", "stage_files"]
 
 log = logging.getLogger("chatwright.server")
 
 UPLOAD_DIR = "uploads"  # the staged files' parent: sources are "uploads/<file name>"
-_KEPT = 500  # finished jobs remembered
+INGEST = "ingest"  # the kind of job this module queues and runs
+_COALESCE_S = 0.2  # progress written at most this often (a burst of small files)
+# How a job ended: (state, report, errors). A module-level alias: inside `Jobs`, whose method
+# `list` shadows the builtin, `list[...]` would not name the type.
+Outcome = tuple[str, dict[str, Any], list[dict[str, str]]]
 
 
 class _Stopped(Exception):
     """Raised from the progress callback to stop a job at shutdown."""
+
+
+class _Lost(Exception):
+    """Raised from the progress callback when the job is no longer this worker's."""
 
 
 def safe_file_name(name: str | None) -> str | None:
@@ -93,32 +113,30 @@ def stage_files(files: list[tuple[str | None, BinaryIO]]) -> Staged:
     return staged
 
 
-Status = Literal["queued", "running", "done", "failed"]
+def job_json(job: JobInfo) -> dict[str, Any]:
+    """The job as ``GET /api/jobs/{id}`` shows it (``JobOut``)."""
+    payload, progress, result = job.payload, job.progress, job.result
+    total = int(payload.get("total", 0))
+    written = result.get("chunks_added", 0) + result.get("chunks_reused", 0)
+    return {
+        "id": job.id,
+        "collection": payload.get("collection", ""),
+        "files": payload.get("files", []),
+        "total": total,
+        "status": job.state,
+        "done": total if result else progress.get("done", 0),
+        "current": progress.get("current") if job.state == "running" else None,
+        "chunks": written if result else progress.get("chunks", 0),
+        "report": result or None,
+        "errors": [_error(e) for e in (*payload.get("refused", ()), *job.errors)],
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
 
 
-@dataclass
-class Job:
-    """One ingest job, as ``GET /api/jobs/{id}`` shows it."""
-
-    id: str
-    owner: str
-    collection: str
-    files: list[str]
-    total: int
-    status: Status = "queued"
-    done: int = 0
-    current: str | None = None
-    chunks: int = 0
-    report: dict[str, Any] | None = None
-    errors: list[dict[str, str]] = field(default_factory=list)
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("owner")
-        return data
+def _error(error: Mapping[str, Any]) -> dict[str, str]:
+    return {"file": str(error.get("file", "")), "reason": str(error.get("reason", ""))}
 
 
 def report_json(report: IngestReport) -> dict[str, Any]:
@@ -137,97 +155,230 @@ def report_json(report: IngestReport) -> dict[str, Any]:
 
 
 class Jobs:
-    """The job list and the worker thread that runs them, one at a time."""
+    """Queues uploads in the store and runs this process's worker threads.
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatwright-ingest")
-        self._jobs: dict[str, Job] = {}
+    ``ingestor(owner)`` gives the :class:`Ingestor` for a job's owner. The timings are class
+    attributes (tests shorten them): a worker beats every ``heartbeat_s``; a job whose worker
+    has not beaten for ``stale_after_s`` is taken over; an idle worker looks for work every
+    ``poll_s`` (at once for jobs submitted here).
+    """
+
+    heartbeat_s = 2.0
+    stale_after_s = 30.0
+    poll_s = 0.5
+    max_attempts = 3
+
+    def __init__(
+        self, store: Store, ingestor: Callable[[str], Ingestor], *, workers: int = 1
+    ) -> None:
+        self.store = store
+        self._ingestor = ingestor
+        self.workers = workers
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._wake = threading.Event()
 
-    def submit(
-        self, owner: str, collection: str, staged: Staged, ingestor: Callable[[], Ingestor]
-    ) -> Job:
-        if self._stopping.is_set():
-            staged.cleanup()
-            raise UserError("the server is shutting down", hint="upload again later")
-        names = [p.name for p in staged.paths]
-        job = Job(
-            id="job_" + uuid.uuid4().hex[:16],
-            owner=owner,
-            collection=collection,
-            files=names + [e["file"] for e in staged.errors],
-            total=len(names),
-            errors=list(staged.errors),
-        )
+    @property
+    def queue(self) -> JobQueue:
+        return self.store.jobs
+
+    def start(self) -> None:
+        """Start the worker threads (once; not after :meth:`shutdown`)."""
         with self._lock:
-            self._jobs[job.id] = job
-            self._prune()
-        self._pool.submit(self._run, job, staged, ingestor)
-        return job
+            if self._threads or self._stopping.is_set():
+                return
+            for n in range(self.workers):
+                worker = f"{self.name}/{n}"
+                thread = threading.Thread(
+                    target=self._work, args=(worker,), name=f"chatwright-ingest-{n}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
 
-    def get(self, owner: str, job_id: str) -> Job | None:
-        """The job, if it is ``owner``'s (another user's job is not found)."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-        return job if job is not None and job.owner == owner else None
-
-    def list(self, owner: str) -> list[Job]:
-        with self._lock:
-            return [j for j in reversed(self._jobs.values()) if j.owner == owner]
-
-    def _prune(self) -> None:
-        finished = [j.id for j in self._jobs.values() if j.finished_at is not None]
-        for job_id in finished[: max(0, len(finished) - _KEPT)]:
-            del self._jobs[job_id]
-
-    def _run(self, job: Job, staged: Staged, ingestor: Callable[[], Ingestor]) -> None:
+    def submit(self, owner: str, collection: str, staged: Staged) -> JobInfo:
+        """Queue the staged files (stored with the job; the staging directory is deleted)."""
         try:
             if self._stopping.is_set():
-                raise _Stopped
-            job.status, job.started_at = "running", time.time()
-            job.current = staged.paths[0].name if staged.paths else None
-            if not staged.paths:
-                job.status = "failed"
-                return
-            report = ingestor().ingest(
-                [str(p) for p in staged.paths],
-                job.collection,
-                progress=self._progress(job),
-                literal=True,  # uploaded names are names, not patterns
-            )
-            job.report = report_json(report)
-            job.errors += [{"file": Path(s.path).name, "reason": s.reason} for s in report.skipped]
-            job.status = "done" if report.read else "failed"
-            job.done = job.total
-        except _Stopped:
-            job.status = "failed"
-            job.errors.append({"file": job.current or "", "reason": "the server shut down"})
-        except ChatwrightError as e:
-            job.status = "failed"
-            reason = f"{e.message} (hint: {e.hint})" if e.hint else e.message
-            job.errors.append({"file": job.current or "", "reason": reason})
-        except Exception as e:
-            log.error("ingest job %s failed", job.id, exc_info=e)
-            job.status = "failed"
-            job.errors.append({"file": job.current or "", "reason": f"internal error: {e}"})
+                raise UserError("the server is shutting down", hint="upload again later")
+            files = [(path.name, path.read_bytes()) for path in staged.paths]
         finally:
-            job.current = None
-            job.finished_at = time.time()
             staged.cleanup()
+        payload = {
+            "collection": collection,
+            "files": [name for name, _ in files] + [e["file"] for e in staged.errors],
+            "total": len(files),
+            "refused": staged.errors,
+        }
+        job = self.queue.enqueue(owner, INGEST, payload, files)
+        self.start()
+        self._wake.set()
+        return job
 
-    def _progress(self, job: Job) -> Callable[[Progress], None]:
+    def get(self, owner: str, job_id: str) -> JobInfo | None:
+        """The job, if it is ``owner``'s (another user's job is not found)."""
+        return self.queue.get(owner, job_id)
+
+    def list(self, owner: str) -> list[JobInfo]:
+        return self.queue.list(owner)
+
+    def shutdown(self) -> None:
+        """Stop: running jobs after their current document, back in the queue."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join()
+
+    # -- the workers ------------------------------------------------------------------------
+    def _work(self, worker: str) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self.queue.claim(
+                    worker, stale_after_s=self.stale_after_s, max_attempts=self.max_attempts
+                )
+            except Exception as e:  # the database is away: try again later
+                log.warning("cannot take an ingest job: %s", e)
+                self._stopping.wait(self.heartbeat_s)
+                continue
+            if job is None:
+                if self._wake.wait(self.poll_s):
+                    self._wake.clear()
+                continue
+            if self._stopping.is_set():  # claimed as the shutdown began
+                self._release(job, worker)
+                return
+            if job.attempts > 1:
+                log.info("taking over ingest job %s (attempt %d)", job.id, job.attempts)
+            self._run(job, worker)
+
+    def _run(self, job: JobInfo, worker: str) -> None:
+        beat = _Heartbeat(self.queue, job.id, worker, self.heartbeat_s)
+        try:
+            with beat, tempfile.TemporaryDirectory(prefix="chatwright-job-") as root:
+                outcome = self._ingest(job, Path(root), beat)
+        except _Stopped:
+            self._release(job, worker)
+            return
+        except _Lost:
+            log.warning("ingest job %s was taken over by another worker", job.id)
+            return
+        except Exception as e:
+            outcome = _failure(job.id, beat.current, e)
+        try:
+            if not self.queue.finish(job.id, worker, *outcome):
+                log.warning("ingest job %s was taken over before it finished here", job.id)
+        except Exception as e:  # it goes stale, and is run again (ingest is idempotent)
+            log.error("cannot record the end of ingest job %s: %s", job.id, e)
+
+    def _release(self, job: JobInfo, worker: str) -> None:
+        try:
+            self.queue.release(job.id, worker)
+            log.info("ingest job %s stopped by the shutdown; queued again", job.id)
+        except Exception as e:  # it goes stale, and is taken over
+            log.warning("cannot queue ingest job %s again: %s", job.id, e)
+
+    def _ingest(self, job: JobInfo, root: Path, beat: _Heartbeat) -> Outcome:
+        """Ingest the job's files: (state, report, errors)."""
+        if job.kind != INGEST:
+            return "failed", {}, [{"file": "", "reason": f"unknown kind of job {job.kind!r}"}]
+        folder = root / UPLOAD_DIR
+        folder.mkdir()
+        paths = []
+        for name, data in self.queue.files(job.id):
+            if safe_file_name(name) != name:  # staged names are safe; a row may not be
+                continue
+            (folder / name).write_bytes(data)
+            paths.append(folder / name)
+        if not paths:
+            return "failed", {}, []
+        beat.update(current=paths[0].name)
+        report = self._ingestor(job.owner).ingest(
+            [str(p) for p in paths],
+            job.payload["collection"],
+            progress=self._progress(beat, len(paths)),
+            literal=True,  # uploaded names are names, not patterns
+        )
+        errors = [{"file": Path(s.path).name, "reason": s.reason} for s in report.skipped]
+        return ("done" if report.read else "failed"), report_json(report), errors
+
+    def _progress(self, beat: _Heartbeat, total: int) -> Callable[[Progress], None]:
         def tell(event: Progress) -> None:
             # files refused before reading (unsupported type) count as handled from the start
-            job.done = event.done + max(0, job.total - event.total)
-            job.chunks = event.chunks
-            job.current = Path(event.path).name
+            done = event.done + max(0, total - event.total)
+            beat.update(done=done, chunks=event.chunks, current=Path(event.path).name)
             if self._stopping.is_set():
                 raise _Stopped
+            if beat.lost:
+                raise _Lost
 
         return tell
 
-    def shutdown(self) -> None:
-        """Stop after the current document; drop queued jobs; wait for the worker."""
-        self._stopping.set()
-        self._pool.shutdown(wait=True)  # queued jobs see the flag and fail at once
+
+def _failure(job_id: str, file: str, error: Exception) -> Outcome:
+    """The outcome of a job that ``error`` stopped while on ``file``."""
+    if isinstance(error, ChatwrightError):
+        reason = f"{error.message} (hint: {error.hint})" if error.hint else error.message
+    else:
+        log.error("ingest job %s failed", job_id, exc_info=error)
+        reason = f"internal error: {error}"
+    return "failed", {}, [{"file": file, "reason": reason}]
+
+
+class _Heartbeat:
+    """``with beat:`` — a thread that writes the job's progress when it changes (at most every
+    ``_COALESCE_S``) and a heartbeat at least every ``every`` seconds; ``lost`` once the job
+    is no longer this worker's."""
+
+    def __init__(self, queue: JobQueue, job_id: str, worker: str, every: float) -> None:
+        self.queue = queue
+        self.job_id = job_id
+        self.worker = worker
+        self.every = every
+        self.progress: dict[str, Any] = {"done": 0, "chunks": 0, "current": None}
+        self.lost = False
+        self._changed = threading.Event()
+        self._over = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"chatwright-heartbeat-{job_id}", daemon=True
+        )
+
+    @property
+    def current(self) -> str:
+        return str(self.progress.get("current") or "")
+
+    def update(self, **progress: Any) -> None:
+        self.progress = {**self.progress, **progress}
+        self._changed.set()
+
+    def _beat(self) -> None:
+        while not self._over.is_set():
+            self._changed.wait(self.every)
+            self._changed.clear()
+            if self._over.is_set():
+                return
+            try:
+                alive = self.queue.heartbeat(self.job_id, self.worker, self.progress)
+            except Exception as e:  # a passing database error: the next beat may do
+                log.warning("cannot record the progress of ingest job %s: %s", self.job_id, e)
+                continue
+            if not alive:
+                self.lost = True
+                return
+            self._over.wait(_COALESCE_S)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._over.set()
+        self._changed.set()
+        self._thread.join()

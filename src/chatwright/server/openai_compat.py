@@ -45,10 +45,9 @@ from chatwright.server.errors import (
     to_json,
     type_of,
 )
-from chatwright.server.events import error_json, error_status
+from chatwright.server.events import TurnFailed, error_json, error_status
 from chatwright.server.schemas import BODY_ERRORS, OpenAIErrorOut, errors
 from chatwright.server.state import ServerState
-from chatwright.server.turns import TurnFailed
 from chatwright.store.sqlite import check_thread_id
 from chatwright.types import Message, TextDelta, TurnEnd, _jsonable, from_openai
 

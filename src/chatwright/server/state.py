@@ -24,7 +24,7 @@ from chatwright.server.auth import Authenticator
 from chatwright.server.errors import ApiError
 from chatwright.server.jobs import Jobs
 from chatwright.server.turns import Approvals, Turns
-from chatwright.store import SQLiteStore
+from chatwright.store import Store
 
 __all__ = ["ServerState", "bot_settings", "build_bots"]
 
@@ -45,7 +45,7 @@ def bot_settings(settings: Settings, section: BotSettings) -> Settings:
     return settings.model_copy(update=update)
 
 
-def build_bots(settings: Settings, store: SQLiteStore) -> dict[str, Chatbot]:
+def build_bots(settings: Settings, store: Store) -> dict[str, Chatbot]:
     """The default bot and every configured one, sharing ``store``."""
     default = settings.server.default_bot
     bots: dict[str, Chatbot] = {}
@@ -61,18 +61,25 @@ class ServerState:
     """Everything a request handler may need, on ``app.state.chatwright``."""
 
     settings: Settings
-    store: SQLiteStore
+    store: Store
     bots: dict[str, Chatbot]
     auth: Authenticator
     owns_store: bool = True
     approvals: Approvals = field(default_factory=Approvals)
     turns: Turns = field(init=False)
-    jobs: Jobs = field(default_factory=Jobs)
+    jobs: Jobs = field(init=False)
     _by_model: dict[str, Chatbot] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.turns = Turns(self.approvals)
+        server = self.settings.server
+        self.jobs = Jobs(self.store, self.ingestor, workers=server.ingest_workers)
+        self.turns = Turns(
+            self.approvals,
+            self.store,
+            flush_s=server.stream_flush_s,
+            heartbeat_s=server.replica_heartbeat_s,
+        )
 
     @property
     def default_name(self) -> str:
@@ -120,21 +127,13 @@ class ServerState:
             return [*self.bots.values(), *self._by_model.values()]
 
     def ingestor(self, owner: str) -> Ingestor:
-        index = self.default.index
-        if index is None:
-            raise ApiError(
-                400,
-                "documents need the SQLite store",
-                hint="run the server on the default SQLite store",
-                type="unsupported",
-            )
-        return Ingestor(self.store, index, owner, max_bytes=self.settings.server.max_upload_bytes)
+        return Ingestor(
+            self.store, self.default.index, owner, max_bytes=self.settings.server.max_upload_bytes
+        )
 
     def preload(self) -> None:
         """Load every user's collections into the default bot's search index (best effort)."""
         index = self.default.index
-        if index is None:
-            return
         owners = {self.settings.user, *(u.name for u in self.store.list_users())}
         namespaces = [
             c.namespace for owner in sorted(owners) for c in self.store.list_collections(owner)

@@ -11,6 +11,14 @@ approver it was given; :class:`Approvals` keys a future by ``(owner, thread, cal
 ``POST /api/threads/{id}/approvals/{call_id}`` resolves. The future is registered as the event
 passes through the queue, before the client can see it, so an answer that comes back at once
 still finds it. No answer within ``[tools] approval_timeout_s`` means no (the engine's rule).
+
+Several replicas (``chatwright serve`` processes on one database) behave as one server: each
+event of a turn is numbered (its SSE id is ``<stream id>:<seq>``) and the :class:`Recorder`
+writes them to the store within ``flush_s``, so a client that lost its connection resumes the
+stream on any replica (``GET /api/threads/{id}/stream`` with ``Last-Event-ID``). An approval
+or a cancel posted to another replica is left in the store as a signal, which the recorder of
+the replica running the turn takes at its next flush. A replica that dies stops
+heartbeating: a reader then marks its streams interrupted (what was stored is kept).
 """
 
 from __future__ import annotations
@@ -18,42 +26,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 from chatwright.bot import Chatbot
 from chatwright.errors import ChatwrightError
-from chatwright.server.errors import http_hint
+from chatwright.server.events import Frame, Framed, TurnFailed, frames_of
+from chatwright.store.base import Signal, Store, StreamWrite
 from chatwright.types import ApprovalRequest
 
-__all__ = ["Approvals", "TurnFailed", "TurnRun", "Turns"]
+__all__ = ["Approvals", "Recorder", "TurnFailed", "TurnRun", "Turns"]
 
 log = logging.getLogger("chatwright.server")
 
 Key = tuple[str, str, str]  # (owner, thread id, tool call id)
-
-
-@dataclass(frozen=True)
-class TurnFailed:
-    """The last item of a failed turn's queue: the error, as the client will see it."""
-
-    error: BaseException
-    message: str
-    hint: str | None = None
-
-    @classmethod
-    def of(cls, error: BaseException) -> TurnFailed:
-        if isinstance(error, ChatwrightError):
-            return cls(error, error.message, http_hint(error.hint))
-        if isinstance(error, asyncio.CancelledError):
-            return cls(error, "the server is shutting down", "send the message again later")
-        return cls(
-            error,
-            f"internal server error ({type(error).__name__})",
-            "this is a bug in chatwright: the server's log has the details",
-        )
 
 
 class _End:
@@ -128,23 +120,45 @@ class Approvals:
         return ask
 
 
+def _stream_id() -> str:
+    return "st_" + uuid.uuid4().hex[:20]
+
+
 @dataclass(eq=False)  # hashed by identity: kept in sets of running turns
 class TurnRun:
-    """One running turn: who, where, and the queue of its events."""
+    """One running turn: who, where, the queue of its events, and what of them is recorded
+    (``stream_id``, the numbered frames not yet written to the store)."""
 
     owner: str
     thread_id: str
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    stream_id: str = field(default_factory=_stream_id)
 
     ended: bool = False
     stopped: bool = False  # cancelled by the user (POST .../cancel)
+    status: str = "running"  # then done | failed | interrupted, as recorded
+    last_seq: int = 0
+    unflushed: list[Frame] = field(default_factory=list)
+
+    def record(self, item: Any) -> Framed:
+        """Number ``item``'s events after the last ones and keep them for the store."""
+        frames = frames_of(item, self.last_seq + 1)
+        if frames:
+            self.last_seq = frames[-1][0]
+            self.unflushed.extend(frames)
+        return Framed(item, frames)
+
+    def take(self) -> StreamWrite:
+        """What the store has not seen of this stream yet."""
+        frames, self.unflushed = self.unflushed, []
+        return StreamWrite(self.stream_id, self.owner, self.thread_id, frames, self.status)
 
     async def events(self) -> AsyncIterator[Any]:
         """The turn's events (and a final :class:`TurnFailed` if it failed), as they come."""
         while (items := await self.batch()) is not None:
             for item in items:
-                yield item
+                yield item.item if isinstance(item, Framed) else item
 
     async def batch(self) -> list[Any] | None:
         """The next events: waits for one, then takes all that are ready too (a reader that
@@ -170,13 +184,140 @@ class TurnRun:
         self.queue.put_nowait(_WAKE)
 
 
-class Turns:
-    """Starts turns as tasks, keeps them alive, and lets them finish at shutdown."""
+class Recorder:
+    """Writes the streams of the turns this replica runs to the store, and takes the signals
+    other replicas leave for them (see ``StreamLog``).
 
-    def __init__(self, approvals: Approvals) -> None:
+    One task per replica, alive while it runs turns: every ``flush_s`` (at once for an
+    approval request or a turn's end) it writes what is new of every running stream in one
+    transaction, which also tells the store this replica lives (at least every
+    ``heartbeat_s``); then it takes the signals for its streams and hands them to ``apply``.
+    A store that fails is logged and retried; the turn itself never waits for the store here.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        apply: Callable[[TurnRun, Signal], None],
+        *,
+        flush_s: float = 0.1,
+        heartbeat_s: float = 2.0,
+        keep_s: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.apply = apply
+        self.flush_s = flush_s
+        self.heartbeat_s = heartbeat_s
+        self.keep_s = keep_s
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.runs: dict[str, TurnRun] = {}
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._written = 0.0
+        self._pruned = 0.0
+
+    def add(self, run: TurnRun) -> None:
+        self.runs[run.stream_id] = run
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._loop())
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while self.runs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_s)
+            self._wake.clear()
+            await self.flush()
+            await self._signals()
+
+    async def flush(self) -> None:
+        """Write what is new; forget the streams that ended once they are written."""
+        due = time.monotonic() - self._written >= self.heartbeat_s
+        runs = [r for r in self.runs.values() if r.unflushed or r.status != "running" or due]
+        if not runs:
+            return
+        writes = [run.take() for run in runs]
+        try:
+            await asyncio.to_thread(self.store.streams.record, self.replica, writes)
+        except Exception as e:  # the turns go on; their events are written next time
+            log.warning("could not record turn events: %s", e)
+            for run, write in zip(runs, writes, strict=True):
+                run.unflushed[:0] = write.events
+            return
+        self._written = time.monotonic()
+        for run in runs:
+            if run.status != "running" and not run.unflushed:
+                self.runs.pop(run.stream_id, None)
+        if self._written - self._pruned > 600:
+            self._pruned = self._written
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.streams.prune, time.time() - self.keep_s)
+
+    async def _signals(self) -> None:
+        try:
+            signals = await asyncio.to_thread(self.store.streams.take_signals, self.replica)
+        except Exception as e:
+            log.warning("could not read signals: %s", e)
+            return
+        for signal in signals:
+            run = self.runs.get(signal.stream_id)
+            if run is not None:
+                self.apply(run, signal)
+
+    async def close(self) -> None:
+        """Write the last events (at shutdown, once the turns ended)."""
+        if self.runs:
+            await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+class Turns:
+    """Starts turns as tasks, keeps them alive, and lets them finish at shutdown. With a
+    ``store``, their events are recorded (resumable from any replica) and signals from other
+    replicas reach them."""
+
+    def __init__(
+        self,
+        approvals: Approvals,
+        store: Store | None = None,
+        *,
+        flush_s: float = 0.1,
+        heartbeat_s: float = 2.0,
+    ) -> None:
         self.approvals = approvals
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_thread: dict[tuple[str, str], set[TurnRun]] = {}
+        self.recorder = (
+            Recorder(store, self._apply, flush_s=flush_s, heartbeat_s=heartbeat_s)
+            if store is not None
+            else None
+        )
+
+    @property
+    def replica(self) -> str | None:
+        return self.recorder.replica if self.recorder is not None else None
+
+    def _apply(self, run: TurnRun, signal: Signal) -> None:
+        """A signal from another replica: an approval answer, or a cancel."""
+        if signal.kind == "approval" and signal.call_id:
+            self.approvals.resolve((run.owner, run.thread_id, signal.call_id), signal.value)
+        elif signal.kind == "cancel":
+            self._stop(run)
+
+    def find(self, owner: str, thread_id: str, stream_id: str) -> TurnRun | None:
+        """This replica's running turn with that stream, if it is this user's thread."""
+        for run in self._by_thread.get((owner, thread_id), ()):
+            if run.stream_id == stream_id:
+                return run
+        return None
 
     def start(
         self, bot: Chatbot, owner: str, thread_id: str, text: str, *, interactive: bool = True
@@ -184,6 +325,8 @@ class Turns:
         """Run a turn in the background; ``interactive``: tool calls may wait for approval
         (else they are refused at once, as nobody could answer)."""
         run = TurnRun(owner, thread_id)
+        if self.recorder is not None:
+            self.recorder.add(run)
         task = asyncio.create_task(self._drive(bot, run, text, interactive))
         run.task = task
         self._tasks.add(task)
@@ -210,10 +353,14 @@ class Turns:
             if r.task is not None and not r.task.done()
         ]
         for run in runs:
-            run.stopped = True
-            assert run.task is not None
-            run.task.cancel()
+            self._stop(run)
         return len(runs)
+
+    @staticmethod
+    def _stop(run: TurnRun) -> None:
+        if run.task is not None and not run.task.done():
+            run.stopped = True
+            run.task.cancel()
 
     async def _drive(self, bot: Chatbot, run: TurnRun, text: str, interactive: bool) -> None:
         keys: list[Key] = []
@@ -228,7 +375,9 @@ class Turns:
                         self.approvals.expect(key)
                         self.approvals.describe(key, event)
                         keys.append(key)
-                    run.queue.put_nowait(event)
+                    run.queue.put_nowait(run.record(event))
+                    if isinstance(event, ApprovalRequest):
+                        self._wake()  # another replica may be asked to answer it
                     if first:
                         # Let the response send its headers and this event now: a model that
                         # answers without waiting (test:echo, a cache) would otherwise run the
@@ -236,21 +385,31 @@ class Turns:
                         # Later events go out in batches of what is ready.
                         first = False
                         await asyncio.sleep(0)
+            run.status = "done"
         except asyncio.CancelledError as e:
             if run.stopped:
                 failed = TurnFailed(e, "stopped: the turn was cancelled; what arrived is kept")
             else:
                 failed = TurnFailed.of(e)
-            run.queue.put_nowait(failed)
+            run.status = "interrupted"
+            run.queue.put_nowait(run.record(failed))
             raise
         except Exception as e:
             if not isinstance(e, ChatwrightError):
                 log.error("turn in thread %r failed", run.thread_id, exc_info=e)
-            run.queue.put_nowait(TurnFailed.of(e))
+            run.status = "failed"
+            run.queue.put_nowait(run.record(TurnFailed.of(e)))
         finally:
             for key in keys:
                 self.approvals.discard(key)
+            if run.status == "running":  # ended some other way (GeneratorExit)
+                run.status = "interrupted"
             run.queue.put_nowait(_END)
+            self._wake()
+
+    def _wake(self) -> None:
+        if self.recorder is not None:
+            self.recorder.wake()
 
     @property
     def running(self) -> int:
@@ -259,12 +418,14 @@ class Turns:
     async def shutdown(self, grace_s: float) -> None:
         """Let running turns finish within ``grace_s``, then cancel the rest."""
         tasks = list(self._tasks)
-        if not tasks:
-            return
-        log.info("waiting up to %g s for %d running turn(s)", grace_s, len(tasks))
-        _, late = await asyncio.wait(tasks, timeout=grace_s) if grace_s > 0 else (set(), set(tasks))
-        for task in late:
-            task.cancel()
-        for task in late:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            log.info("waiting up to %g s for %d running turn(s)", grace_s, len(tasks))
+            waited = await asyncio.wait(tasks, timeout=grace_s) if grace_s > 0 else None
+            late = waited[1] if waited is not None else set(tasks)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.recorder is not None:
+            await self.recorder.close()

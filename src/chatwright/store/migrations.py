@@ -234,6 +234,34 @@ def m006_users_and_keys(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def m007_database_id(db: sqlite3.Connection) -> None:
+    # A random id made once per database. Files derived from the database and kept beside it
+    # (the search index's persisted segments, store/sqlite_chunks.py) record it, so that a
+    # database deleted and created again at the same path never uses the old one's files.
+    for statement in (
+        "CREATE TABLE database_info (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+        "INSERT INTO database_info (key, value) VALUES ('id', lower(hex(randomblob(16))))",
+    ):
+        db.execute(statement)
+
+
+def m008_jobs(db: sqlite3.Connection) -> None:
+    # The durable job queue (uploads to ingest, with their files): store/sqlite_jobs.py.
+    from chatwright.store.sqlite_jobs import JOB_TABLES
+
+    for statement in JOB_TABLES:
+        db.execute(statement)
+
+
+def m009_streams(db: sqlite3.Connection) -> None:
+    # Turns' event streams (resumable with Last-Event-ID) and the signals (approvals,
+    # cancels) for the process running them: store/sqlite_streams.py.
+    from chatwright.store.sqlite_streams import STREAM_TABLES
+
+    for statement in STREAM_TABLES:
+        db.execute(statement)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_memory,
@@ -241,6 +269,9 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m004_thread_recall_cleanup,
     m005_collections,
     m006_users_and_keys,
+    m007_database_id,
+    m008_jobs,
+    m009_streams,
 ]
 
 

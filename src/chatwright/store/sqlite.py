@@ -14,9 +14,9 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chatwright.errors import StoreError, ThreadNotFound, UserError
 from chatwright.store.base import (
@@ -24,6 +24,7 @@ from chatwright.store.base import (
     CollectionInfo,
     DocumentInfo,
     MemoryItem,
+    SharedParts,
     StoredMessage,
     Summary,
     ThreadInfo,
@@ -31,7 +32,11 @@ from chatwright.store.base import (
     hash_secret,
     new_secret,
 )
+from chatwright.store.file_locks import FileTurnLocks
 from chatwright.store.migrations import migrate
+from chatwright.store.sqlite_chunks import SQLiteChunks
+from chatwright.store.sqlite_jobs import SQLiteJobs
+from chatwright.store.sqlite_streams import SQLiteStreams
 from chatwright.types import Message, TextPart, Trace, dump_json, load_json, load_message
 
 __all__ = ["MAX_THREAD_ID_LENGTH", "SQLiteStore"]
@@ -42,6 +47,7 @@ _BATCH = 500
 SUMMARY_VERSIONS = 10  # summary versions kept per thread (each says which messages it covers)
 _THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata, pk"
 _MESSAGE_COLUMNS = "seq, created_at, role, text, data, tokens"
+T = TypeVar("T")
 
 
 def _encode(message: Message) -> tuple[str | None, bytes | None]:
@@ -101,10 +107,16 @@ def check_thread_id(thread_id: str, *, new: bool = False) -> str:
 
 
 class SQLiteStore:
-    """Threads and messages in one SQLite database file (``":memory:"`` for tests)."""
+    """Everything in one SQLite database file (``":memory:"`` for tests).
+
+    Its chunks (``.chunks``) share the connection and lock; its turn locks (``.locks``) are
+    ``flock`` files in ``locks/`` beside the database, so processes sharing the file keep one
+    writer per thread.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self.location = self.path
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +141,13 @@ class SQLiteStore:
                 hint="the file may be corrupt or not a chatwright database; "
                 "move it aside or point --data-dir elsewhere",
             ) from None
+        self.chunks = SQLiteChunks(self._db, lock=self._lock)
+        self.jobs = SQLiteJobs(self._db, self._lock)
+        self.locks = FileTurnLocks(
+            None if self.path == ":memory:" else Path(self.path).parent / "locks"
+        )
+        self.streams = SQLiteStreams(self._db, self._lock, self._write)
+        self._shared = SharedParts()
 
     # -- plumbing -------------------------------------------------------------------------
     @property
@@ -140,6 +159,9 @@ class SQLiteStore:
     def lock(self) -> threading.RLock:
         """Hold this while using :attr:`connection` from another component."""
         return self._lock
+
+    def shared(self, key: Any, build: Callable[[], T]) -> T:
+        return self._shared.get(key, build)
 
     def _write(self) -> _Transaction:
         return _Transaction(self)

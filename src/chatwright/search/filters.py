@@ -5,10 +5,11 @@ the string ``"en"``, whose ``year`` is the number 2020 or 2021, and that have no
 a null one). Comparison is typed: the string ``"1"`` is not the number ``1``, and ``true`` is
 not ``1`` (SQLite's ``json_extract`` alone would say it is).
 
-Two implementations agree on that: ``MetadataIndex`` (an inverted index over the metadata of a
-namespace held in memory: a filter costs a few dictionary look-ups, where scanning the
-``metadata`` column of 10,000 rows with ``json_extract`` took 33 ms), and ``filter_sql`` (a SQL
-condition, for the FTS5 path).
+``MetadataIndex`` is an inverted index over the metadata of a namespace held in memory: a filter
+costs a few dictionary look-ups, where scanning the ``metadata`` column of 10,000 rows with
+SQLite's ``json_extract`` took 33 ms. Backends that filter in SQL implement the same typed
+semantics (the conformance suite checks that they agree). ``to_arrays``/``from_arrays`` give it
+as JSON-ready groups and one array of row numbers, for a store to persist.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from chatwright.errors import UserError
-from chatwright.retrieval.bm25 import Grow
+from chatwright.search.bm25 import Grow
 
-__all__ = ["MetadataIndex", "check_filters", "filter_sql"]
+__all__ = ["MetadataIndex", "Scalar", "check_filters"]
 
 Scalar = str | int | float | bool | None
 _NONE = ("z", None)
+_TAGS = frozenset("zbnsj")  # the first item of every value key
 
 
 def _value_key(value: Any) -> tuple[str, Any]:
@@ -73,6 +75,38 @@ class MetadataIndex:
             per_key.setdefault(value, Grow(np.int64)).extend(np.asarray(rows, dtype=np.int64))
         self.size += len(metadatas)
 
+    def to_arrays(self) -> tuple[int, list[tuple[str, str, Any, int]], np.ndarray]:
+        """(rows, groups, row numbers): each group is (key, type tag, value, how many rows),
+        JSON-serializable; their row numbers follow one another in the one array."""
+        groups, rows = [], []
+        for key, per_key in self._rows.items():
+            for (tag, value), grow in per_key.items():
+                groups.append((key, tag, value, grow.size))
+                rows.append(grow.array)
+        flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        return self.size, groups, flat
+
+    @classmethod
+    def from_arrays(
+        cls, size: int, groups: Sequence[Sequence[Any]], rows: np.ndarray
+    ) -> MetadataIndex:
+        """The index that gave ``to_arrays`` (``rows`` is used, not copied); ValueError if the
+        parts do not fit together."""
+        if sum(int(g[3]) for g in groups) != len(rows) or rows.ndim != 1:
+            raise ValueError("metadata groups do not match their row numbers")
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= size):
+            raise ValueError("a metadata row number is out of range")
+        index = cls()
+        index.size = size
+        start = 0
+        for key, tag, value, count in groups:
+            if tag not in _TAGS:
+                raise ValueError(f"unknown metadata value tag {tag!r}")
+            grow = Grow.wrap(rows[start : start + count])
+            index._rows.setdefault(key, {})[(tag, value)] = grow
+            start += count
+        return index
+
     def mask(self, filters: Mapping[str, Sequence[Scalar]]) -> np.ndarray:
         """Which rows pass every filter (see ``check_filters``)."""
         keep = np.ones(self.size, dtype=np.bool_)
@@ -90,28 +124,3 @@ class MetadataIndex:
                     match[rows.array] = True
             keep &= match
         return keep
-
-
-def _sql_condition(column: str, path: str, value: Scalar) -> tuple[str, list[Any]]:
-    """One typed equality test of the JSON value at ``path`` (``None``: missing or null)."""
-    kind = f"json_type({column}, ?)"
-    if value is None:
-        return f"{kind} IS NULL OR {kind} = 'null'", [path, path]
-    if isinstance(value, bool):
-        return f"{kind} = '{'true' if value else 'false'}'", [path]
-    types = "'text'" if isinstance(value, str) else "'integer', 'real'"
-    return f"{kind} IN ({types}) AND json_extract({column}, ?) = ?", [path, path, value]
-
-
-def filter_sql(filters: Mapping[str, Sequence[Scalar]], column: str) -> tuple[str, list[Any]]:
-    """``AND (...)`` SQL conditions and parameters equivalent to ``MetadataIndex.mask``."""
-    clauses, params = [], []
-    for key, values in filters.items():
-        path = f'$."{key}"'
-        terms = []
-        for value in values:
-            condition, extra = _sql_condition(column, path, value)
-            terms.append(f"({condition})")
-            params.extend(extra)
-        clauses.append("(" + (" OR ".join(terms) or "0") + ")")
-    return "".join(f" AND {c}" for c in clauses), params

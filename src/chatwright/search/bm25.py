@@ -11,7 +11,8 @@ The postings of a namespace are kept in a few immutable *blocks* (term → doc i
 frequencies, in CSR layout). Adding chunks appends a block; past ``MAX_BLOCKS`` the blocks are
 merged into one. Scores are computed at query time from term frequencies, so the BM25
 parameters ``k1`` and ``b`` can change per query, and the statistics (number of chunks, average
-length, document frequencies) are those of the namespaces searched together.
+length, document frequencies) are those of the namespaces searched together. ``to_arrays`` and
+``from_arrays`` give the blocks as plain arrays, for a store to persist (no file I/O here).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Grow", "Postings", "score_bm25"]
+__all__ = ["Grow", "Postings", "PostingsBlock", "score_bm25"]
 
 MAX_BLOCKS = 8
 
@@ -34,6 +35,15 @@ class Grow:
         shape = (0,) if width is None else (0, width)
         self._data = np.zeros(shape, dtype=dtype)
         self.size = 0
+
+    @classmethod
+    def wrap(cls, array: np.ndarray) -> Grow:
+        """A full ``Grow`` over ``array``, not copied: it may be read-only (a memory map), as
+        the first ``extend`` copies it into a new, larger array before writing."""
+        grow = cls(array.dtype)
+        grow._data = array
+        grow.size = len(array)
+        return grow
 
     @property
     def array(self) -> np.ndarray:
@@ -81,12 +91,49 @@ def _block(term_ids: np.ndarray, doc_ids: np.ndarray, vocab: dict[str, int]) -> 
     return _Block(vocab, indptr, (pairs % n_docs).astype(np.int32), tfs.astype(np.float32))
 
 
+PostingsBlock = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]
+"""One block as plain values: (terms in id order, indptr, docs, tfs); see ``_Block``."""
+
+
+def _check_block(
+    n_terms: int, indptr: np.ndarray, docs: np.ndarray, tfs: np.ndarray, n_docs: int
+) -> None:
+    if indptr.shape != (n_terms + 1,) or docs.ndim != 1 or tfs.shape != docs.shape:
+        raise ValueError("postings arrays of inconsistent shapes")
+    if indptr[0] != 0 or indptr[-1] != len(docs) or np.any(np.diff(indptr) < 0):
+        raise ValueError("postings offsets out of order")
+    if len(docs) and (int(docs.min()) < 0 or int(docs.max()) >= n_docs):
+        raise ValueError("a posting names a document that does not exist")
+
+
 class Postings:
     """BM25 postings of one namespace; documents are numbered 0, 1, 2... in order of adding."""
 
     def __init__(self) -> None:
         self._blocks: list[_Block] = []
         self._lengths = Grow(np.float32)
+
+    def to_arrays(self) -> tuple[np.ndarray, list[PostingsBlock]]:
+        """(document lengths, blocks): everything :meth:`from_arrays` needs, not copied."""
+        blocks = [(list(b.vocab), b.indptr, b.docs, b.tfs) for b in self._blocks]
+        return self.lengths, blocks
+
+    @classmethod
+    def from_arrays(cls, lengths: np.ndarray, blocks: Sequence[PostingsBlock]) -> Postings:
+        """Postings equal to those that gave ``to_arrays`` (the arrays are used, not copied).
+
+        Checks the shapes and that every posting names a document, so that damaged arrays
+        raise ValueError here rather than fail a search later.
+        """
+        postings = cls()
+        postings._lengths = Grow.wrap(np.asarray(lengths, dtype=np.float32))
+        for terms, indptr, docs, tfs in blocks:
+            _check_block(len(terms), indptr, docs, tfs, postings.size)
+            vocab = dict(zip(terms, range(len(terms)), strict=True))
+            if len(vocab) != len(terms):
+                raise ValueError("a postings block repeats a term")
+            postings._blocks.append(_Block(vocab, indptr, docs, tfs))
+        return postings
 
     @property
     def size(self) -> int:

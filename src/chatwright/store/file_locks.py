@@ -1,4 +1,4 @@
-"""One writer per thread: turns on the same thread run one at a time.
+"""The SQLite store's turn locks: one writer per thread, across processes sharing a data directory.
 
 Within a process an exact per-thread lock; across processes sharing a data directory, an
 advisory ``flock`` on one of a fixed set of lock files chosen by hashing the thread's key
@@ -26,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: in-process serialisation only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["TurnLocks"]
+__all__ = ["FileTurnLocks"]
 
 _BUCKETS = 1024
 _POLL_S = 0.002
@@ -46,7 +46,7 @@ class _Bucket:
     users: int = 0
 
 
-class TurnLocks:
+class FileTurnLocks:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory
         self._locks: dict[tuple[str, str], _Entry] = {}  # only threads with a turn under way
