@@ -361,3 +361,32 @@ def test_vector_ranking_and_centroid(store: PostgresStore) -> None:
     store.chunks.delete(ns, ["k00"])
     assert store.chunks.centroid(ns)[1] == 19
     assert store.chunks.vectors(ns, "k1").keys() == {f"k1{i}" for i in range(10)}
+
+
+async def test_the_store_recovers_when_the_database_drops_its_connections(
+    store: PostgresStore, url: str
+) -> None:
+    """What a client sees of a database restart: every session of the store is cut. The pool
+    and the lock connection reconnect by themselves; nothing committed is lost."""
+    import psycopg
+
+    store.append("o", "t", [Message.user("before")], create=True)
+    async with store.locks.hold("o", "t"):
+        pass  # the lock connection is open now
+    with psycopg.connect(url, autocommit=True) as admin:
+        cut = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert cut is not None and cut[0] >= 2  # a pooled connection and the lock connection
+    for _ in range(3):  # pooled connections found dead are replaced on checkout
+        try:
+            store.append("o", "t", [Message.user("after")])
+            break
+        except StoreError:
+            continue
+    else:
+        raise AssertionError("the pool did not reconnect")
+    async with store.locks.hold("o", "t"):  # the lock connection reconnects at once
+        pass
+    assert [m.message.text for m in store.messages("o", "t")] == ["before", "after"]

@@ -520,8 +520,14 @@ def test_heartbeats_interrupts_and_pruning(store: Store) -> None:
     after = store.streams.get(A, "t", "s1")
     assert before is not None and after is not None
     assert after.heartbeat_at > before.heartbeat_at
-    store.streams.interrupt("s1")
+    assert store.streams.interrupt("s1", "error", '{"type": "interrupted"}')
+    assert not store.streams.interrupt("s1", "error", "{}")  # once
+    info = store.streams.get(A, "t", "s1")
+    assert info is not None and (info.status, info.last_seq) == ("interrupted", 3)
+    assert store.streams.events("s1", 2) == [(3, "error", '{"type": "interrupted"}')]
+    store.streams.record("r1", [_write("s1", "t", range(3, 5))])  # the replica was only slow
     assert store.streams.get(A, "t", "s1").status == "interrupted"  # type: ignore[union-attr]
+    assert store.streams.events("s1", 2)[0] == (3, "error", '{"type": "interrupted"}')
     store.streams.record("r1", [_write("s2", "t", range(1, 2))])  # still running: kept
     assert store.streams.prune(time.time() + 1) == 1
     assert store.streams.get(A, "t", "s1") is None and store.streams.events("s1", 0) == []

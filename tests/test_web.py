@@ -27,7 +27,14 @@ pytest.importorskip("sse_starlette", reason="the browser tests need sse-starlett
 from chatwright import Chatbot, SQLiteStore  # noqa: E402
 from chatwright.config import Settings, ToolsSettings  # noqa: E402
 from chatwright.tools import tool  # noqa: E402
-from web_helpers import CHROMIUM, WATCH_STREAM_JS, LiveServer, NoteTakingModel  # noqa: E402
+from web_helpers import (  # noqa: E402
+    CHROMIUM,
+    WATCH_STREAM_JS,
+    LiveServer,
+    NoteTakingModel,
+    StreamCutter,
+    fulfill_cut_short,
+)
 
 if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"the browser tests need Chromium at {CHROMIUM}", allow_module_level=True)
@@ -81,7 +88,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         }
         app = create_app(settings, host="127.0.0.1", store=store, bots=bots)
         try:
-            with LiveServer(app) as live:
+            with LiveServer(StreamCutter(app)) as live:
                 yield live
         finally:
             for bot in bots.values():
@@ -520,3 +527,131 @@ def test_a_turn_stopped_by_a_bound_says_so(page: Page) -> None:
     expect(answer.locator(".msg-note")).to_contain_text("stopped: token budget")
     page.reload()
     expect(wait_answered(page, 1).locator(".msg-note")).to_contain_text("stopped: token budget")
+
+
+def cut_the_first_turn(page: Page, events: int) -> list[str]:
+    """Cut the page's next turn stream after ``events`` events (mid-event); the list gets
+    the id of the last whole event."""
+    cut: list[str] = []
+
+    def handle(route: Any) -> None:
+        if route.request.method != "POST" or cut:
+            route.fallback()
+        else:
+            cut.append(fulfill_cut_short(route, events))
+
+    page.route("**/api/threads/*/messages", handle)
+    return cut
+
+
+def test_a_broken_stream_resumes_where_it_stopped(page: Page) -> None:
+    words = " ".join(f"word{i}" for i in range(80))  # four seconds of test:slow
+    cut = cut_the_first_turn(page, 6)
+    resumes: list[str | None] = []
+
+    def resume(route: Any) -> None:
+        resumes.append(route.request.headers.get("last-event-id"))
+        if len(resumes) == 1:
+            route.abort("connectionreset")  # the first try fails too: it tries again
+        else:
+            route.fallback()
+
+    page.route("**/api/threads/*/stream", resume)
+    expect_console_error(page, r"ERR_CONNECTION_RESET")
+    page.evaluate(WATCH_STREAM_JS)
+    send(page, words)
+    answer = last_answer(page)
+    expect(answer.locator(".msg-status")).to_have_text("reconnecting…")
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    expect(answer.locator(".msg-status")).to_be_hidden()
+    assert answer.get_attribute("data-seq") is None  # resumed while the turn still runs
+    answer = wait_answered(page, 1)
+    text = answer.locator(".content").inner_text().strip()
+    assert text == f"echo: {words}"  # every word once: none lost, none twice
+    expect(answer.locator(".msg-note")).to_be_hidden()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    assert re.fullmatch(r"st_\w+:6", cut[0]), cut
+    assert resumes == [cut[0], cut[0]]
+    lengths = page.evaluate("window.__lengths")
+    after_cut = sorted({n for n in lengths if len("echo: word0 word1 word2 word3") < n < len(text)})
+    assert len(after_cut) >= 2, f"the resumed answer did not stream: lengths seen {lengths}"
+
+
+def test_a_dropped_connection_resumes(page: Page, server: LiveServer) -> None:
+    """The server side of the cut: the connection drops mid-body (a network error)."""
+    words = " ".join(f"word{i}" for i in range(60))
+    server.app.arm(8)
+    expect_console_error(page, r"ERR_INCOMPLETE_CHUNKED_ENCODING|network error")
+    send(page, words)
+    answer = last_answer(page)
+    expect(answer.locator(".msg-status")).to_have_text("reconnecting…")
+    answer = wait_answered(page, 1)
+    assert answer.locator(".content").inner_text().strip() == f"echo: {words}"
+    expect(page.locator("#banner")).to_be_hidden()
+
+
+def test_a_stream_that_cannot_be_resumed_shows_the_error(page: Page) -> None:
+    words = " ".join(f"word{i}" for i in range(30))
+    cut_the_first_turn(page, 4)
+    refusal = '{"error": {"message": "invalid Last-Event-ID", "hint": "send an id"}}'
+    page.route(
+        "**/api/threads/*/stream",
+        lambda route: route.fulfill(status=400, content_type="application/json", body=refusal),
+    )
+    expect_console_error(page, r"status of 400")
+    send(page, words)
+    answer = last_answer(page)
+    note = answer.locator(".msg-note.error")
+    expect(note).to_contain_text("invalid Last-Event-ID")
+    expect(page.locator("#banner")).to_contain_text("invalid Last-Event-ID")
+    expect(answer).to_contain_text("echo: word0")  # what arrived is kept
+    expect(page.locator("#messages .msg.user")).to_have_count(1)  # the thread, as stored
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    # The turn went on at the server: reopened (the stream still refused, so the page polls
+    # the thread), the thread shows the whole answer as stored.
+    page.reload()
+    stored = wait_answered(page, 1)
+    assert stored.locator(".content").inner_text().strip() == f"echo: {words}"
+
+
+def test_stop_while_reconnecting_does_not_resume(page: Page) -> None:
+    words = " ".join(f"word{i}" for i in range(60))
+    cut_the_first_turn(page, 4)
+    resumes: list[str | None] = []
+
+    def refuse(route: Any) -> None:
+        resumes.append(route.request.headers.get("last-event-id"))
+        route.abort("connectionreset")
+
+    page.route("**/api/threads/*/stream", refuse)
+    expect_console_error(page, r"ERR_CONNECTION_RESET")
+    send(page, words)
+    answer = last_answer(page)
+    expect(answer.locator(".msg-status")).to_have_text("reconnecting…")
+    page.get_by_role("button", name="Stop").click()
+    expect(answer.locator(".msg-note")).to_contain_text("stopped")
+    expect(answer.locator(".msg-status")).to_be_hidden()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    tries = len(resumes)
+    page.wait_for_timeout(1500)  # longer than the next retry would wait
+    assert len(resumes) == tries
+
+
+def test_a_reload_mid_answer_keeps_streaming(page: Page) -> None:
+    words = " ".join(f"word{i}" for i in range(80))  # four seconds of test:slow
+    send(page, words)
+    expect(last_answer(page).locator(".markdown")).to_contain_text("word5")
+    page.reload()
+    page.evaluate(WATCH_STREAM_JS)
+    expect(page.locator("#messages .msg.user")).to_have_count(1)
+    live = last_answer(page)
+    expect(live.locator(".msg-note")).to_contain_text("still answering")
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()  # it is the running turn
+    answer = wait_answered(page, 1)
+    text = answer.locator(".content").inner_text().strip()
+    assert text == f"echo: {words}"
+    expect(page.locator("#messages .msg.assistant")).to_have_count(1)
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    lengths = page.evaluate("window.__lengths")
+    growing = sorted({n for n in lengths if 0 < n < len(text)})
+    assert len(growing) >= 2, f"the answer did not stream after the reload: lengths {lengths}"

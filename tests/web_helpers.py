@@ -6,9 +6,11 @@ A live uvicorn server on a free loopback port, in a thread, and models for the p
 from __future__ import annotations
 
 import asyncio
+import http.client
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +26,7 @@ class LiveServer:
     """Runs an ASGI ``app`` with uvicorn on 127.0.0.1 in a background thread."""
 
     def __init__(self, app: Any) -> None:
+        self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -51,6 +54,44 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
+
+
+class ConnectionDropped(Exception):
+    """Raised by :class:`StreamCutter` to drop a connection mid-response."""
+
+
+class StreamCutter:
+    """ASGI middleware for the test server: once armed, the next turn stream (``POST
+    .../messages``) breaks after ``writes`` body writes: uvicorn drops the connection mid-body,
+    as when the replica behind a load balancer dies. The server's turn goes on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.armed = 0
+
+    def arm(self, writes: int) -> None:
+        self.armed = writes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not (
+            self.armed
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].endswith("/messages")
+        ):
+            await self.app(scope, receive, send)
+            return
+        left, self.armed = self.armed, 0
+
+        async def cut(message: Any) -> None:
+            nonlocal left
+            if message["type"] == "http.response.body" and message.get("body"):
+                if left <= 0:
+                    raise ConnectionDropped("the test cut this stream")
+                left -= 1
+            await send(message)
+
+        await self.app(scope, receive, cut)
 
 
 class NoteTakingModel:
@@ -90,3 +131,37 @@ WATCH_STREAM_JS = """
   observer.observe(root, {childList: true, subtree: true, characterData: true});
 }
 """
+
+
+def fulfill_cut_short(route: Any, events: int) -> str:
+    """Answer the page's routed request for a turn's stream with the server's first ``events``
+    events and half of the next one, then end it: a connection closed early, as when the
+    replica behind a load balancer restarts. The server's turn goes on. Returns the SSE id of
+    the last whole event."""
+    request = route.request
+    url = urllib.parse.urlsplit(request.url)
+    keep = {"content-type", "accept", "authorization"}
+    headers = {k: v for k, v in request.headers.items() if k.lower() in keep}
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
+    try:
+        conn.request(request.method, url.path, body=request.post_data_buffer, headers=headers)
+        res = conn.getresponse()
+        body, last_id, whole, has_data = b"", "", 0, False
+        while whole < events:
+            line = res.readline()
+            assert line, f"the stream ended after {whole} events"
+            body += line
+            if line.startswith(b"id:"):
+                last_id = line[3:].strip().decode()
+            has_data = has_data or line.startswith(b"data:")
+            if not line.strip() and has_data:
+                whole, has_data = whole + 1, False
+        head = res.readline() + res.readline()  # the next event's id and name
+        data = res.readline()
+        assert head.startswith(b"id:") and data.startswith(b"data:"), (head, data)
+        body += head + data[: len(data) // 2]
+        content_type = res.getheader("content-type") or "text/event-stream"
+    finally:
+        conn.close()
+    route.fulfill(status=200, headers={"content-type": content_type}, body=body)
+    return last_id

@@ -300,9 +300,9 @@ class ResumeStream(Response):
             if info is None or (info.status != "running" and self.after >= info.last_seq):
                 break
             if info.status == "running" and time.time() - info.heartbeat_at > self.stale_s:
-                await asyncio.to_thread(streams.interrupt, sid)
-                await send(_body(_STOPPED, more=True))
-                break
+                # the final event is stored: this reader and every later one read it next
+                await asyncio.to_thread(streams.interrupt, sid, "error", _STOPPED)
+                continue
             if time.monotonic() - pinged >= self.ping_s:
                 pinged = time.monotonic()
                 await send(_body(_PING, more=True))
@@ -312,19 +312,10 @@ class ResumeStream(Response):
             await send(_body(b"", more=False))
 
 
-_STOPPED = sse_text(
-    [
-        (
-            0,
-            "error",
-            to_json(
-                {
-                    "message": "the server running this turn stopped; what it stored is kept",
-                    "hint": "send the message again",
-                    "type": "interrupted",
-                }
-            ),
-        )
-    ],
-    None,
+_STOPPED = to_json(
+    {
+        "message": "the server running this turn stopped; what it stored is kept",
+        "hint": "send the message again",
+        "type": "interrupted",
+    }
 )

@@ -338,8 +338,10 @@ class StreamLog(Protocol):
         """(seq, name, JSON data) of the stream's events after ``after_seq``, in order."""
         ...
 
-    def interrupt(self, stream_id: str) -> None:
-        """Mark a running stream whose replica stopped answering as interrupted."""
+    def interrupt(self, stream_id: str, name: str, data: str) -> bool:
+        """Mark a running stream whose replica stopped answering as interrupted, ending it
+        with the event (``name``, JSON ``data``) numbered after its last one, for every
+        reader; False if it was not running. Later writes of that replica change nothing."""
         ...
 
     def signal(

@@ -899,16 +899,19 @@ class PostgresTurnLocks:
         import psycopg
 
         with self._io:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
-                row = self._conn.execute(query, (ident,)).fetchone()  # type: ignore[arg-type]
-            except psycopg.Error as e:
-                self._drop()
-                raise StoreError(
-                    f"cannot take a turn lock: {_first_line(e)}", hint=_CONNECT_HINT
-                ) from None
-        return bool(row and row[0])
+            for attempt in (1, 2):  # a connection the server dropped (a restart): once more
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = self._connect()
+                    row = self._conn.execute(query, (ident,)).fetchone()  # type: ignore[arg-type]
+                    return bool(row and row[0])
+                except psycopg.Error as e:
+                    self._drop()
+                    if attempt == 2:
+                        raise StoreError(
+                            f"cannot take a turn lock: {_first_line(e)}", hint=_CONNECT_HINT
+                        ) from None
+        raise AssertionError("unreachable")
 
     def _unlock(self, ident: int) -> None:
         with contextlib.suppress(StoreError):  # connection lost: the server freed the lock

@@ -80,7 +80,8 @@ class PostgresStreams:
                     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
                     " heartbeat_at = excluded.heartbeat_at, ended_at = excluded.ended_at,"
-                    " last_seq = greatest(streams.last_seq, excluded.last_seq)",
+                    " last_seq = greatest(streams.last_seq, excluded.last_seq)"
+                    " WHERE streams.status <> 'interrupted'",
                     (w.id, w.owner, w.thread_id, replica, w.status, now, now, ended, last),
                 )
                 if w.events:
@@ -129,13 +130,22 @@ class PostgresStreams:
             ).fetchall()
         return [(int(seq), name, data) for seq, name, data in rows]
 
-    def interrupt(self, stream_id: str) -> None:
+    def interrupt(self, stream_id: str, name: str, data: str) -> bool:
         with self._db.write() as conn:
-            conn.execute(
-                "UPDATE streams SET status = 'interrupted', ended_at = %s"
-                " WHERE id = %s AND status = 'running'",
+            row = conn.execute(
+                "UPDATE streams SET status = 'interrupted', ended_at = %s,"
+                " last_seq = last_seq + 1 WHERE id = %s AND status = 'running' RETURNING last_seq",
                 (time.time(), stream_id),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "INSERT INTO stream_events (stream_id, seq, name, data) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (stream_id, seq) DO UPDATE SET name = excluded.name,"
+                " data = excluded.data",
+                (stream_id, row[0], name, data),
             )
+        return True
 
     def signal(
         self, stream_id: str, kind: str, call_id: str | None = None, value: bool = False

@@ -91,7 +91,8 @@ class SQLiteStreams:
                     " heartbeat_at, ended_at, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
                     " heartbeat_at = excluded.heartbeat_at, ended_at = excluded.ended_at,"
-                    " last_seq = max(last_seq, excluded.last_seq)",
+                    " last_seq = max(last_seq, excluded.last_seq)"
+                    " WHERE streams.status != 'interrupted'",
                     (w.id, w.owner, w.thread_id, replica, w.status, now, now, ended, last),
                 )
                 if w.events:
@@ -139,13 +140,21 @@ class SQLiteStreams:
                 (stream_id, after_seq, limit),
             ).fetchall()
 
-    def interrupt(self, stream_id: str) -> None:
+    def interrupt(self, stream_id: str, name: str, data: str) -> bool:
         with self._write() as db:
-            db.execute(
-                "UPDATE streams SET status = 'interrupted', ended_at = ?"
-                " WHERE id = ? AND status = 'running'",
+            row = db.execute(
+                "UPDATE streams SET status = 'interrupted', ended_at = ?, last_seq = last_seq + 1"
+                " WHERE id = ? AND status = 'running' RETURNING last_seq",
                 (time.time(), stream_id),
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO stream_events (stream_id, seq, name, data)"
+                " VALUES (?, ?, ?, ?)",
+                (stream_id, row[0], name, data),
             )
+        return True
 
     def signal(
         self, stream_id: str, kind: str, call_id: str | None = None, value: bool = False

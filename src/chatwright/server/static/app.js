@@ -9,6 +9,9 @@
   const KEY_STORAGE = "chatwright.apiKey";
   const RENDER_EVERY_MS = 60; // re-render a streaming answer at most this often
   const JOB_POLL_MS = 400;
+  const RESUME_FIRST_MS = 500; // a broken stream is resumed after this, then twice as late…
+  const RESUME_MAX_MS = 8000; // …at most this long between tries…
+  const RESUME_FOR_MS = 30000; // …until this long has passed without an event
 
   // -- small helpers ----------------------------------------------------------------------
   const $ = (id) => document.getElementById(id);
@@ -127,7 +130,8 @@
   /** Call the API: JSON in, JSON out; throws ApiError with the server's message and hint. */
   async function api(method, path, body, options) {
     const opts = options || {};
-    const init = { method, headers: headers({ Accept: opts.accept || "application/json" }) };
+    const accept = { Accept: opts.accept || "application/json" };
+    const init = { method, headers: headers(Object.assign(accept, opts.headers)) };
     if (body instanceof FormData) init.body = body;
     else if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
@@ -150,11 +154,14 @@
     return text ? text : null;
   }
 
-  /** Parse a Server-Sent Events body, calling onEvent(name, data) for each event. */
+  /** Parse a Server-Sent Events body, calling onEvent(name, data, lastEventId) for each event
+   * (the id is the last `id:` seen in this body, "" before any). An event cut off by the end
+   * of the body is not dispatched (the SSE rule): a resumed stream sends it again. */
   async function readEvents(res, onEvent) {
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    let lastId = "";
     const dispatch = (block) => {
       let name = "message";
       const data = [];
@@ -166,13 +173,14 @@
         if (value.startsWith(" ")) value = value.slice(1);
         if (field === "event") name = value;
         else if (field === "data") data.push(value);
+        else if (field === "id" && !value.includes("\0")) lastId = value;
       }
       if (!data.length) return;
       let payload = data.join("\n");
       try {
         payload = JSON.parse(payload);
       } catch (_) { /* plain text data */ }
-      onEvent(name, payload);
+      onEvent(name, payload, lastId);
     };
     for (;;) {
       const { value, done } = await reader.read();
@@ -185,8 +193,6 @@
         dispatch(block);
       }
     }
-    buffer += decoder.decode();
-    if (buffer.trim()) dispatch(buffer);
   }
 
   // -- the error banner -------------------------------------------------------------------
@@ -337,6 +343,8 @@
       this.threadId = threadId;
       this.seq = null;
       this.trace = null;
+      this.eventId = ""; // the SSE id of the last event shown: a broken stream resumes after it
+      this.done = false; // its last event (done or error) arrived
       this.segment = null; // the Markdown segment text is going into
       this.segments = [];
       this.tools = new Map(); // call id -> tool view
@@ -350,7 +358,8 @@
         onclick: guarded(() => this.showTrace()),
       }, "Trace");
       this.note = h("span", { class: "msg-note", hidden: true });
-      this.footer = h("div", { class: "msg-footer" }, this.traceButton, this.note);
+      this.status = h("span", { class: "msg-status", role: "status", hidden: true });
+      this.footer = h("div", { class: "msg-footer" }, this.traceButton, this.note, this.status);
       this.el = h("article", { class: "msg assistant", "aria-label": "Answer" },
         h("div", { class: "who", "aria-hidden": "true" }, "assistant"),
         this.content, this.citationBox, this.footer);
@@ -359,6 +368,14 @@
     setStreaming(on) {
       this.el.classList.toggle("streaming", on);
       this.el.setAttribute("aria-busy", on ? "true" : "false");
+      if (!on) this.setReconnecting(false);
+    }
+
+    /** Say that the stream broke and is being resumed (or no longer). */
+    setReconnecting(on) {
+      this.el.classList.toggle("reconnecting", on);
+      this.status.textContent = on ? "reconnecting…" : "";
+      this.status.hidden = !on;
     }
 
     // text
@@ -484,6 +501,7 @@
     finish(info) {
       this.flush();
       this.setStreaming(false);
+      this.clearNote();
       if (info.message && Array.isArray(info.message.parts)) {
         for (const part of info.message.parts) if (part.kind === "citation") this.addCitation(part);
       }
@@ -512,6 +530,12 @@
       this.note.textContent = text;
       this.note.classList.toggle("error", !!isError);
       this.note.hidden = false;
+    }
+
+    clearNote() {
+      this.note.textContent = "";
+      this.note.classList.remove("error");
+      this.note.hidden = true;
     }
 
     async showTrace() {
@@ -607,10 +631,12 @@
     $("empty-state").hidden = messagesEl().children.length > 0;
   }
 
+  /** Show the thread's messages; returns the view of the last answer when it ends the thread. */
   function renderHistory(threadId, messages) {
     const root = messagesEl();
     root.replaceChildren();
     let turn = null;
+    let lastTurn = null;
     let lastAssistant = null;
     const close = () => {
       if (turn) {
@@ -632,7 +658,7 @@
         root.append(userBubble(m.text ?? ""));
       } else if (m.role === "assistant" || m.role === "tool") {
         if (!turn) {
-          turn = new TurnView(threadId);
+          turn = lastTurn = new TurnView(threadId);
           root.append(turn.el);
         }
         const parts = Array.isArray(m.parts) ? m.parts : [{ kind: "text", text: m.text }];
@@ -652,6 +678,7 @@
     close();
     updateEmpty();
     scrollToBottom();
+    return lastTurn && root.lastElementChild === lastTurn.el ? lastTurn : null;
   }
 
   function handleEvent(view, name, data, threadId) {
@@ -693,15 +720,152 @@
     }
   }
 
-  async function consumeTurn(res, view, threadId) {
+  /** Read a turn's events from `res` into `view`. With `options.resume`, a stream that breaks
+   * before the turn's last event (a network error, a connection closed early: the replica
+   * behind a load balancer restarted) is resumed after the last event shown, on any replica
+   * (resumeTurn). Throws an AbortError when `options.signal` aborts (Stop). */
+  async function consumeTurn(res, view, threadId, options) {
+    const opts = options || {};
     const type = res.headers.get("content-type") || "";
     if (!type.includes("event-stream")) {
       // A server that answered in one piece: {text, seq, message, ...}.
       const data = type.includes("json") ? await res.json() : { text: await res.text() };
       view.finish(data.answer || data);
+      view.done = true;
       return;
     }
-    await readEvents(res, (name, data) => handleEvent(view, name, data, threadId));
+    const onEvent = (name, data, id) => {
+      if (id) view.eventId = id;
+      handleEvent(view, name, data, threadId);
+    };
+    let broken = null;
+    try {
+      await readEvents(res, onEvent);
+    } catch (e) {
+      if (aborted(e, opts.signal)) throw e;
+      broken = e;
+    }
+    if (view.done) return;
+    // Without ids (an older server) there is no telling where to resume from.
+    if (!opts.resume || !view.eventId) {
+      if (broken) throw broken;
+      return;
+    }
+    await resumeTurn(view, threadId, onEvent, opts.signal, broken);
+  }
+
+  function aborted(err, signal) {
+    return (err && err.name === "AbortError") || !!(signal && signal.aborted);
+  }
+
+  /** Wait `ms`; rejects with an AbortError when `signal` aborts first. */
+  function sleep(ms, signal) {
+    return new Promise((resolve, reject) => {
+      const stopped = () => reject(new DOMException("stopped", "AbortError"));
+      if (signal && signal.aborted) return stopped();
+      const timer = setTimeout(() => {
+        if (signal) signal.removeEventListener("abort", onAbort);
+        resolve();
+      }, ms);
+      const onAbort = () => {
+        clearTimeout(timer);
+        stopped();
+      };
+      if (signal) signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /** Resume a broken turn stream after `view.eventId` (GET .../stream with Last-Event-ID)
+   * until the turn's last event, retrying with backoff while RESUME_FOR_MS pass without a new
+   * event. Fails for good with an ApiError marked `lost` (the caller shows what was stored). */
+  async function resumeTurn(view, threadId, onEvent, signal, cause) {
+    let reason = cause;
+    let delay = RESUME_FIRST_MS;
+    let since = Date.now();
+    view.setReconnecting(true);
+    try {
+      while (Date.now() - since < RESUME_FOR_MS) {
+        await sleep(delay, signal);
+        delay = Math.min(delay * 2, RESUME_MAX_MS);
+        const before = view.eventId;
+        let ended = false;
+        try {
+          const res = await api("GET", `/threads/${enc(threadId)}/stream`, undefined, {
+            raw: true, signal, accept: "text/event-stream", headers: { "Last-Event-ID": before },
+          });
+          view.setReconnecting(false);
+          await readEvents(res, onEvent);
+          ended = true;
+        } catch (e) {
+          if (aborted(e, signal)) throw e;
+          reason = e;
+          // Refused (a bad id, a key no longer valid): asking again will not help.
+          if (e.status >= 400 && e.status < 500 && ![404, 408, 429].includes(e.status)) break;
+        }
+        if (view.done) return;
+        if (view.eventId !== before) {
+          since = Date.now(); // it moved on: the backoff starts over
+          delay = RESUME_FIRST_MS;
+        } else if (ended) {
+          reason = null; // the stream ended without its last event: nothing more will come
+          break;
+        }
+        view.setReconnecting(true);
+      }
+    } finally {
+      view.setReconnecting(false);
+    }
+    const err = reason instanceof ApiError && reason.status ? reason : new ApiError(
+      reason ? "The connection to the server was lost before the answer ended."
+        : "The answer's stream ended before the answer did.",
+      "What the server stored of this turn is shown.", "stream_lost");
+    err.lost = true;
+    throw err;
+  }
+
+  /** Stream a turn into `view` as the thread's running turn (Stop aborts `controller`), from
+   * the response that `open()` gives, resuming it when the stream breaks. */
+  async function streamTurn(view, threadId, controller, open) {
+    state.streams.set(threadId, { controller, view });
+    updateComposer();
+    let lost = false;
+    try {
+      const res = await open();
+      await consumeTurn(res, view, threadId, { resume: true, signal: controller.signal });
+      if (!view.done) view.finish({});
+    } catch (e) {
+      if (e && e.name === "AbortError") {
+        view.finish({});
+        view.setNote("stopped: what arrived is kept", false);
+      } else {
+        view.fail(e);
+        showError(e);
+        lost = !!e.lost;
+      }
+    } finally {
+      if (state.streams.get(threadId)?.view === view) state.streams.delete(threadId);
+      updateComposer();
+    }
+    if (lost) await showStored(threadId, view);
+  }
+
+  /** After a stream that could not be resumed: the thread as stored, the error on its last
+   * answer (or the live view, with what arrived, when no answer is stored yet). */
+  async function showStored(threadId, view) {
+    let messages;
+    try {
+      messages = await loadMessages(threadId);
+    } catch (_) {
+      return;
+    }
+    if (threadId !== state.threadId || state.streams.has(threadId)) return;
+    const stored = renderHistory(threadId, messages);
+    if (stored) stored.setNote(view.note.textContent, true);
+    else {
+      messagesEl().append(view.el);
+      updateEmpty();
+      scrollToBottom();
+    }
   }
 
   async function send(text) {
@@ -730,28 +894,12 @@
     scrollToBottom();
 
     const controller = new AbortController();
-    state.streams.set(threadId, { controller, view });
-    updateComposer();
-    try {
-      const body = { text, stream: true };
-      const bot = chosenBot();
-      if (bot) body.bot = bot;
-      const res = await api("POST", `/threads/${enc(threadId)}/messages`, body,
-        { raw: true, signal: controller.signal, accept: "text/event-stream" });
-      await consumeTurn(res, view, threadId);
-      if (!view.done) view.finish({});
-    } catch (e) {
-      if (e && e.name === "AbortError") {
-        view.finish({});
-        view.setNote("stopped: what arrived is kept", false);
-      } else {
-        view.fail(e);
-        showError(e);
-      }
-    } finally {
-      state.streams.delete(threadId);
-      updateComposer();
-    }
+    const body = { text, stream: true };
+    const bot = chosenBot();
+    if (bot) body.bot = bot;
+    const open = () => api("POST", `/threads/${enc(threadId)}/messages`, body,
+      { raw: true, signal: controller.signal, accept: "text/event-stream" });
+    await streamTurn(view, threadId, controller, open);
   }
 
   function titleFrom(text) {
@@ -934,14 +1082,42 @@
       !parts.some((p) => p.kind === "text");
   }
 
-  /** Show a turn that runs without this page's stream (approvals it waits on included) and
-   * poll the thread until its answer is stored. */
+  /** Show a turn that runs without this page's stream (a reload mid-answer): follow it live
+   * through the thread's recorded stream (replayed from its start, it takes the place of what
+   * the history shows of the turn); where the server has none, show the approvals it waits on
+   * and poll the thread until its answer is stored. */
   async function followTurn(id, token, waiting) {
     const view = new TurnView(id);
     view.setStreaming(true);
     view.setNote("still answering (started before this page was loaded)…", false);
+    const controller = new AbortController();
+    let res = null;
+    try {
+      res = await api("GET", `/threads/${enc(id)}/stream`, undefined,
+        { raw: true, signal: controller.signal, accept: "text/event-stream" });
+    } catch (_) { /* no recorded stream: poll */ }
+    if (token !== state.loadToken || state.streams.has(id)) {
+      controller.abort();
+      return;
+    }
+    if (res) {
+      const partial = messagesEl().lastElementChild;
+      if (partial && partial.classList.contains("assistant")) partial.remove();
+    }
     messagesEl().append(view.el);
     updateEmpty();
+    scrollToBottom();
+    if (res) {
+      await streamTurn(view, id, controller, async () => res);
+      if (!controller.signal.aborted && !view.note.classList.contains("error")) {
+        // Ended: show it as stored (the stream may be of an older turn, or end early).
+        const messages = await loadMessages(id).catch(() => null);
+        if (messages && id === state.threadId && !state.streams.has(id) && view.el.isConnected) {
+          renderHistory(id, messages);
+        }
+      }
+      return;
+    }
     for (const call of waiting) {
       const tool = view.addToolCall({ id: call.id, name: call.name, arguments: call.arguments });
       tool.askApproval({
