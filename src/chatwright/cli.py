@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from chatwright import __version__
+from chatwright import __version__, db_command
 from chatwright._cliutil import ConfigOpt, DataDirOpt, UserOpt, err, handles_errors, out
 from chatwright.bot import Chatbot, clean_memory
 from chatwright.config import load_settings
@@ -61,6 +61,7 @@ eval_app = typer.Typer(help="Measure retrieval quality on labelled data.", no_ar
 app.add_typer(eval_app, name="eval")
 register_ingest(app)  # chatwright ingest, chatwright collections
 server_command.register(app)  # chatwright serve, chatwright users, chatwright keys
+db_command.register(app)  # chatwright db info, chatwright db migrate
 
 ModelOpt = Annotated[
     str | None,
