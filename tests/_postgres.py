@@ -74,3 +74,24 @@ def drop_database(url: str) -> None:
     base = _with_database(url, "postgres")
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[call-overload]
+
+
+def require_server() -> str:
+    """:func:`database_url`, or skip the test where PostgreSQL cannot be had, and fail it
+    under CI (CI=true), which must test both backends."""
+    import pytest
+
+    url = database_url()
+    if url is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                f"no PostgreSQL to test against: install pgserver and psycopg, or set {ENV}",
+                pytrace=False,
+            )
+        pytest.skip("PostgreSQL is not available (pip install 'chatwright[postgres]' pgserver)")
+    return url
+
+
+def require_database() -> str:
+    """A fresh database for one test (see :func:`require_server`)."""
+    return fresh_database(require_server())

@@ -18,17 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _postgres import database_url, drop_database, fresh_database
+from _postgres import database_url, drop_database, fresh_database, require_server
 
-BASE_URL = database_url()
-if BASE_URL is None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(
-            "no PostgreSQL to test against: install pgserver and psycopg, or set "
-            "CHATWRIGHT_TEST_DATABASE_URL",
-            pytrace=False,
-        )
+if database_url() is None and os.environ.get("CI") != "true":
     pytest.skip("pgserver/psycopg not installed", allow_module_level=True)
+BASE_URL = require_server()
 
 import psycopg  # noqa: E402
 

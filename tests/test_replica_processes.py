@@ -48,12 +48,7 @@ model = "test:slow"
 def database_url() -> str:
     import _postgres
 
-    url = _postgres.database_url()
-    if url is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must test PostgreSQL: pgserver or psycopg is not installed")
-        pytest.skip("PostgreSQL is not available")
-    return _postgres.fresh_database(url)
+    return _postgres.require_database()
 
 
 def free_port() -> int:

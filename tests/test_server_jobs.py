@@ -7,10 +7,9 @@ an app on a store object of its own over the same database.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +21,12 @@ from chatwright.errors import UserError
 from chatwright.ingest.pipeline import IngestReport, Progress
 from chatwright.server import create_app
 from chatwright.server.jobs import Jobs, Staged
-from chatwright.store import SQLiteStore, Store
+from chatwright.store import Store
 
 LOCAL = "http://localhost"
 A = "local"  # the user of a loopback server without keys
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
-    """Store objects on one fresh database (each call: another replica's connection)."""
-    opened: list[Store] = []
-    if request.param == "sqlite":
-
-        def make() -> Store:
-            opened.append(SQLiteStore(tmp_path / "data" / "chatwright.db"))
-            return opened[-1]
-
-    else:
-        import _postgres
-
-        url = _postgres.database_url()
-        if url is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("CI must test PostgreSQL: pgserver or psycopg is not installed")
-            pytest.skip("PostgreSQL is not available (pip install 'chatwright[postgres]' pgserver)")
-        database = _postgres.fresh_database(url)
-
-        def make() -> Store:
-            from chatwright.store.postgres import PostgresStore
-
-            opened.append(PostgresStore(database))
-            return opened[-1]
-
-    yield make
-    for store in opened:
-        store.close()
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 The ``backend`` fixture gives a fresh, empty store of each kind (SQLite in a tmp dir; PostgreSQL
 in a new database on the test server, see ``tests/_postgres.py``). A new backend joins by
-adding itself to ``BACKENDS``. What is specific to one backend (SQLite's WAL and file locks,
+adding itself to the ``make_store`` fixture (``conftest.py``). What is specific to one backend (SQLite's WAL and file locks,
 PostgreSQL's advisory locks and pool) is tested in that backend's own module.
 """
 
@@ -12,7 +12,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,44 +23,11 @@ from chatwright.errors import ThreadNotFound, UserError
 from chatwright.ingest.pipeline import Ingestor
 from chatwright.models.embeddings import HashEmbedder
 from chatwright.retrieval import Chunk, SearchIndex
-from chatwright.store import SQLiteStore, Store
+from chatwright.store import Store
 from chatwright.store.base import IndexedChunk, StreamWrite, Summary
 from chatwright.types import Message, StageTrace, Trace
 
 A, B = "alice", "bob"
-BACKENDS = ["sqlite", "postgres"]
-
-
-@pytest.fixture(params=BACKENDS)
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
-    """A factory of store objects on one fresh database: calling it twice gives two
-    connections to the same data (two processes, two replicas)."""
-    opened: list[Store] = []
-    if request.param == "sqlite":
-
-        def make() -> Store:
-            opened.append(SQLiteStore(tmp_path / "conformance.db"))
-            return opened[-1]
-
-    else:
-        import _postgres
-
-        url = _postgres.database_url()
-        if url is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("CI must test PostgreSQL: pgserver or psycopg is not installed")
-            pytest.skip("PostgreSQL is not available (pip install 'chatwright[postgres]' pgserver)")
-        database = _postgres.fresh_database(url)
-
-        def make() -> Store:
-            from chatwright.store.postgres import PostgresStore
-
-            opened.append(PostgresStore(database))
-            return opened[-1]
-
-    yield make
-    for store in opened:
-        store.close()
 
 
 @pytest.fixture

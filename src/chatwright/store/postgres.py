@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from chatwright.errors import StoreError, ThreadNotFound, UserError
@@ -45,6 +45,7 @@ from chatwright.store.base import (
     hash_secret,
     new_secret,
 )
+from chatwright.store.common import StoreCommon
 from chatwright.store.postgres_chunks import PostgresChunks, register_vector
 from chatwright.store.postgres_jobs import PostgresJobs
 from chatwright.store.postgres_migrations import migrate
@@ -71,7 +72,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresStore", "PostgresTurnLocks", "redact_url"]
 
-T = TypeVar("T")
 
 _BATCH = 500
 _CONNECT_TIMEOUT_S = 10
@@ -235,7 +235,7 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class PostgresStore:
+class PostgresStore(StoreCommon):
     """Everything chatwright stores, in one PostgreSQL database with pgvector.
 
     ``url``: a libpq connection string (``postgresql://user:password@host:5432/dbname``).
@@ -310,9 +310,6 @@ class PostgresStore:
         commit together or not at all; nesting is a savepoint of the outer one."""
         return self._db.transaction()
 
-    def shared(self, key: Any, build: Callable[[], T]) -> T:
-        return self._shared.get(key, build)
-
     def close(self) -> None:
         self.locks.close()
         self._pool.close()
@@ -338,12 +335,6 @@ class PostgresStore:
                 (owner, thread_id),
             ).fetchone()
         return _thread(row) if row else None
-
-    def get_thread(self, owner: str, thread_id: str) -> ThreadInfo:
-        info = self.find_thread(owner, thread_id)
-        if info is None:
-            raise ThreadNotFound(thread_id)
-        return info
 
     def create_thread(
         self,
@@ -533,13 +524,6 @@ class PostgresStore:
                 (pk, pk, SUMMARY_VERSIONS),
             )
 
-    def latest_summary(self, owner: str, thread_id: str) -> Summary | None:
-        found = self._summaries(owner, thread_id, "DESC LIMIT 1")
-        return found[0] if found else None
-
-    def summaries(self, owner: str, thread_id: str) -> list[Summary]:
-        return self._summaries(owner, thread_id, "ASC")
-
     def _summaries(self, owner: str, thread_id: str, order: str) -> list[Summary]:
         with self._db.read() as conn:
             pk, _ = self._pk(conn, owner, thread_id)
@@ -619,22 +603,6 @@ class PostgresStore:
                 args,
             ).fetchall()
         return [CollectionInfo(*row) for row in rows]
-
-    def find_collection(self, owner: str, name: str) -> CollectionInfo | None:
-        found = self._collections(owner, name)
-        return found[0] if found else None
-
-    def get_collection(self, owner: str, name: str) -> CollectionInfo:
-        info = self.find_collection(owner, name)
-        if info is None:
-            raise UserError(
-                f"collection {name!r} not found",
-                hint="list them with `chatwright collections list`",
-            )
-        return info
-
-    def list_collections(self, owner: str) -> list[CollectionInfo]:
-        return self._collections(owner, None)
 
     def update_collection(self, owner: str, name: str, description: str) -> CollectionInfo:
         info = self.get_collection(owner, name)
@@ -748,13 +716,6 @@ class PostgresStore:
                 args,
             ).fetchall()
         return [UserInfo(*row) for row in rows]
-
-    def find_user(self, name: str) -> UserInfo | None:
-        found = self._users(name)
-        return found[0] if found else None
-
-    def list_users(self) -> list[UserInfo]:
-        return self._users(None)
 
     def delete_user(self, name: str) -> None:
         with self._db.write() as conn:

@@ -14,9 +14,9 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from chatwright.errors import StoreError, ThreadNotFound, UserError
 from chatwright.store.base import (
@@ -32,6 +32,7 @@ from chatwright.store.base import (
     hash_secret,
     new_secret,
 )
+from chatwright.store.common import StoreCommon
 from chatwright.store.file_locks import FileTurnLocks
 from chatwright.store.migrations import migrate
 from chatwright.store.sqlite_chunks import SQLiteChunks
@@ -47,7 +48,6 @@ _BATCH = 500
 SUMMARY_VERSIONS = 10  # summary versions kept per thread (each says which messages it covers)
 _THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata, pk"
 _MESSAGE_COLUMNS = "seq, created_at, role, text, data, tokens"
-T = TypeVar("T")
 
 
 def _encode(message: Message) -> tuple[str | None, bytes | None]:
@@ -106,7 +106,7 @@ def check_thread_id(thread_id: str, *, new: bool = False) -> str:
     return thread_id
 
 
-class SQLiteStore:
+class SQLiteStore(StoreCommon):
     """Everything in one SQLite database file (``":memory:"`` for tests).
 
     Its chunks (``.chunks``) share the connection and lock; its turn locks (``.locks``) are
@@ -160,9 +160,6 @@ class SQLiteStore:
         """Hold this while using :attr:`connection` from another component."""
         return self._lock
 
-    def shared(self, key: Any, build: Callable[[], T]) -> T:
-        return self._shared.get(key, build)
-
     def _write(self) -> _Transaction:
         return _Transaction(self)
 
@@ -191,12 +188,6 @@ class SQLiteStore:
                 (owner, thread_id),
             ).fetchone()
         return _thread(row) if row else None
-
-    def get_thread(self, owner: str, thread_id: str) -> ThreadInfo:
-        info = self.find_thread(owner, thread_id)
-        if info is None:
-            raise ThreadNotFound(thread_id)
-        return info
 
     def create_thread(
         self,
@@ -377,13 +368,6 @@ class SQLiteStore:
                 (pk, pk, SUMMARY_VERSIONS),
             )
 
-    def latest_summary(self, owner: str, thread_id: str) -> Summary | None:
-        found = self._summaries(owner, thread_id, "DESC LIMIT 1")
-        return found[0] if found else None
-
-    def summaries(self, owner: str, thread_id: str) -> list[Summary]:
-        return self._summaries(owner, thread_id, "ASC")
-
     def _summaries(self, owner: str, thread_id: str, order: str) -> list[Summary]:
         with self._lock:
             pk, _ = self._pk(owner, thread_id)
@@ -461,22 +445,6 @@ class SQLiteStore:
                 args,
             ).fetchall()
         return [CollectionInfo(*row) for row in rows]
-
-    def find_collection(self, owner: str, name: str) -> CollectionInfo | None:
-        found = self._collections(owner, name)
-        return found[0] if found else None
-
-    def get_collection(self, owner: str, name: str) -> CollectionInfo:
-        info = self.find_collection(owner, name)
-        if info is None:
-            raise UserError(
-                f"collection {name!r} not found",
-                hint="list them with `chatwright collections list`",
-            )
-        return info
-
-    def list_collections(self, owner: str) -> list[CollectionInfo]:
-        return self._collections(owner, None)
 
     def update_collection(self, owner: str, name: str, description: str) -> CollectionInfo:
         info = self.get_collection(owner, name)
@@ -589,13 +557,6 @@ class SQLiteStore:
                 args,
             ).fetchall()
         return [UserInfo(*row) for row in rows]
-
-    def find_user(self, name: str) -> UserInfo | None:
-        found = self._users(name)
-        return found[0] if found else None
-
-    def list_users(self) -> list[UserInfo]:
-        return self._users(None)
 
     def delete_user(self, name: str) -> None:
         with self._write() as db:
