@@ -1,9 +1,10 @@
 """The conformance suite: every storage backend runs these tests unchanged.
 
-The ``backend`` fixture gives a fresh, empty store of each kind (SQLite in a tmp dir; PostgreSQL
-in a new database on the test server, see ``tests/_postgres.py``). A new backend joins by
-adding itself to the ``make_store`` fixture (``conftest.py``). What is specific to one backend (SQLite's WAL and file locks,
-PostgreSQL's advisory locks and pool) is tested in that backend's own module.
+The ``make_store`` fixture (``conftest.py``) gives store objects on a fresh, empty database of
+each kind (SQLite in a tmp dir; PostgreSQL in a new database on the test server, see
+``tests/_postgres.py``); a new backend joins by adding itself there. What is specific to one
+backend (SQLite's WAL and file locks, PostgreSQL's advisory locks and pool) is tested in that
+backend's own module.
 """
 
 from __future__ import annotations
