@@ -26,6 +26,15 @@ Targets (printed PASS/FAIL; the exit code is 0 either way, this is a measurement
   * insert >= 2,000 chunks/s
   * a fresh process's first search at 100,000 chunks <= 1 s (from persisted segments)
 
+On PostgreSQL (``--backend postgres``: a throwaway ``pgserver`` started by the script, or
+``--database-url URL``: a server where that user may create databases) the same chunks and
+queries go into a fresh database through a ``PostgresStore``'s chunks: insert rate (then one
+``ANALYZE``, as autovacuum would do), ``keyword`` (BM25 in SQL over the GIN index), ``vector``
+(HNSW above 20,000 chunks, exact below), ``hybrid`` and ``hybrid+filter`` p50 / p95 / p99, the
+HNSW results' recall@10 against an exact search (numpy), and the cold start: a fresh
+process that opens the store (pool, schema check) and runs its first hybrid search, three times.
+It writes ``benchmarks/results/search_postgres.json``.
+
 Run: ``.venv/bin/python benchmarks/search.py`` (``--help`` for options); writes
 ``benchmarks/results/search.json``.
 """
@@ -53,6 +62,7 @@ ROOT = HERE.parent
 if (ROOT / "src" / "chatwright").is_dir() and str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
+import _postgres  # noqa: E402  (benchmarks/_postgres.py)
 from chatwright.retrieval import Chunk, SearchIndex  # noqa: E402
 from chatwright.store.migrations import m003_search_index as m003_retrieval  # noqa: E402
 from chatwright.store.migrations import m007_database_id  # noqa: E402
@@ -134,6 +144,7 @@ def latency(index: SearchIndex, qs: list[tuple[str, Any]], **search: Any) -> dic
         times.append((time.perf_counter() - started) * 1000)
     return {
         "p50_ms": round(statistics.median(times), 3),
+        "p95_ms": round(percentile(times, 0.95), 3),
         "p99_ms": round(percentile(times, 0.99), 3),
         "mean_ms": round(statistics.fmean(times), 3),
     }
@@ -214,6 +225,141 @@ def cold_probe(path: Path, persist: bool, seed: int) -> int:
     return 0
 
 
+# -- PostgreSQL ---------------------------------------------------------------------------------
+def run_size_postgres(n: int, vocab: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The same chunks and queries as :func:`run_size`, in a fresh PostgreSQL database."""
+    import psycopg
+
+    from chatwright.store.postgres import PostgresStore
+
+    rng = np.random.default_rng(args.seed + n)
+    print(f"\n== {n:,} chunks on PostgreSQL: generating...", flush=True)
+    chunks = corpus(n, vocab, rng)
+    qs = queries(args.queries, vocab, rng)
+    url = _postgres.fresh_database(args.pg_server)
+    store = PostgresStore(url)
+    try:
+        index = SearchIndex(store.chunks)
+        server = _postgres.ServerCpu(url)
+        server0, cpu0 = server.seconds(), time.process_time()
+        started = time.perf_counter()
+        for i in range(0, n, BATCH):
+            index.add(NAMESPACE, chunks[i : i + BATCH])
+            if (i // BATCH + 1) % 10 == 0:
+                rate = (i + BATCH) / (time.perf_counter() - started)
+                print(f"  {i + BATCH:,} chunks, {rate:,.0f} chunks/s so far", flush=True)
+        insert_s = time.perf_counter() - started
+        server1, cpu1 = server.seconds(), time.process_time()
+        started = time.perf_counter()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE chunks")
+        analyze_s = time.perf_counter() - started
+        started = time.perf_counter()
+        index.search(qs[0][0], [NAMESPACE], query_vector=qs[0][1])
+        first_s = time.perf_counter() - started
+        size = _postgres.database_size(url, checkpoint=True)
+        result: dict[str, Any] = {
+            "chunks": n,
+            "insert_seconds": round(insert_s, 2),
+            "insert_chunks_per_s": round(n / insert_s),
+            "insert_client_cpu_s": round(cpu1 - cpu0, 2),
+            "insert_server_cpu_s": (
+                round(server1 - server0, 2) if server0 is not None and server1 else None
+            ),
+            "analyze_seconds": round(analyze_s, 2),
+            "first_search_seconds": round(first_s, 3),
+            "db_bytes": size["total"],
+            "table_bytes": size["per_table"],
+            "search": {},
+        }
+        print(
+            f"insert {n / insert_s:,.0f} chunks/s ({insert_s:.1f} s); ANALYZE {analyze_s:.1f} s;"
+            f" first search {first_s:.3f} s; database {size['total'] / 1e6:,.0f} MB",
+            flush=True,
+        )
+        runs = {
+            "keyword": {"mode": "keyword"},
+            "vector": {"mode": "vector"},
+            "hybrid": {"mode": "hybrid"},
+            "hybrid+filter": {"mode": "hybrid", "filters": {"shard": 3}},
+        }
+        for name, search in runs.items():
+            s0 = server.seconds()
+            figures = latency(index, qs, **search)
+            s1 = server.seconds()
+            if s0 is not None and s1 is not None:  # warm-ups included: 10 more searches
+                figures["server_cpu_ms_per_search"] = round((s1 - s0) * 1000 / (len(qs) + 10), 2)
+            result["search"][name] = figures
+            print(
+                f"  {name:14} p50 {figures['p50_ms']:8.2f} ms   p95 {figures['p95_ms']:8.2f} ms"
+                f"   p99 {figures['p99_ms']:8.2f} ms",
+                flush=True,
+            )
+        result["vector_recall_at_10"] = vector_recall(index, chunks, qs)
+        print(f"  vector recall@10 vs exact: {result['vector_recall_at_10']:.3f}", flush=True)
+    finally:
+        store.close()
+    if args.cold:
+        result["cold_start"] = cold_start_postgres(url, args.seed)
+    if not args.keep:
+        _postgres.drop_database(url)
+    return result
+
+
+def vector_recall(index: SearchIndex, chunks: list[Chunk], qs: list[tuple[str, Any]]) -> float:
+    """Mean share of the exact 10 nearest chunks (numpy, cosine) that vector search returns."""
+    matrix = np.stack([np.asarray(c.vector, dtype=np.float32) for c in chunks])
+    found = []
+    for text, vector in qs:
+        exact = {chunks[i].key for i in np.argsort(-(matrix @ vector), kind="stable")[:10]}
+        hits = index.search(text, [NAMESPACE], k=10, mode="vector", query_vector=vector)
+        found.append(len(exact & {h.key for h in hits}) / 10)
+    return round(statistics.fmean(found), 4)
+
+
+def cold_start_postgres(url: str, seed: int, runs: int = 3) -> dict[str, Any]:
+    """A fresh process's first search, ``runs`` times in a row: opening the store (connection
+    pool, schema check), then the first hybrid search (nothing to load: it runs in SQL)."""
+    out: dict[str, Any] = {"runs": []}
+    for i in range(runs):
+        command = [sys.executable, __file__, "--cold-probe-url", url, "--seed", str(seed)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        out["runs"].append(figures)
+        print(
+            f"  cold start {i + 1}: open store {figures['open_s']:.3f} s, first search"
+            f" {figures['first_search_s']:.3f} s (second {figures['second_search_s']:.3f} s)",
+            flush=True,
+        )
+    out["first"] = out["runs"][0]
+    return out
+
+
+def cold_probe_postgres(url: str, seed: int) -> int:
+    """Run in a fresh process by ``cold_start_postgres``: time the store's opening and the first
+    hybrid search over it (and a second one, for comparison), print JSON."""
+    from chatwright.store.postgres import PostgresStore
+
+    (text, vector), (text2, vector2) = queries(2, vocabulary(seed), np.random.default_rng(seed))
+    wall = time.perf_counter()
+    store = PostgresStore(url)
+    opened = time.perf_counter()
+    index = SearchIndex(store.chunks)
+    index.search(text, [NAMESPACE], query_vector=vector)
+    first = time.perf_counter()
+    index.search(text2, [NAMESPACE], query_vector=vector2)
+    second = time.perf_counter()
+    store.close()
+    figures = {
+        "open_s": round(opened - wall, 3),
+        "first_search_s": round(first - opened, 3),
+        "open_and_first_search_s": round(first - wall, 3),
+        "second_search_s": round(second - first, 3),
+    }
+    print(json.dumps(figures))
+    return 0
+
+
 def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     largest = max(results, key=lambda r: r["chunks"])
@@ -231,7 +377,11 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"target": "insert >= 2,000 chunks/s", "value": slowest, "pass": slowest >= INSERT_TARGET}
     )
     if "cold_start" in largest:
-        cold = largest["cold_start"]["persisted"]["first_search_s"]
+        cold_start = largest["cold_start"]
+        if "persisted" in cold_start:
+            cold = cold_start["persisted"]["first_search_s"]
+        else:  # PostgreSQL: opening the store and the first search
+            cold = cold_start["first"]["open_and_first_search_s"]
         out.append(
             {
                 "target": f"cold first search at {largest['chunks']:,} chunks <= 1 s",
@@ -247,19 +397,52 @@ def main() -> int:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "search.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: results/search.json, or results/search_postgres.json on PostgreSQL",
+    )
     parser.add_argument("--tmp-dir", type=Path, default=None)
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres"),
+        default=None,
+        help="sqlite (default), or postgres: a fresh database per size on --database-url's "
+        "server, or on a throwaway pgserver",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="postgresql://... of a server where that user may create databases (implies "
+        "--backend postgres)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL databases")
     parser.add_argument(
         "--no-cold", dest="cold", action="store_false", help="skip the cold-start runs"
     )
     parser.add_argument("--cold-probe", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--persist", choices=("on", "off"), default="on", help=argparse.SUPPRESS)
+    parser.add_argument("--cold-probe-url", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cold_probe is not None:
         return cold_probe(args.cold_probe, args.persist == "on", args.seed)
+    if args.cold_probe_url is not None:
+        return cold_probe_postgres(args.cold_probe_url, args.seed)
+    if args.database_url and args.backend == "sqlite":
+        parser.error("--database-url is for --backend postgres")
+    postgres = bool(args.database_url) or args.backend == "postgres"
+    if args.out is None:
+        args.out = HERE / "results" / ("search_postgres.json" if postgres else "search.json")
     vocab = vocabulary(args.seed)
-    with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
-        results = [run_size(int(s), vocab, args, Path(tmp)) for s in args.sizes.split(",")]
+    load_before = os.getloadavg()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if postgres:
+        args.pg_server = _postgres.server_url(args.database_url, args.tmp_dir)
+        results = [run_size_postgres(n, vocab, args) for n in sizes]
+    else:
+        with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
+            results = [run_size(n, vocab, args, Path(tmp)) for n in sizes]
     checks = targets(results)
     print()
     for check in checks:
@@ -267,7 +450,10 @@ def main() -> int:
     report = {
         "benchmark": "search",
         "date": _dt.date.today().isoformat(),
+        "backend": "postgres" if postgres else "sqlite",
         "machine": {
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "sqlite": sqlite3.sqlite_version,

@@ -39,9 +39,19 @@ the larger part of what it measured on a 2-core machine.
 Targets (printed PASS/FAIL per mode; exit code 0 either way, this is a measurement): 200
 concurrent streams, p99 time to first event <= 100 ms, no errors, on the 2-core machine.
 
+Replicas (``--replicas N``, PostgreSQL): N ``chatwright serve`` processes on one database
+(``--database-url URL``: a server where that user may create databases, a fresh database per
+mode; or, without it, a throwaway ``pgserver`` that the script starts), each on its own port.
+The client spreads turns over them round-robin: a worker's n-th turn goes to replica
+(worker + n) mod N, one keep-alive connection per worker and replica; in a burst, turn i goes
+to replica i mod N. Server CPU is then the replicas' together, and PostgreSQL's processes'
+CPU is reported beside it. ``--database-url`` with ``--replicas 1`` measures one replica on
+PostgreSQL.
+
 Run: ``.venv/bin/python benchmarks/server_load.py [--mode both|burst|sustained]
-[--streams 200] [--rounds 3] [--duration 10] [--ramp 1] [--words 20]``; writes
-``benchmarks/results/server_load.json``.
+[--streams 200] [--rounds 3] [--duration 10] [--ramp 1] [--words 20]
+[--replicas N --database-url URL]``; writes ``benchmarks/results/server_load.json`` (with
+PostgreSQL: ``server_load_postgres_<N>.json``).
 """
 
 from __future__ import annotations
@@ -65,6 +75,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+import _postgres  # noqa: E402  (benchmarks/_postgres.py)
+
 RESULTS = ROOT / "results" / "server_load.json"
 TARGET_P99_MS = 100.0
 _ALPHABET = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
@@ -78,10 +91,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(port: int, data_dir: Path, model: str) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, data_dir: Path, model: str, database_url: str | None = None
+) -> subprocess.Popen[bytes]:
     """``chatwright serve`` on loopback with ``model``; returns once it answers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
     env.update(CHATWRIGHT_EMBEDDER="", CHATWRIGHT_DATA_DIR=str(data_dir))
+    if database_url:
+        env.update(CHATWRIGHT_DATABASE_URL=database_url)
     command = [sys.executable, "-m", "chatwright", "serve", "--model", model]
     command += ["--port", str(port), "--log-level", "warning"]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -267,30 +284,36 @@ def request_bytes(host: str, port: int, thread: str, text: str) -> bytes:
 
 
 class Worker:
-    """A client that keeps its connection between turns (reconnecting when it was closed)."""
+    """A client that keeps a connection to each server (replica) between turns, reconnecting
+    when one was closed."""
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.host, self.port, self.timeout = host, port, timeout
-        self.conn: Connection | None = None
+    def __init__(self, host: str, ports: list[int], timeout: float) -> None:
+        self.host, self.ports, self.timeout = host, ports, timeout
+        self.conns: dict[int, Connection] = {}
         self.current: Turn | None = None  # the turn under way, or the last one
 
-    async def turn(self, thread: str, text: str) -> Turn:
+    async def turn(self, thread: str, text: str, replica: int = 0) -> Turn:
+        """One turn, sent to ``ports[replica % len(ports)]``."""
+        port = self.ports[replica % len(self.ports)]
         turn = self.current = Turn(start=time.perf_counter())
         try:
-            if self.conn is None or self.conn.closed:
+            conn = self.conns.get(port)
+            if conn is None or conn.closed:
                 loop = asyncio.get_running_loop()
-                _, self.conn = await loop.create_connection(Connection, self.host, self.port)
-            finished = self.conn.send(request_bytes(self.host, self.port, thread, text), turn)
+                _, conn = await loop.create_connection(Connection, self.host, port)
+                self.conns[port] = conn
+            finished = conn.send(request_bytes(self.host, port, thread, text), turn)
             await asyncio.wait_for(finished, self.timeout)
         except (TimeoutError, OSError) as e:
             turn.error = f"{type(e).__name__}: {e}"
-            self.close()
+            self.close(port)
         return turn
 
-    def close(self) -> None:
-        if self.conn is not None and self.conn.transport is not None:
-            self.conn.transport.close()
-        self.conn = None
+    def close(self, port: int | None = None) -> None:
+        for p in [port] if port is not None else list(self.conns):
+            conn = self.conns.pop(p, None)
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
 
 
 # -- figures ----------------------------------------------------------------------------------
@@ -323,22 +346,47 @@ def summarize(turns: list[Turn]) -> dict[str, Any]:
 
 
 @dataclass
-class CpuMeter:
-    """CPU seconds used by the server and by this client between two points."""
+class Servers:
+    """Where the servers listen, their processes (for their CPU), PostgreSQL's (or None)."""
 
-    server_pid: int | None
-    marks: tuple[float | None, float | None] = (None, None)
+    host: str
+    ports: list[int]
+    pids: list[int | None]
+    postgres: _postgres.ServerCpu | None = None
+
+
+def _sum(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by the servers (all replicas), PostgreSQL and this client between two
+    points."""
+
+    servers: Servers
+    marks: tuple[float | None, float | None, float | None] = (None, None, None)
+
+    def _now(self) -> tuple[float | None, float | None, float | None]:
+        pg = self.servers.postgres
+        return (
+            _sum([cpu_seconds(pid) if pid is not None else None for pid in self.servers.pids]),
+            cpu_seconds(None),
+            pg.seconds() if pg is not None else None,
+        )
 
     def start(self) -> None:
-        self.marks = (cpu_seconds(self.server_pid), cpu_seconds(None))
+        self.marks = self._now()
 
     def per_turn(self, turns: int, wall_s: float) -> dict[str, Any]:
-        server0, client0 = self.marks
-        server1, client1 = cpu_seconds(self.server_pid), cpu_seconds(None)
+        (server0, client0, pg0), (server1, client1, pg1) = self.marks, self._now()
         out: dict[str, Any] = {}
-        if server0 is not None and server1 is not None and self.server_pid is not None:
+        if server0 is not None and server1 is not None:
             out["server_cpu_ms_per_turn"] = round((server1 - server0) * 1000 / max(turns, 1), 2)
             out["server_cpu_cores"] = round((server1 - server0) / wall_s, 2)
+        if pg0 is not None and pg1 is not None:
+            out["postgres_cpu_ms_per_turn"] = round((pg1 - pg0) * 1000 / max(turns, 1), 2)
+            out["postgres_cpu_cores"] = round((pg1 - pg0) / wall_s, 2)
         if client0 is not None and client1 is not None:
             out["client_cpu_ms_per_turn"] = round((client1 - client0) * 1000 / max(turns, 1), 2)
         return out
@@ -350,14 +398,14 @@ def message(i: int, words: int) -> str:
 
 # -- burst ------------------------------------------------------------------------------------
 async def burst_round(
-    host: str, port: int, streams: int, tag: str, cpu: CpuMeter, timeout: float
+    servers: Servers, streams: int, tag: str, cpu: CpuMeter, timeout: float
 ) -> dict[str, Any]:
     go = asyncio.Event()
-    workers = [Worker(host, port, timeout) for _ in range(streams)]
+    workers = [Worker(servers.host, servers.ports, timeout) for _ in range(streams)]
 
     async def one(i: int) -> Turn:
         await go.wait()
-        return await workers[i].turn(f"{tag}-{i}", f"hello number {i}")
+        return await workers[i].turn(f"{tag}-{i}", f"hello number {i}", replica=i)
 
     tasks = [asyncio.create_task(one(i)) for i in range(streams)]
     await asyncio.sleep(0.5)  # every task is waiting at the gate
@@ -371,13 +419,13 @@ async def burst_round(
     return {**summarize(turns), "wall_s": round(wall, 3), **cpu.per_turn(len(turns), wall)}
 
 
-def run_burst(host: str, port: int, args: argparse.Namespace, pid: int | None) -> dict[str, Any]:
-    cpu = CpuMeter(pid)
-    asyncio.run(burst_round(host, port, 5, "warmup", cpu, args.timeout))
+def run_burst(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
+    cpu = CpuMeter(servers)
+    asyncio.run(burst_round(servers, 5, "warmup", cpu, args.timeout))
     rounds = []
     for i in range(args.rounds):
         load = machine_load()
-        summary = asyncio.run(burst_round(host, port, args.streams, f"r{i}", cpu, args.timeout))
+        summary = asyncio.run(burst_round(servers, args.streams, f"r{i}", cpu, args.timeout))
         rounds.append({**summary, "machine_load": load})
         print(json.dumps({"mode": "burst", "round": i + 1, **summary}), flush=True)
     worst = max(r.get("first_event_ms", {}).get("p99", float("inf")) for r in rounds)
@@ -395,17 +443,15 @@ def run_burst(host: str, port: int, args: argparse.Namespace, pid: int | None) -
 
 
 # -- sustained --------------------------------------------------------------------------------
-async def sustained_run(
-    host: str, port: int, args: argparse.Namespace, pid: int | None
-) -> dict[str, Any]:
+async def sustained_run(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
     streams, ramp, duration = args.streams, args.ramp, args.duration
     t0 = time.perf_counter()
     window_start, window_end = t0 + ramp, t0 + ramp + duration
     counted: list[Turn] = []
     warmup = 0
-    clients = [Worker(host, port, args.timeout) for _ in range(streams)]
+    clients = [Worker(servers.host, servers.ports, args.timeout) for _ in range(streams)]
     samples: list[int] = []  # streams open (first event seen, done not yet), every 10 ms
-    cpu = CpuMeter(pid)
+    cpu = CpuMeter(servers)
 
     async def worker(i: int) -> None:
         nonlocal warmup
@@ -414,7 +460,7 @@ async def sustained_run(
         n = 0
         while time.perf_counter() < window_end:
             began = time.perf_counter()
-            turn = await client.turn(f"s{i}", message(i + n, args.words))
+            turn = await client.turn(f"s{i}", message(i + n, args.words), replica=i + n)
             n += 1
             if began >= window_start:
                 counted.append(turn)
@@ -452,11 +498,9 @@ async def sustained_run(
     }
 
 
-def run_sustained(
-    host: str, port: int, args: argparse.Namespace, pid: int | None
-) -> dict[str, Any]:
+def run_sustained(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
     load = machine_load()
-    result = asyncio.run(sustained_run(host, port, args, pid))
+    result = asyncio.run(sustained_run(servers, args))
     print(json.dumps({"mode": "sustained", **result}), flush=True)
     p99 = result.get("first_event_ms", {}).get("p99", float("inf"))
     return {
@@ -467,6 +511,7 @@ def run_sustained(
         "words": args.words,
         **result,
         "machine_load": load,
+        "machine_load_after": machine_load(),
         "pass": p99 <= TARGET_P99_MS and result["errors"] == 0,
     }
 
@@ -474,18 +519,31 @@ def run_sustained(
 # -- main -------------------------------------------------------------------------------------
 def with_server(
     args: argparse.Namespace, model: str, run: Any
-) -> dict[str, Any]:  # run(host, port, args, pid) -> figures
+) -> dict[str, Any]:  # run(servers, args) -> figures
     if args.url:
         host, _, port = args.url.removeprefix("http://").rstrip("/").partition(":")
-        return run(host, int(port or 80), args, args.pid)  # type: ignore[no-any-return]
+        return run(Servers(host, [int(port or 80)], [args.pid]), args)  # type: ignore[no-any-return]
+    database_url = None
+    if args.pg_server:
+        database_url = _postgres.fresh_database(args.pg_server)
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        server = start_server(port, Path(tmp) / "data", model)
+        processes: list[subprocess.Popen[bytes]] = []
         try:
-            return run("127.0.0.1", port, args, server.pid)  # type: ignore[no-any-return]
+            ports = []
+            for i in range(args.replicas):
+                ports.append(free_port())
+                data = Path(tmp) / f"data-{i}"
+                processes.append(start_server(ports[-1], data, model, database_url))
+            postgres = _postgres.ServerCpu(database_url) if database_url else None
+            servers = Servers("127.0.0.1", ports, [p.pid for p in processes], postgres)
+            return run(servers, args)  # type: ignore[no-any-return]
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=60)
+            if database_url:
+                _postgres.drop_database(database_url)
 
 
 def verdict(name: str, figures: dict[str, Any], key: str) -> str:
@@ -510,8 +568,36 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per turn")
     parser.add_argument("--url", help="an already running server (default: start one)")
     parser.add_argument("--pid", type=int, help="with --url: the server's process, for its CPU")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="chatwright serve processes on one PostgreSQL database, turns spread round-robin "
+        "(more than 1 needs PostgreSQL: --database-url, else a pgserver is started)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="postgresql://... of a server where that user may create databases (a fresh "
+        "database per mode); default: SQLite, or a throwaway pgserver with --replicas > 1",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: results/server_load.json (results/server_load_postgres_<N>.json on "
+        "PostgreSQL with N replicas)",
+    )
     args = parser.parse_args()
+    if args.replicas < 1:
+        parser.error("--replicas must be >= 1")
+    if args.url and (args.replicas > 1 or args.database_url):
+        parser.error("--url measures one running server: no --replicas or --database-url")
+    args.pg_server = None
+    if args.database_url or args.replicas > 1:
+        args.pg_server = _postgres.server_url(args.database_url)
+    if args.out is None:
+        name = f"server_load_postgres_{args.replicas}.json" if args.pg_server else RESULTS.name
+        args.out = RESULTS.with_name(name)
     results: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -519,6 +605,8 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "backend": "postgres" if args.pg_server else "sqlite",
+        "replicas": args.replicas,
         # uvicorn uses these when the server's environment has them (the [server] extra)
         "server_speedups": {
             name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")

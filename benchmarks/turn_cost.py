@@ -27,6 +27,13 @@ Targets (printed PASS/FAIL; the exit code is 0 either way, this is a measurement
   * median at the last checkpoint <= 1.5x the median at turn 10 (fresh threads)
   * bytes stored per turn <= 2x the raw text of a turn
 
+On PostgreSQL (``--backend postgres``: a throwaway ``pgserver`` started by the script, or
+``--database-url URL``: a server where the URL's user may create databases), the same turns
+run on a ``PostgresStore``, each bot in a fresh database. The server does part of each turn's
+work in its own processes, so their CPU time is measured too (``ServerCpu``: /proc ticks of
+10 ms, so it is given as a mean over many turns); bytes per turn are the database's growth
+(``pg_database_size``, WAL not counted). The default (SQLite) run is unchanged.
+
 Run: ``.venv/bin/python benchmarks/turn_cost.py`` (``--help`` for the options).
 """
 
@@ -57,11 +64,13 @@ ROOT = HERE.parent
 if (ROOT / "src" / "chatwright").is_dir() and str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
+import _postgres  # noqa: E402  (benchmarks/_postgres.py)
 from chatwright.bot import Chatbot  # noqa: E402
 from chatwright.config import MemorySettings, Settings  # noqa: E402
 
 DEFAULT_CHECKPOINTS = (1, 10, 100, 1_000, 10_000)
 DEFAULT_OUT = HERE / "results" / "turn_cost.json"
+DEFAULT_OUT_POSTGRES = HERE / "results" / "turn_cost_postgres.json"
 
 TARGET_MS = 2.0
 TARGET_RATIO_VS_TURN_10 = 1.5
@@ -207,6 +216,26 @@ def payload_bytes(db_path: Path) -> dict[str, float]:
     }
 
 
+def pg_payload_bytes(url: str) -> dict[str, float]:
+    """As :func:`payload_bytes`, for a PostgreSQL database."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        turns = conn.execute("SELECT COUNT(*) FROM traces").fetchone()[0] or 1
+        text, data = conn.execute(
+            "SELECT COALESCE(SUM(octet_length(text)), 0), COALESCE(SUM(octet_length(data)), 0)"
+            " FROM messages"
+        ).fetchone()
+        trace = conn.execute("SELECT COALESCE(SUM(octet_length(data)), 0) FROM traces").fetchone()[
+            0
+        ]
+    return {
+        "messages.text": round(text / turns, 1),
+        "messages.data": round(data / turns, 1),
+        "traces.data": round(trace / turns, 1),
+    }
+
+
 def pressure() -> dict[str, float] | None:
     """Linux PSI: microseconds some task waited for a CPU / for I/O, and the clock, now."""
     out: dict[str, float] = {"at": time.perf_counter()}
@@ -286,17 +315,44 @@ class Disk:
 # test:echo as the summarizer, hybrid recall with the local MiniLM embedder, in the background).
 MEMORY_MODES = ("log", "default")
 memory_mode = "log"
+# None: SQLite at data_dir/chatwright.db; else the PostgreSQL server on which every bot gets a
+# fresh database (dropped at the end unless --keep)
+pg_server: str | None = None
+pg_databases: list[str] = []
 
 
-def make_settings(directory: Path) -> Settings:
+def make_settings(directory: Path, database_url: str | None = None) -> Settings:
     if memory_mode == "log":
         memory = MemorySettings(strategy="tokens", recall=False)
-        return Settings(model="test:echo", data_dir=directory, memory=memory)
-    return Settings(model="test:echo", data_dir=directory)
+        return Settings(
+            model="test:echo", data_dir=directory, memory=memory, database_url=database_url
+        )
+    return Settings(model="test:echo", data_dir=directory, database_url=database_url)
 
 
 def make_bot(directory: Path) -> Chatbot:
-    return Chatbot(settings=make_settings(directory))  # SQLite at data_dir/chatwright.db
+    url = None
+    if pg_server is not None:
+        url = _postgres.fresh_database(pg_server)
+        pg_databases.append(url)
+    return Chatbot(settings=make_settings(directory, url))
+
+
+class ServerCpuMeter:
+    """The PostgreSQL server's CPU seconds (None for SQLite: the engine's process does it all)."""
+
+    def __init__(self, bot: Chatbot) -> None:
+        url = getattr(bot.store, "url", None)
+        self.cpu = _postgres.ServerCpu(url) if url else None
+
+    def now(self) -> float | None:
+        return self.cpu.seconds() if self.cpu is not None else None
+
+
+def per_turn_ms(start: float | None, end: float | None, turns: int) -> float | None:
+    if start is None or end is None or turns <= 0:
+        return None
+    return round((end - start) * 1000 / turns, 4)
 
 
 async def timed_turn(bot: Chatbot, thread_id: str, text: str) -> tuple[float, float, Any]:
@@ -330,6 +386,8 @@ async def fresh_threads(
     them, flagged, when fewer than ``min_clean`` did).
     """
     bot = make_bot(directory)
+    server = ServerCpuMeter(bot)
+    server_s: dict[int, float] = {c: 0.0 for c in checkpoints}  # summed over recorded turns
     last = max(checkpoints)
     samples: dict[int, list[tuple[float, float, Any, float]]] = {c: [] for c in checkpoints}
     waits = []
@@ -344,8 +402,12 @@ async def fresh_threads(
                     text = messages[k % len(messages)]
                     k += 1
                     fsync = disk.probe() if turn in samples else 0.0
+                    before = server.now() if turn in samples else None
                     wall, cpu, answer = await timed_turn(bot, f"fresh-{t:05d}", text)
                     if turn in samples:
+                        after = server.now()
+                        if before is not None and after is not None:
+                            server_s[turn] += after - before
                         samples[turn].append((wall, cpu, answer.trace, fsync))
     finally:
         bot.close()
@@ -359,6 +421,8 @@ async def fresh_threads(
             "busy_samples": len(samples[c]) - len(clean),
             "disk_busy": use is not clean,
         }
+        if server.cpu is not None:  # over every recorded turn (busy disk or not)
+            out[c]["server_cpu_mean_ms"] = round(server_s[c] * 1000 / len(samples[c]), 4)
     out["waits"] = waits
     return out
 
@@ -378,11 +442,18 @@ async def long_thread(
     window: the profiler slows what it watches).
     """
     bot = make_bot(directory)
-    db_path = Path(bot.store.path)  # type: ignore[attr-defined]
+    pg_url = getattr(bot.store, "url", None)
+    db_path = None if pg_url else Path(bot.store.path)  # type: ignore[attr-defined]
+
+    def size_now() -> dict[str, Any]:
+        return db_bytes(db_path) if db_path else _postgres.database_size(pg_url, checkpoint=True)
+
+    server = ServerCpuMeter(bot)
+    server_at: dict[int, float | None] = {}  # the server's CPU s before/after each window
     total_turns = max(checkpoints) + window - 1
     starts = set(checkpoints)
     ends = {c + window - 1 for c in checkpoints}
-    sizes = {0: db_bytes(db_path)}
+    sizes = {0: size_now()}
     wall_ms: list[float] = [0.0] * (total_turns + 1)  # 1-based
     cpu_ms: list[float] = [0.0] * (total_turns + 1)
     traces: dict[int, Any] = {}
@@ -394,11 +465,13 @@ async def long_thread(
     raw_text = 0
     profile_text = None
     drive_start = time.perf_counter()
+    server_start = server.now()
     try:
         for turn in range(1, total_turns + 1):
             if turn in starts:
                 waits[turn] = await disk.wait_quiet()
                 psi_start[turn] = pressure()
+                server_at[-turn] = server.now()
             if turn in in_window:
                 fsync_ms[turn] = disk.probe()  # the disk's state, outside the turn's timing
             text = messages[(turn - 1) % len(messages)]
@@ -407,13 +480,15 @@ async def long_thread(
                 traces[turn] = answer.trace
             raw_text += len(text.encode("utf-8")) + len(answer.text.encode("utf-8"))
             if turn in ends:
+                server_at[turn] = server.now()
                 for c in checkpoints:  # windows may overlap (1..50 and 10..59)
                     if c + window - 1 == turn:
                         psi[c] = pressure_share(psi_start.pop(c), pressure())
                 bot.wait_background()  # background memory work counts in the bytes
-                sizes[turn] = db_bytes(db_path)  # snapshots after a window, never inside one
+                sizes[turn] = size_now()  # snapshots after a window, never inside one
         drive_s = time.perf_counter() - drive_start
-        payload = payload_bytes(db_path)
+        server_end = server.now()
+        payload = payload_bytes(db_path) if db_path else pg_payload_bytes(pg_url)
         if profile_turns:
             await disk.wait_quiet()
             profiler = cProfile.Profile()
@@ -450,6 +525,9 @@ async def long_thread(
             "machine_pressure": psi[c],
             "disk_busy": disk.busy(statistics.median(fsync_ms[t] for t in turns)),
         }
+        server_ms = per_turn_ms(server_at.get(-c), server_at.get(c + window - 1), window)
+        if server_ms is not None:  # overlapping windows: the later start's reading wins
+            windows[c]["server_cpu_mean_ms"] = server_ms
     growth = sizes[total_turns]["total"] - sizes[0]["total"]
     marks = sorted(sizes)
     segments = [
@@ -467,6 +545,8 @@ async def long_thread(
         "all_turns_ms": {
             **summarize(wall_ms[1:]),
             "cpu_median_ms": round(statistics.median(cpu_ms[1:]), 4),
+            "cpu_mean_ms": round(statistics.fmean(cpu_ms[1:]), 4),
+            "server_cpu_mean_ms": per_turn_ms(server_start, server_end, total_turns),
         },
         "windows": windows,
         "storage": {
@@ -478,8 +558,8 @@ async def long_thread(
             "ratio": round(growth / raw_text, 3),
             "payload_per_turn": payload,
             "per_table_bytes_end": sizes[total_turns]["per_table"],
-            "freelist_pages_end": sizes[total_turns]["freelist_pages"],
-            "page_size": sizes[total_turns]["page_size"],
+            "freelist_pages_end": sizes[total_turns].get("freelist_pages"),
+            "page_size": sizes[total_turns].get("page_size"),
             "segments": segments,
         },
     }
@@ -564,6 +644,9 @@ def combine(per_round: list[dict[str, Any]]) -> dict[str, Any]:
         "round_disk_busy": [bool(s.get("disk_busy")) for s in per_round],
         "stages_median_ms": {k: round(statistics.median(v), 4) for k, v in stages.items()},
     }
+    server = [s["server_cpu_mean_ms"] for s in use if s.get("server_cpu_mean_ms") is not None]
+    if server:
+        out["server_cpu_mean_ms"] = round(statistics.median(server), 4)
     if "turns" in per_round[0]:
         out["turns"] = per_round[0]["turns"]
     return out
@@ -631,10 +714,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=20261123, help="seed of the message generator")
     p.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres"),
+        default=None,
+        help="sqlite (default): the default store on disk; postgres: a PostgresStore, each "
+        "bot in a fresh database on --database-url's server, or on a throwaway pgserver",
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="postgresql://... of a server where that user may create databases (implies "
+        "--backend postgres; default: start a pgserver in --tmp-dir)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
-        default=DEFAULT_OUT,
-        help=f"JSON results path (default: {DEFAULT_OUT.relative_to(ROOT)})",
+        default=None,
+        help=f"JSON results path (default: {DEFAULT_OUT.relative_to(ROOT)}, or "
+        f"{DEFAULT_OUT_POSTGRES.relative_to(ROOT)} on PostgreSQL)",
     )
     p.add_argument(
         "--tmp-dir",
@@ -668,38 +765,66 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--checkpoints must be positive turn numbers")
     if min(args.window, args.fresh_threads, args.messages, args.rounds, args.profile_turns) < 1:
         p.error("--window, --fresh-threads, --rounds, --messages and --profile-turns must be >= 1")
+    if args.database_url and args.backend == "sqlite":
+        p.error("--database-url is for --backend postgres")
+    args.backend = "postgres" if args.database_url else (args.backend or "sqlite")
+    if args.out is None:
+        args.out = DEFAULT_OUT_POSTGRES if args.backend == "postgres" else DEFAULT_OUT
     return args
 
 
 def machine() -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "nproc": os.cpu_count(),
         "cpus_usable": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "sqlite": sqlite3.sqlite_version,
+        "loadavg": os.getloadavg(),
     }
+    if pg_server is not None:
+        import psycopg
+
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            out["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+            out["postgresql_settings"] = dict(
+                conn.execute(
+                    "SELECT name, setting FROM pg_settings WHERE name IN ('synchronous_commit',"
+                    " 'fsync', 'wal_sync_method', 'shared_buffers', 'full_page_writes')"
+                ).fetchall()
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    global memory_mode
+    global memory_mode, pg_server
     memory_mode = args.memory
     env = sorted(k for k in os.environ if k.startswith("CHATWRIGHT_"))
     if env:
         print(f"warning: CHATWRIGHT_* variables set, they change the settings: {', '.join(env)}")
     root = Path(tempfile.mkdtemp(prefix="chatwright-bench-", dir=args.tmp_dir))
+    if args.backend == "postgres":
+        pg_server = _postgres.server_url(args.database_url, args.tmp_dir)
+    load_before = os.getloadavg()
     wall = time.perf_counter()
     try:
         figures = asyncio.run(run(args, root))  # ONE event loop for every turn
     finally:
         if args.keep:
-            print(f"databases kept in {root}")
+            print(f"databases kept in {root} {' '.join(pg_databases)}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+            for url in pg_databases:
+                _postgres.drop_database(url)
     wall = time.perf_counter() - wall
     settings = make_settings(root)
+    store_name = "SQLite on disk (temp dir), WAL, synchronous=FULL"
+    if pg_server is not None:
+        store_name = "PostgreSQL (a fresh database per bot), pgvector; " + (
+            "given server" if args.database_url else "pgserver in a temp dir"
+        )
 
     checkpoints = sorted(set(args.checkpoints))
     rounds = figures["rounds"]
@@ -758,10 +883,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "turn_cost",
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": {**machine(), "loadavg_before": load_before},
         "settings": {
             "model": "test:echo",
-            "store": "SQLite on disk (temp dir), WAL, synchronous=FULL",
+            "store": store_name,
             "memory": memory_mode,
             "memory_settings": settings.memory.model_dump(),
             "history_messages": settings.history_messages,
@@ -792,8 +917,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- report ------------------------------------------------------------------------
     m = result["machine"]
-    print("chatwright turn cost: test:echo, SQLite on disk (WAL, synchronous=FULL)")
-    print(f"{m['nproc']} CPUs, Python {m['python']}, SQLite {m['sqlite']}, {m['platform']}")
+    print(f"chatwright turn cost: test:echo, {store_name}")
+    db_version = f"PostgreSQL {m['postgresql']}" if pg_server else f"SQLite {m['sqlite']}"
+    print(f"{m['nproc']} CPUs, Python {m['python']}, {db_version}, {m['platform']}")
+    print(f"load average before {load_before[0]:.2f}, after {m['loadavg'][0]:.2f}")
     mc = figures["message_chars"]
     print(
         f"user messages: {mc['min']}-{mc['max']} chars (median {mc['median']:g}); "
@@ -803,7 +930,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     header = (
         f"{'turn':>7}  {'measured over':<34} {'n':>4} {'median ms':>9} {'p90 ms':>7}"
-        f" {'cpu ms':>6} {'load':>6} {'persist':>7}  round medians"
+        f" {'cpu ms':>6} {'load':>6} {'persist':>7}"
+        + (f" {'pg cpu':>6}" if pg_server else "")
+        + "  round medians"
     )
     print(header)
     print("-" * (len(header) + 10))
@@ -820,15 +949,21 @@ def main(argv: list[str] | None = None) -> int:
                 for v, b in zip(s["round_medians_ms"], s["round_disk_busy"], strict=True)
             )
             flag = " (disk busy)" if s["disk_busy"] else ""
+            pg = ""
+            if pg_server:
+                pg = f" {s.get('server_cpu_mean_ms') or float('nan'):>6.3f}"
             print(
                 f"{c:>7,}  {label:<34} {s['n_per_round']:>4} {s['median_ms']:>9.3f}"
                 f" {s['p90_ms']:>7.3f} {s['cpu_median_ms']:>6.3f} {st.get('load', 0):>6.3f}"
-                f" {st.get('persist', 0):>7.3f}  {rm}{flag}"
+                f" {st.get('persist', 0):>7.3f}{pg}  {rm}{flag}"
             )
     print("median, p90: wall ms per turn, median over rounds; cpu ms: the process's CPU time per")
     print("turn; load, persist: those stages' ms from the turns' own traces (each includes one")
     print("synchronous commit); * = that round ran on a busy disk (left out of the headline when")
     print("another round did not)")
+    if pg_server:
+        print("pg cpu: the PostgreSQL server's processes' CPU ms per turn (mean; /proc ticks of")
+        print("10 ms summed over the window's turns)")
     print()
     print(
         f"drove one thread to {turns:,} turns in "
@@ -839,6 +974,14 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{a['cpu_median_ms']:.3f}" for a in all_turns)
         + " ms (per round)"
     )
+    if pg_server:
+        print(
+            "  PostgreSQL server CPU per turn over all of them (mean): "
+            + ", ".join(f"{a['server_cpu_mean_ms'] or float('nan'):.3f}" for a in all_turns)
+            + " ms; engine process, mean: "
+            + ", ".join(f"{a['cpu_mean_ms']:.3f}" for a in all_turns)
+            + " ms"
+        )
     fp = result["summary"]["fsync_probe_ms"]
     print(
         f"disk: 4 KiB write + fdatasync, {fp['count']} probes: min {fp['min']:.3f}, "
@@ -847,7 +990,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"storage: {storage['bytes_start']:,} -> {storage['bytes_end']:,} bytes after "
-        f"{turns:,} turns (db + wal after wal_checkpoint(TRUNCATE))"
+        f"{turns:,} turns "
+        + (
+            "(pg_database_size after CHECKPOINT)"
+            if pg_server
+            else "(db + wal after wal_checkpoint(TRUNCATE))"
+        )
     )
     print(
         f"  {storage['bytes_per_turn']:,.1f} bytes stored per turn vs "

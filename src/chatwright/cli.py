@@ -639,6 +639,13 @@ def eval_retrieval(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Do not reuse corpus vectors from a previous run.")
     ] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="Index in a throw-away database on this PostgreSQL server (default: SQLite).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 of keyword, vector and hybrid search on a BEIR dataset."""
@@ -656,6 +663,7 @@ def eval_retrieval(
             embedder=None if embedder == "none" else embedder,
             fusion=fusion,
             cache_dir=None if no_cache else beir.DEFAULT_CACHE_DIR,
+            database_url=database_url,
         )
     if as_json:
         out.file.write(json.dumps(result, indent=2) + "\n")

@@ -11,6 +11,11 @@ Embedding a corpus is the slow part (minutes for SciFact with MiniLM on 2 cores)
 vectors are cached as ``.npy`` under the system temporary directory, keyed by a hash of
 ``corpus.jsonl`` and the embedder's name; pass ``cache_dir=None`` to disable the cache.
 
+With ``database_url`` (a PostgreSQL server, ``chatwright[postgres]``), the corpus is indexed
+instead in a throw-away database created on that server (so its user needs ``CREATEDB``) and
+dropped afterwards, through a ``PostgresStore``'s chunks: the same figures for the PostgreSQL
+backend's search (BM25 over ``tsvector``, pgvector).
+
 ``tune`` grid-searches BM25's ``k1``/``b`` and the fusion weights and RRF constant on a split
 (use ``train``; report figures on ``test``). Run from a shell::
 
@@ -21,6 +26,7 @@ vectors are cached as ``.npy`` under the system temporary directory, keyed by a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -28,7 +34,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,11 +180,32 @@ def embed_corpus(
     return vectors
 
 
+@contextlib.contextmanager
+def _postgres_chunks(url: str, k1: float, b: float) -> Iterator[Any]:
+    """A ``PostgresStore``'s chunks in a new database on the server of ``url``, dropped after."""
+    from chatwright.store.postgres import PostgresStore, scratch_database
+
+    with scratch_database(url) as scratch:
+        store = PostgresStore(scratch)
+        try:
+            store.chunks.k1, store.chunks.b = k1, b
+            yield store.chunks
+        finally:
+            store.close()
+
+
 def _build(
-    data: BeirData, embedder: Embedder | None, cache_dir: Path | None, **options: Any
+    data: BeirData,
+    embedder: Embedder | None,
+    cache_dir: Path | None,
+    chunks: Any = None,
+    **options: Any,
 ) -> SearchIndex:
-    store = SQLiteStore(":memory:")
-    index = SearchIndex(SQLiteChunks(store.connection, lock=store.lock, **options), embedder)
+    """The corpus indexed in ``chunks`` (default: an in-memory SQLite database's)."""
+    if chunks is None:
+        store = SQLiteStore(":memory:")
+        chunks = SQLiteChunks(store.connection, lock=store.lock, **options)
+    index = SearchIndex(chunks, embedder)
     vectors = embed_corpus(data, embedder, cache_dir) if embedder is not None else None
     index.add(
         NAMESPACE,
@@ -250,42 +277,52 @@ def evaluate(
     b: float = 0.75,
     keyword_backend: str = "memory",
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    database_url: str | None = None,
 ) -> dict[str, Any]:
-    """Index the corpus, run the split's queries in each mode; returns the metrics per mode."""
+    """Index the corpus, run the split's queries in each mode; returns the metrics per mode.
+
+    ``database_url``: index it in a throw-away database on that PostgreSQL server instead of
+    in-memory SQLite (``keyword_backend`` is then the database's own)."""
     for mode in modes:
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}", hint=f"modes: {', '.join(MODES)}")
+    if database_url and keyword_backend != "memory":
+        raise UserError("keyword_backend is SQLite's: PostgreSQL has its own")
     data = load(path, split)
     model = _resolve(embedder) if any(m != "keyword" for m in modes) else None
     if model is None and "vector" in modes:
         raise UserError("vector mode needs an embedder")
-    started = time.perf_counter()
-    index = _build(data, model, cache_dir, k1=k1, b=b, keyword_backend=keyword_backend)
-    qvecs = _query_vectors(data, model)
-    result: dict[str, Any] = {
-        "dataset": data.path.name,
-        "split": split,
-        "queries": len(data.queries),
-        "documents": len(data.doc_ids),
-        "embedder": getattr(model, "name", None),
-        "params": {
-            "k1": k1,
-            "b": b,
-            "fusion": fusion,
-            "weights": dict(weights or default_weights(fusion)),  # type: ignore[arg-type]
-            "rrf_k": rrf_k,
-            "keyword_backend": keyword_backend,
-        },
-        "index_seconds": round(time.perf_counter() - started, 2),
-        "modes": {},
-    }
-    for mode in modes:
+    with contextlib.ExitStack() as stack:
+        chunks = None
+        if database_url:
+            chunks = stack.enter_context(_postgres_chunks(database_url, k1, b))
         started = time.perf_counter()
-        rankings = _run(index, data, mode, qvecs, fusion=fusion, weights=weights, rrf_k=rrf_k)
-        metrics = scores(rankings, data.qrels)
-        metrics["seconds"] = round(time.perf_counter() - started, 2)
-        result["modes"][mode] = metrics
-    return result
+        index = _build(data, model, cache_dir, chunks, k1=k1, b=b, keyword_backend=keyword_backend)
+        qvecs = _query_vectors(data, model)
+        result: dict[str, Any] = {
+            "dataset": data.path.name,
+            "split": split,
+            "queries": len(data.queries),
+            "documents": len(data.doc_ids),
+            "embedder": getattr(model, "name", None),
+            "params": {
+                "k1": k1,
+                "b": b,
+                "fusion": fusion,
+                "weights": dict(weights or default_weights(fusion)),  # type: ignore[arg-type]
+                "rrf_k": rrf_k,
+                "keyword_backend": "postgres" if database_url else keyword_backend,
+            },
+            "index_seconds": round(time.perf_counter() - started, 2),
+            "modes": {},
+        }
+        for mode in modes:
+            started = time.perf_counter()
+            rankings = _run(index, data, mode, qvecs, fusion=fusion, weights=weights, rrf_k=rrf_k)
+            metrics = scores(rankings, data.qrels)
+            metrics["seconds"] = round(time.perf_counter() - started, 2)
+            result["modes"][mode] = metrics
+        return result
 
 
 def _best(table: list[dict[str, Any]]) -> dict[str, Any]:
@@ -387,6 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", help="KEYWORD,VECTOR weights (default: per fusion)")
     parser.add_argument("--rrf-k", type=float, default=DEFAULT_RRF_K)
     parser.add_argument("--keyword-backend", choices=("memory", "fts5"), default="memory")
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL server (postgresql://...) to index in, in a throw-away database",
+    )
     parser.add_argument("--no-cache", action="store_true", help="do not cache corpus vectors")
     parser.add_argument("--tune", action="store_true", help="grid-search on the split")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -408,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             b=args.b,
             keyword_backend=args.keyword_backend,
             cache_dir=cache,
+            database_url=args.database_url,
         )
     text = json.dumps(result, indent=2)
     if args.out:

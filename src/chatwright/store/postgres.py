@@ -888,3 +888,29 @@ class PostgresTurnLocks:
     def close(self) -> None:
         with self._io:
             self._drop()
+
+
+@contextlib.contextmanager
+def scratch_database(url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``url`` (whose user may create databases), for
+    an evaluation or a benchmark: its URL; dropped afterwards."""
+    _import_psycopg()
+    import psycopg
+    from psycopg import sql
+
+    name = "cw_scratch_" + uuid.uuid4().hex[:12]
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as e:
+        raise StoreError(
+            f"cannot create a database on {redact_url(url)}: {_first_line(e)}",
+            hint="use a PostgreSQL user allowed to create databases (CREATEDB)",
+        ) from None
+    try:
+        yield urlunsplit(urlsplit(url)._replace(path="/" + name))
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
