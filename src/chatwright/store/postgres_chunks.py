@@ -3,13 +3,15 @@
 Nothing is held in memory: both rankings run in SQL, so every process reading the database
 sees the same index and a namespace costs no loading.
 
-Keywords: BM25 over the generated ``tsv`` column (``to_tsvector('english', text)``). The
-query's lexemes are OR-ed (``websearch_to_tsquery`` would AND them, and a chunk matching some
-of the words is still a result), the GIN index finds the chunks matching any of them, and
-BM25 is computed over those: term frequencies from the ``tsvector``'s positions, document
-frequencies over the matches, and the namespaces' chunk and lexeme counts (kept by triggers in
-``chunk_namespaces``) for N and the average length. Unlike ``ts_rank_cd`` it weighs a rare term
-above a common one.
+Keywords: BM25 over the generated ``tsv`` column (``to_tsvector('english', text)``), read from
+its postings: ``chunk_terms`` holds one row per (namespace, lexeme, chunk) with the lexeme's
+frequency and the chunk's length, kept by triggers (``m005_keyword_postings``). A query reads
+the postings of its own lexemes (any of them: a chunk matching some of the words is still a
+result) by index range, takes document frequencies from them, and the namespaces' chunk and
+lexeme counts (``chunk_namespaces``) for N and the average length. Reading postings rather than
+unnesting every matching chunk's ``tsvector`` took keyword p50 at 100k chunks from 885 to 90 ms
+(``benchmarks/postgres_keyword.py``). Unlike ``ts_rank_cd`` it weighs a rare term above a
+common one.
 
 Vectors: cosine similarity, ``1 - (embedding <=> query)``. Each dimension written gets a
 partial HNSW index over ``embedding::vector(dim)`` (the column has no fixed dimension: one
@@ -109,11 +111,6 @@ def jsonb(value: Mapping[str, Any] | None) -> Any:
     text = _SURROGATE.sub("\ufffd", text)
     return Jsonb(text, dumps=lambda s: s)
 
-
-def _tsquery(lexemes: Sequence[str]) -> str:
-    """The OR of ``lexemes`` as ``tsquery`` input (quoted: taken as they are, not re-parsed)."""
-    quoted = ("'" + lex.replace("\\", "\\\\").replace("'", "''") + "'" for lex in lexemes)
-    return " | ".join(quoted)
 
 
 def filter_sql(filters: Mapping[str, Sequence[Scalar]] | None) -> tuple[str, list[Any]]:
@@ -382,11 +379,11 @@ class PostgresChunks:
             terms, n, lexemes = row[0], int(row[1]), int(row[2])
             if not terms or n <= 0:
                 return []
+            join = f" JOIN chunks c ON c.id = s.id WHERE true{where}" if where else ""
             rows = conn.execute(
-                _BM25_SQL.format(where=where),
+                _BM25_SQL.format(join=join),
                 [
                     list(namespaces),
-                    _tsquery(terms),
                     terms,
                     n,
                     self.k1,
@@ -503,21 +500,18 @@ def approximate_sql(dim: int, where: str) -> str:
 # N, k1, k1, b, b, average length, the filters', depth. `length(tsv)` (distinct lexemes) is
 # the document length, as in chunk_namespaces.lexemes.
 _BM25_SQL = """
-WITH m AS MATERIALIZED (
-    SELECT c.id, c.metadata, c.tsv FROM chunks c
-    WHERE c.namespace = ANY(%s::text[]) AND c.tsv @@ %s::tsquery
-), t AS MATERIALIZED (
-    SELECT m.id, u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf,
-           length(m.tsv) AS dl
-    FROM m, unnest(m.tsv) u WHERE u.lexeme = ANY(%s::text[])
+WITH p AS MATERIALIZED (
+    SELECT chunk_id, lexeme, tf, dl FROM chunk_terms
+    WHERE namespace = ANY(%s::text[]) AND lexeme = ANY(%s::text[])
 ), df AS (
-    SELECT lexeme, count(*) AS df FROM t GROUP BY lexeme
+    SELECT lexeme, count(*) AS df FROM p GROUP BY lexeme
+), s AS (
+    SELECT p.chunk_id AS id, sum(
+        ln(1 + (%s - df.df + 0.5) / (df.df + 0.5))
+        * p.tf * (%s + 1) / (p.tf + %s * (1 - %s + %s * p.dl / %s))
+    ) AS score
+    FROM p JOIN df USING (lexeme) GROUP BY p.chunk_id
 )
-SELECT t.id, sum(
-    ln(1 + (%s - df.df + 0.5) / (df.df + 0.5))
-    * t.tf * (%s + 1) / (t.tf + %s * (1 - %s + %s * t.dl / %s))
-) AS score
-FROM t JOIN df USING (lexeme) JOIN m c ON c.id = t.id
-WHERE true{where}
-GROUP BY t.id ORDER BY score DESC, t.id LIMIT %s
+SELECT s.id, s.score FROM s{join}
+ORDER BY s.score DESC, s.id LIMIT %s
 """

@@ -258,11 +258,63 @@ def m004_streams(conn: psycopg.Connection) -> None:
     _run(conn, STREAM_TABLES)
 
 
+def m005_keyword_postings(conn: psycopg.Connection) -> None:
+    # BM25 reads postings, not documents: one row per (namespace, lexeme, chunk) with the
+    # lexeme's frequency in the chunk and the chunk's length, so a query reads the postings
+    # of its own words (an index range each) instead of unnesting the whole tsvector of every
+    # matching chunk (885 ms p50 at 100k chunks before: benchmarks/README.md). Kept by
+    # statement-level triggers from the chunks' tsv; filled for the chunks already there.
+    _run(
+        conn,
+        """
+        CREATE TABLE chunk_terms (
+            namespace text NOT NULL,
+            lexeme    text NOT NULL,
+            chunk_id  bigint NOT NULL,
+            tf        integer NOT NULL,
+            dl        integer NOT NULL,
+            PRIMARY KEY (namespace, lexeme, chunk_id)
+        );
+        CREATE INDEX chunk_terms_by_chunk ON chunk_terms (chunk_id);
+
+        CREATE FUNCTION chunk_terms_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP IN ('DELETE', 'UPDATE') THEN
+                DELETE FROM chunk_terms WHERE chunk_id IN (SELECT id FROM old_rows);
+            END IF;
+            IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                INSERT INTO chunk_terms (namespace, lexeme, chunk_id, tf, dl)
+                SELECT n.namespace, u.lexeme, n.id,
+                       coalesce(array_length(u.positions, 1), 1), length(n.tsv)
+                FROM new_rows n, unnest(n.tsv) u;
+            END IF;
+            RETURN NULL;
+        END $$;
+
+        CREATE TRIGGER chunk_terms_after_insert AFTER INSERT ON chunks
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION chunk_terms_sync();
+        CREATE TRIGGER chunk_terms_after_delete AFTER DELETE ON chunks
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION chunk_terms_sync();
+        CREATE TRIGGER chunk_terms_after_update AFTER UPDATE ON chunks
+            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION chunk_terms_sync();
+
+        INSERT INTO chunk_terms (namespace, lexeme, chunk_id, tf, dl)
+        SELECT c.namespace, u.lexeme, c.id, coalesce(array_length(u.positions, 1), 1),
+               length(c.tsv)
+        FROM chunks c, unnest(c.tsv) u;
+        """,
+    )
+
+
 MIGRATIONS: list[Callable[[psycopg.Connection], None]] = [
     m001_initial,
     m002_chunks,
     m003_jobs,
     m004_streams,
+    m005_keyword_postings,
 ]
 
 
