@@ -142,7 +142,12 @@ def test_answer_trace_has_every_stage(bot: Chatbot) -> None:
     assert trace.output_tokens == 4  # "echo:", "three", "little", "words"
     assert trace.input_tokens >= 3
     assert trace.total_ms > 0
-    assert trace.stage("generate").data == {"finish": "stop", "steps": 1}
+    assert trace.stage("generate").data == {
+        "mode": "generate",
+        "why": "no passages to quote",
+        "finish": "stop",
+        "steps": 1,
+    }
 
 
 def test_trace_is_stored_with_the_answer(bot: Chatbot, store: SQLiteStore) -> None:

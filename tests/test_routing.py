@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -21,13 +22,17 @@ from chatwright.routing import (
     CollectionProfile,
     LlmRouter,
     ProfileCache,
+    Route,
     RulesRouter,
     SemanticRouter,
     achain,
     build_profiles,
     chain,
+    clauses,
     embed_exemplars,
+    evidence_from_hits,
     is_chitchat,
+    merge_clauses,
 )
 from chatwright.store.base import CollectionInfo
 from chatwright.store.migrations import m003_search_index as m003_retrieval
@@ -106,46 +111,131 @@ def test_chitchat_patterns_leave_questions_alone() -> None:
     assert not is_chitchat("thanks, and how do I bake bread?")
 
 
+def test_chitchat_emoji_and_long_messages() -> None:
+    assert is_chitchat("🙂") and is_chitchat("?!") and is_chitchat("   ")
+    long = "hi " * 10_000  # never small talk by pattern, and cheap to check
+    assert not is_chitchat(long)
+
+
 def test_semantic_chitchat_by_exemplar(profiles: list[CollectionProfile]) -> None:
     exemplars = EMB.embed(["nice weather today friend"])
-    router = SemanticRouter(threshold=0.05, chitchat=exemplars, chitchat_threshold=0.3)
+    router = SemanticRouter(chitchat=exemplars, chitchat_threshold=0.3)
     route = router.route("nice weather today friend", vec("nice weather today friend"), profiles)
-    assert route is not None and route.collections == [] and "chit-chat" in route.reason
-    assert SemanticRouter(threshold=-1).route("x", vec("nice weather today"), profiles) != route
+    assert route is not None and route.collections == [] and "small talk" in route.reason
+    assert all("small talk" in why for why in route.why.values())
+    assert SemanticRouter().route("x", vec("nice weather today"), profiles) != route
+
+
+def test_semantic_small_talk_needs_to_beat_the_best_chunk(
+    profiles: list[CollectionProfile],
+) -> None:
+    """A question close to a small-talk exemplar but closer still to a chunk is a question."""
+    q = "bake bread recipe"
+    exemplars = EMB.embed(["bake bread recipe please friend"])
+    near = _evidence(profiles, {"recipes": [0.99]}, q)
+    loose = SemanticRouter(chitchat=exemplars, chitchat_threshold=0.3, chitchat_margin=-1.0)
+    strict = SemanticRouter(chitchat=exemplars, chitchat_threshold=0.3, chitchat_margin=0.0)
+    assert loose.route(q, vec(q), near).collections == []  # type: ignore[union-attr]
+    assert strict.route(q, vec(q), near).collections == ["recipes"]  # type: ignore[union-attr]
 
 
 def test_embed_exemplars_cached() -> None:
     assert embed_exemplars(EMB) is embed_exemplars(EMB)
 
 
+def _evidence(
+    profiles: list[CollectionProfile],
+    chunks: dict[str, list[float]],
+    query: str = "",
+    keywords: dict[str, float] | None = None,
+) -> list[CollectionProfile]:
+    """``profiles`` as if the query's nearest chunks were ``chunks`` (cosines per name)."""
+    hits = sorted(
+        ((f"collection:{n}", c) for n, cs in chunks.items() for c in cs), key=lambda h: -h[1]
+    )
+    kw = None if keywords is None else [(f"collection:{n}", s) for n, s in keywords.items()]
+    return evidence_from_hits(profiles, hits, len(hits), kw)
+
+
 def test_semantic_picks_best(profiles: list[CollectionProfile]) -> None:
     q = "my router firmware needs a reset"
-    route = SemanticRouter(threshold=0.1, margin=0.0).route(q, vec(q), profiles)
-    assert route is not None and route.collections == ["devices"]
+    route = SemanticRouter().route(q, vec(q), _evidence(profiles, {"devices": [0.7, 0.6]}))
+    assert route is not None and route.collections == ["devices"] and not route.unsure
     assert set(route.scores) == set(TOPICS) and route.scores["devices"] > route.scores["hr"]
+    assert route.why["devices"].startswith("best") and route.why["hr"].startswith("left out")
 
 
-def test_semantic_selects_several_within_margin(profiles: list[CollectionProfile]) -> None:
+def test_semantic_adds_a_close_runner_up_with_votes(profiles: list[CollectionProfile]) -> None:
+    """Rule 4: a second collection only when its score is close to the best one's."""
     q = "printer ink cartridge and sick leave pension"
-    route = SemanticRouter(threshold=0.1, margin=0.15).route(q, vec(q), profiles)
-    assert route is not None and route.collections == ["devices", "hr"]
-    narrow = SemanticRouter(threshold=0.1, margin=0.0).route(q, vec(q), profiles)
+    seen = _evidence(profiles, {"devices": [0.62, 0.6], "hr": [0.61, 0.6]})
+    route = SemanticRouter(margin=0.1, clauses=False).route(q, vec(q), seen)
+    assert route is not None and sorted(route.collections) == ["devices", "hr"]
+    assert "within" in route.why[route.collections[1]]
+    narrow = SemanticRouter(margin=0.0).route(q, vec(q), seen)
     assert narrow is not None and len(narrow.collections) == 1
+    assert "left out" in narrow.why[route.collections[1]]
 
 
-def test_semantic_also_threshold_adds_strong_runner_up(profiles: list[CollectionProfile]) -> None:
-    q = "printer ink cartridge and sick leave pension"
-    scores = SemanticRouter().scores(vec(q), profiles)
-    second = sorted(scores.values())[-2]
-    route = SemanticRouter(threshold=0.1, margin=0.0, also=second - 0.01).route(q, vec(q), profiles)
-    assert route is not None and len(route.collections) == 2
+def test_semantic_close_runner_up_without_votes_is_left_out(
+    profiles: list[CollectionProfile],
+) -> None:
+    """Rule 4: close in score but holding few of the nearest chunks: not added."""
+    q = "printer ink"
+    seen = _evidence(profiles, {"devices": [0.6] * 9, "hr": [0.58]})
+    wide = SemanticRouter(margin=1.0, min_share=0.0, keyword_share=2.0)
+    picky = SemanticRouter(margin=1.0, min_share=0.3, keyword_share=2.0)
+    assert "hr" in wide.route(q, vec(q), seen).collections  # type: ignore[union-attr]
+    route = picky.route(q, vec(q), seen)
+    assert route is not None and route.collections == ["devices"]
+    assert "of the nearest chunks" in route.why["hr"]
 
 
-def test_semantic_low_confidence_falls_back_to_all(profiles: list[CollectionProfile]) -> None:
+def test_semantic_runner_up_named_by_keywords(profiles: list[CollectionProfile]) -> None:
+    """Rule 4: a runner-up that the keyword matches name is added within keyword_margin."""
+    q = "printer ink"
+    seen = _evidence(profiles, {"devices": [0.6] * 9}, keywords={"devices": 1.0, "hr": 1.0})
+    route = SemanticRouter(margin=0.0, keyword_share=0.4, keyword_margin=1.0).route(q, vec(q), seen)
+    assert route is not None and route.collections[1:] == ["hr"]
+    assert "keyword matches" in route.why["hr"]
+    off = SemanticRouter(margin=0.0, keyword_share=0.6, keyword_margin=1.0).route(q, vec(q), seen)
+    assert off is not None and off.collections == ["devices"]
+
+
+def test_semantic_size_penalty_stops_a_big_collection_winning_by_chance(
+    profiles: list[CollectionProfile],
+) -> None:
+    """The best of 5,000 chunks beats the best of 50 by chance; the penalty evens that out."""
+    sized = [
+        dataclasses.replace(p, chunks={"devices": 5000, "hr": 50}.get(p.name, 50)) for p in profiles
+    ]
+    q = "printer ink"
+    seen = _evidence(sized, {"devices": [0.52], "hr": [0.5], "recipes": [0.1]})
+    options = {"margin": 0.0, "chunk_weight": 1.0, "vote_weight": 0.0}
+    assert SemanticRouter(size_penalty=0.0, **options).route(q, vec(q), seen).collections == [
+        "devices"
+    ]  # type: ignore[union-attr]
+    fair = SemanticRouter(size_penalty=0.01, **options).route(q, vec(q), seen)
+    assert fair is not None and fair.collections == ["hr"]
+
+
+def test_semantic_unsure_searches_several(profiles: list[CollectionProfile]) -> None:
+    """Rule 6: weak evidence everywhere: the unsure_k best are searched, and it says so."""
     q = "quantum chromodynamics lecture notes"
-    assert SemanticRouter(threshold=0.3).route(q, vec(q), profiles) is None
-    route = chain([SemanticRouter(threshold=0.3)], profiles, q, vec(q))
-    assert route.fallback and route.collections == list(TOPICS)
+    seen = _evidence(profiles, {"devices": [0.1], "hr": [0.09]})
+    route = SemanticRouter(floor=0.3, unsure_k=2).route(q, vec(q), seen)
+    assert route is not None and route.unsure and len(route.collections) == 2
+    assert route.reason.startswith("unsure") and "unsure" in route.describe()
+    sure = SemanticRouter(floor=0.05, margin=0.0).route(q, vec(q), seen)
+    assert sure is not None and not sure.unsure and len(sure.collections) == 1
+
+
+def test_semantic_without_evidence_falls_back_to_all() -> None:
+    """Rule 2: nothing known of any collection's content: unsure, the chain searches all."""
+    ps = [profile("a", None), profile("b", None)]
+    assert SemanticRouter().route("q", vec("q"), ps) is None
+    route = chain([SemanticRouter()], ps, "q", vec("q"))
+    assert route.fallback and route.collections == ["a", "b"]
 
 
 def test_semantic_mix_uses_description_and_centroid() -> None:
@@ -159,11 +249,65 @@ def test_semantic_mix_uses_description_and_centroid() -> None:
     assert half is not None and 0 < float(half @ only_desc) < 1
 
 
+def test_semantic_score_weights_chunks_votes_and_profile(
+    profiles: list[CollectionProfile],
+) -> None:
+    q = "bake bread"
+    seen = _evidence(profiles, {"recipes": [0.8, 0.7], "hr": [0.5]})
+    router = SemanticRouter(chunk_weight=0.5, vote_weight=0.3, size_penalty=0.0)
+    e = router.evidence(vec(q), seen)["recipes"]
+    assert e.best == pytest.approx(0.8) and e.votes is not None and e.profile is not None
+    assert e.score == pytest.approx(0.5 * e.best + 0.3 * e.votes + 0.2 * e.profile, abs=1e-3)
+    assert e.votes > 0.9  # temperature 0.05: the far chunk barely votes
+    with pytest.raises(ValueError):
+        SemanticRouter(chunk_weight=0.8, vote_weight=0.5)
+
+
 def test_semantic_profile_with_nothing_is_skipped() -> None:
     ps = [profile("empty", None), profile("recipes", TOPICS["recipes"])]
-    route = SemanticRouter(threshold=0.1).route("bake bread", vec("bake bread"), ps)
+    route = SemanticRouter().route("bake bread", vec("bake bread"), ps)
     assert route is not None and route.collections == ["recipes"]
     assert "empty" not in route.scores
+
+
+def test_evidence_from_hits_bounds_and_votes(profiles: list[CollectionProfile]) -> None:
+    hits = [("collection:devices", 0.9), ("collection:devices", 0.8), ("collection:hr", 0.4)]
+    seen = {p.name: p for p in evidence_from_hits(profiles, hits, 3)}
+    assert seen["devices"].best_chunk == 0.9 and seen["devices"].top_chunks == (0.9, 0.8)
+    assert seen["recipes"].best_chunk == 0.4  # none in the top 3: at most the 3rd cosine
+    assert seen["recipes"].top_chunks == () and seen["hr"].top_best == 0.9
+    short = {p.name: p for p in evidence_from_hits(profiles, hits, 5)}
+    assert short["recipes"].best_chunk is None  # fewer than k hits: it has no vectors
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("How do I grow basil and how do I cook it in a salad?", 2),
+        ("Can I expense a router, and what is the leave policy?", 2),
+        ("How do I reset it? What is the pension age?", 2),
+        ("What are stocks and bonds?", 0),
+        ("hi and bye", 0),
+        ("x and how " * 100, 0),
+    ],
+)
+def test_clauses(text: str, parts: int) -> None:
+    assert len(clauses(text)) == parts
+
+
+def test_merge_clauses_adds_a_confident_clause(profiles: list[CollectionProfile]) -> None:
+    """Rule 5: a message asking two things gets each clause's best collection."""
+    whole = Route(["recipes"], "semantic", reason="best recipes", why={"recipes": "best"})
+    garden = Route(["hr"], "semantic", {"hr": 0.6}, why={"hr": "best score 0.60"})
+    weak = Route(["devices"], "semantic", {"devices": 0.1})
+    unsure = Route(["devices"], "semantic", {"devices": 0.9}, unsure=True)
+    talk = Route([], "semantic")
+    parts = [("a b c", garden), ("d e f", weak), ("g h i", unsure), ("j k l", talk)]
+    merged = merge_clauses(whole, parts, min_score=0.3)
+    assert merged.collections == ["recipes", "hr"] and "clause" in merged.why["hr"]
+    assert "not sure" in merged.why["devices"]
+    rules = Route(["recipes"], "rules")
+    assert merge_clauses(rules, parts).collections == ["recipes"]
 
 
 def test_rules_multi_and_unknown_names(profiles: list[CollectionProfile]) -> None:
@@ -288,7 +432,7 @@ def test_profiles_empty_collection_and_no_description(index: SearchIndex) -> Non
     assert any("no documents" in n for n in empty.notes)
     assert nodesc.description_vector is None and nodesc.centroid is not None
     assert any("no description" in n for n in nodesc.notes)
-    route = chain([SemanticRouter(threshold=0.1)], [empty, nodesc], "bake bread", vec("bake"))
+    route = chain([SemanticRouter()], [empty, nodesc], "bake bread", vec("bake"))
     assert route.collections == ["nodesc"]
     assert any("no documents" in n for n in route.notes)
 

@@ -108,20 +108,80 @@ def test_the_route_command_prints_the_decision(tmp_path):
     assert json.loads(proc.stdout)["collections"] == []
 
 
-def test_semantic_scores_mix_in_the_best_matching_chunk(store):
-    from chatwright.routing import SemanticRouter, build_profiles, with_best_chunks
+def test_routing_makes_one_vector_search_across_collections(store):
+    """The evidence comes from ONE search of all the collections, with the query vector that
+    retrieval reuses (and one keyword search only when the keyword rule is on)."""
+    for options, modes in (({}, ["vector"]), ({"keyword_share": 0.5}, ["vector", "keyword"])):
+        settings = Settings(embedder="test:hash", routing=RoutingSettings(**options))
+        bot = Chatbot("test:echo", store=store, settings=settings)
+        if not store.list_collections("local"):
+            for name, (description, texts) in DOCS.items():
+                info = store.create_collection("local", name, description)
+                chunks = [Chunk(f"{name}{i}", t) for i, t in enumerate(texts)]
+                bot.index.add(info.namespace, chunks)
+        calls = []
+        search = bot.index.search
 
+        def counted(query, namespaces, k=10, _search=search, _calls=calls, **kw):
+            _calls.append((kw.get("mode"), sorted(namespaces)))
+            return _search(query, namespaces, k, **kw)
+
+        bot.index.search = counted
+        decision, _, vector = asyncio.run(bot.route("hold the reset button for ten seconds"))
+        bot.index.search = search
+        assert vector is not None and decision.collections == ["manuals"]
+        assert [m for m, _ in calls] == modes and all(len(ns) == 2 for _, ns in calls)
+        assert set(decision.why) == {"manuals", "hr"} and decision.why["hr"].startswith("left")
+
+
+def test_a_message_asking_two_things_searches_both(store):
+    """Each clause is routed too; without that rule only one collection is searched."""
+    question = "How do I reset the Skylink router button, and how many days of paid leave?"
+    only = {"margin": 0.0, "keyword_share": 2.0, "clause_score": 0.0}
+    decision, _, _ = asyncio.run(make_bot(store, **only).route(question))
+    assert sorted(decision.collections) == ["hr", "manuals"]
+    assert any("clause" in why for why in decision.why.values())
+    settings = Settings(embedder="test:hash", routing=RoutingSettings(clauses=False, **only))
+    plain = Chatbot("test:echo", store=store, settings=settings)
+    decision, _, _ = asyncio.run(plain.route(question))
+    assert len(decision.collections) == 1
+
+
+def test_a_pin_to_an_empty_collection_is_honoured(store):
     bot = make_bot(store)
-    profiles = build_profiles(bot.index, bot.candidate_collections("local"), bot.index.embedder)
-    query = "hold the reset button for ten seconds"
-    vector = bot.index.embedder.embed([query])[0]
-    scored = with_best_chunks(bot.index, profiles, query, vector)
-    best = {p.name: p.best_chunk for p in scored}
-    assert best["manuals"] > best["hr"]
-    plain = SemanticRouter(chunk_weight=0.0).scores(vector, scored)
-    mixed = SemanticRouter(chunk_weight=0.7).scores(vector, scored)
-    assert mixed["manuals"] == pytest.approx(0.3 * plain["manuals"] + 0.7 * best["manuals"], 1e-3)
-    assert SemanticRouter(chunk_weight=0.7).scores(vector, profiles) == plain  # none known
+    store.create_collection("local", "later", "nothing here yet")
+    decision, collections, _ = asyncio.run(bot.route("reset the router", pinned=["later"]))
+    assert decision.strategy == "pinned" and [c.name for c in collections] == ["later"]
+    assert any("no documents" in n for n in decision.notes)
+
+
+@pytest.mark.parametrize(
+    "message", ["🙂", "x" * 30_000, "reset the router " * 2_000, "   ", "¿qué?"]
+)
+def test_odd_messages_route_without_error(store, message):
+    decision, collections, _ = asyncio.run(make_bot(store).route(message))
+    assert not any("routing failed" in n for n in decision.notes)
+    assert {c.name for c in collections} <= {"manuals", "hr"}
+    if not any(ch.isalnum() for ch in message):
+        assert collections == []  # nothing to search for
+
+
+@pytest.mark.parametrize("count", [0, 1, 50])
+def test_any_number_of_collections(tmp_path, count):
+    store = SQLiteStore(tmp_path / "c.db")
+    settings = Settings(embedder="test:hash")
+    bot = Chatbot("test:echo", store=store, settings=settings)
+    for i in range(count):
+        info = store.create_collection("local", f"c{i}", "" if i % 2 else f"topic {i}")
+        bot.index.add(info.namespace, [Chunk(f"k{i}", f"topic {i} words about subject {i}")])
+    decision, collections, _ = asyncio.run(bot.route("words about subject 7"))
+    if count == 0:
+        assert collections == [] and decision.reason == "no collections"
+    else:
+        assert 1 <= len(collections) <= 3 and not decision.fallback
+    if count == 50:
+        assert "c7" in decision.collections  # no description: chosen by its content
+    store.close()
 
 
 def test_a_broken_router_falls_back_to_all_collections_with_a_note(store):

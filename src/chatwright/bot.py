@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import re
 import time
 import uuid
@@ -43,9 +44,11 @@ from chatwright.memory.manager import Loaded
 from chatwright.models import Model, ModelRequest, ModelSettings, get_model
 from chatwright.models.embeddings import get_embedder
 from chatwright.retrieval import SearchIndex
+from chatwright.retrieval.extract import Extraction, extract, resolve_answer_mode
 from chatwright.retrieval.rag import Retrieved, retrieve, rewrite_query
 from chatwright.retrieval.recall import ThreadRecall
 from chatwright.routing import (
+    SEMANTIC_OPTIONS,
     AllRouter,
     ChitChatRouter,
     LlmRouter,
@@ -56,7 +59,9 @@ from chatwright.routing import (
     achain,
     build_profiles,
     embed_exemplars,
-    with_best_chunks,
+    merge_clauses,
+    route_clauses,
+    with_evidence,
 )
 from chatwright.store import Store, StoredMessage, ThreadInfo, open_store
 from chatwright.store.base import CollectionInfo, MemoryItem
@@ -78,7 +83,7 @@ from chatwright.types import (
     TurnStart,
 )
 
-__all__ = ["Chatbot", "Event"]
+__all__ = ["ANSWER_MODES", "Chatbot", "Event", "answer_mode"]
 
 _MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 
@@ -92,6 +97,24 @@ Event: TypeAlias = (
     | TurnEnd
 )
 T = TypeVar("T")
+ANSWER_MODES = ("auto", "generate", "extract")
+# The answer mode asked for by the request being served, for front ends that start turns
+# through a layer that does not pass it on (the server's turn runner): a task created inside
+# `answer_mode(...)` keeps it.
+_REQUESTED_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "chatwright_answer_mode", default=None
+)
+
+
+@contextmanager
+def answer_mode(mode: str | None) -> Iterator[None]:
+    """Turns started inside this block (and tasks created in it) answer in ``mode``
+    (None: the bot's setting)."""
+    token = _REQUESTED_MODE.set(mode)
+    try:
+        yield
+    finally:
+        _REQUESTED_MODE.reset(token)
 
 
 class Chatbot:
@@ -183,6 +206,7 @@ class Chatbot:
         *,
         owner: str | None = None,
         approver: Approver | None = None,
+        answer_mode: str | None = None,
     ) -> AsyncIterator[Event]:
         """Run one turn: a TurnStart once the message is stored, then text deltas and tool
         events as they come, then a TurnEnd.
@@ -191,15 +215,20 @@ class Chatbot:
         starts a new thread with a generated id. ``approver(request, tool)`` decides calls
         that need approval (see :class:`chatwright.tools.ApprovalPolicy`): it returns a bool
         or an awaitable of one; without an approver such calls are refused.
+        ``answer_mode``: auto, generate or extract for this turn (default: the request's, see
+        :func:`answer_mode`, else ``[knowledge] answer_mode``).
         """
         owner = owner or self.owner
         self.check_message(text)
+        mode = answer_mode or _REQUESTED_MODE.get()
+        if mode is not None and mode not in ANSWER_MODES:
+            raise UserError(f"unknown answer mode {mode!r}", hint=f"use {', '.join(ANSWER_MODES)}")
         thread_id = check_thread_id(thread_id) if thread_id else uuid.uuid4().hex[:12]
         # aclosing: if our consumer stops early, the turn is closed now (keeping the partial
         # answer), not whenever the garbage collector gets to it.
         async with (
             self.store.locks.hold(owner, thread_id),
-            aclosing(_Turn(self, owner, thread_id, approver).run(text)) as events,
+            aclosing(_Turn(self, owner, thread_id, approver, mode).run(text)) as events,
         ):
             async for event in events:
                 yield event
@@ -211,10 +240,14 @@ class Chatbot:
         *,
         owner: str | None = None,
         approver: Approver | None = None,
+        answer_mode: str | None = None,
     ) -> Answer:
         """Run one turn and return the stored answer."""
         answer = None
-        async for event in self.stream(thread_id, text, owner=owner, approver=approver):
+        events = self.stream(
+            thread_id, text, owner=owner, approver=approver, answer_mode=answer_mode
+        )
+        async for event in events:
             if isinstance(event, TurnEnd):
                 answer = event.answer
         assert answer is not None  # a turn's stream always ends with TurnEnd
@@ -227,9 +260,12 @@ class Chatbot:
         *,
         owner: str | None = None,
         approver: Approver | None = None,
+        answer_mode: str | None = None,
     ) -> Answer:
         """Run one turn (blocking) and return the answer; ``str(answer)`` is its text."""
-        return _run_sync(self.achat(thread_id, text, owner=owner, approver=approver))
+        return _run_sync(
+            self.achat(thread_id, text, owner=owner, approver=approver, answer_mode=answer_mode)
+        )
 
     # -- threads --------------------------------------------------------------------------
     def threads(self, *, owner: str | None = None, limit: int = 50) -> list[ThreadInfo]:
@@ -389,17 +425,8 @@ class Chatbot:
                 if name == "rules" and cfg.rules:
                     chain_.append(RulesRouter(cfg.rules))
                 elif name == "semantic" and embedder is not None:
-                    chain_.append(
-                        SemanticRouter(
-                            cfg.threshold,
-                            cfg.margin,
-                            mix=cfg.mix,
-                            also=cfg.also,
-                            chitchat=embed_exemplars(embedder),
-                            chitchat_threshold=cfg.chitchat_threshold,
-                            chunk_weight=cfg.chunk_weight,
-                        )
-                    )
+                    options = cfg.model_dump(include=SEMANTIC_OPTIONS)
+                    chain_.append(SemanticRouter(chitchat=embed_exemplars(embedder), **options))
                 elif name == "llm":
                     model = get_model(cfg.llm_model, self.settings) if cfg.llm_model else self.model
                     chain_.append(LlmRouter(model, cfg.llm_timeout_s))
@@ -421,16 +448,20 @@ class Chatbot:
             chosen = list(dict.fromkeys(mentioned))
             route = Route(chosen, "mention", reason="named in the message with @")
             return route, [by_name[n] for n in chosen], None
+        # A pin is honoured while its collection exists, empty or not (the user chose it).
+        existing = {c.name: c for c in self.store.list_collections(owner or self.owner)}
         notes = [
-            f"pinned collection {n!r} is gone: routed instead" for n in pinned if n not in by_name
+            f"pinned collection {n!r} is gone: routed instead" for n in pinned if n not in existing
         ]
-        live_pins = [n for n in pinned if n in by_name]
+        live_pins = list(dict.fromkeys(n for n in pinned if n in existing))
         if live_pins:
-            return (
-                Route(live_pins, "pinned", reason="pinned to this thread"),
-                [by_name[n] for n in live_pins],
-                None,
-            )
+            notes += [
+                f"pinned collection {n!r} has no documents"
+                for n in live_pins
+                if not existing[n].chunks
+            ]
+            route = Route(live_pins, "pinned", reason="pinned to this thread", notes=notes)
+            return route, [existing[n] for n in live_pins], None
         embedder = self.index.embedder if self.index is not None else None
         vector = None
         if embedder is not None and query.strip():
@@ -440,10 +471,21 @@ class Chatbot:
         try:
             profiles = build_profiles(self.index, candidates, embedder) if candidates else []
             routers = self._routers()
-            if vector is not None and any(getattr(r, "chunk_weight", 0.0) for r in routers):
-                assert self.index is not None
-                profiles = with_best_chunks(self.index, profiles, query, vector)
+            semantic = next((r for r in routers if isinstance(r, SemanticRouter)), None)
+            k = self.settings.routing.vote_k
+            if vector is not None and semantic is not None:
+                assert self.index is not None  # one vector search across the collections
+                keywords = semantic.uses_keywords
+                profiles = with_evidence(self.index, profiles, query, vector, k, keywords=keywords)
             route = await achain(routers, profiles, query, vector)
+            if semantic is not None and semantic.clauses and route.strategy == "semantic":
+                assert self.index is not None  # a message asking two things: each clause too
+                t0 = time.perf_counter()
+                parts = await asyncio.to_thread(
+                    route_clauses, self.index, semantic, profiles, query, k
+                )
+                route = merge_clauses(route, parts, min_score=semantic.clause_score)
+                route.ms += (time.perf_counter() - t0) * 1000
         except Exception as e:  # a broken router costs the turn its routing, not its answer
             route = Route(
                 [c.name for c in candidates],
@@ -473,6 +515,15 @@ class Chatbot:
         k = self.settings.knowledge.k
         return k if k is not None else (2 if self.model.name.startswith("local:") else 5)
 
+    def answer_mode(self, requested: str | None, has_passages: bool) -> tuple[str, str]:
+        """``(mode, why)``: how this turn answers (see ``[knowledge] answer_mode``)."""
+        mode, why = resolve_answer_mode(
+            requested or self.settings.knowledge.answer_mode, self.model.name, has_passages
+        )
+        if mode == "extract" and (self.index is None or self.index.embedder is None):
+            return "generate", "no embedder to rank sentences with"
+        return mode, why
+
     def rewrite_mode(self) -> str:
         mode = self.settings.knowledge.rewrite
         if mode != "auto":
@@ -501,12 +552,20 @@ class _Turn:
     """One turn's state: the stages run in order, each timed into the trace."""
 
     def __init__(
-        self, bot: Chatbot, owner: str, thread_id: str, approver: Approver | None = None
+        self,
+        bot: Chatbot,
+        owner: str,
+        thread_id: str,
+        approver: Approver | None = None,
+        answer_mode: str | None = None,
     ) -> None:
         self.bot = bot
         self.owner = owner
         self.thread_id = thread_id
         self.approver = approver
+        self.answer_mode = answer_mode
+        self.query = ""  # the standalone query passages were retrieved for, and its vector
+        self.query_vector: Any = None
         self.trace = Trace(model=bot.model.name)
         self.citations: list[CitationPart] = []
         self.agent = AgentRun()
@@ -581,42 +640,54 @@ class _Turn:
             or any(m.role == "tool" for m in messages)
         )
         run = self.agent
-        try:
-            with self.stage("generate") as s:
-                # aclosing: when our consumer stops, the loop stores its step (calls paired
-                # with results) before the partial answer is kept below, not later.
-                async with aclosing(
-                    run_agent(
-                        bot.model,
-                        request,
-                        run,
-                        tools=tools,
-                        context=ToolContext(self.owner, self.thread_id, bot, self),
-                        limits=bot.limits(),
-                        policy=bot.policy,
-                        approver=self.approver,
-                        untrusted=untrusted,
-                        on_step=self._store_step,
-                        count=memory.count,
-                        model_timeout_s=bot.settings.model_timeout_s,
-                    )
-                ) as events:
-                    async for event in events:
-                        yield event
-                s.data = run.report()
-                self.trace.notes.extend(run.notes)
-        except TimeoutError:
-            self._keep_partial(run.current, "timed out")
-            raise ModelUnavailable(
-                f"{bot.model.name} did not finish within {bot.settings.model_timeout_s:g} s",
-                hint="raise model_timeout_s in chatwright.toml, or check the model server",
-            ) from None
-        except ModelError as e:
-            self._keep_partial(run.current, e.message)
-            raise
-        except BaseException:  # cancelled, interrupted (Ctrl-C), or the consumer went away
-            self._keep_partial(run.current, "interrupted")
-            raise
+        mode, why = bot.answer_mode(self.answer_mode, bool(retrieved))
+        quoted = await self._quote(retrieved, why) if mode == "extract" else None
+        if quoted is not None:
+            run.current = Generation(text=[], finish="stop")
+            try:
+                for piece in quoted:
+                    run.current.text.append(piece)
+                    yield TextDelta(text=piece)
+            except BaseException:  # the consumer went away mid-answer
+                self._keep_partial(run.current, "interrupted")
+                raise
+        else:
+            try:
+                with self.stage("generate") as s:
+                    # aclosing: when our consumer stops, the loop stores its step (calls paired
+                    # with results) before the partial answer is kept below, not later.
+                    async with aclosing(
+                        run_agent(
+                            bot.model,
+                            request,
+                            run,
+                            tools=tools,
+                            context=ToolContext(self.owner, self.thread_id, bot, self),
+                            limits=bot.limits(),
+                            policy=bot.policy,
+                            approver=self.approver,
+                            untrusted=untrusted,
+                            on_step=self._store_step,
+                            count=memory.count,
+                            model_timeout_s=bot.settings.model_timeout_s,
+                        )
+                    ) as events:
+                        async for event in events:
+                            yield event
+                    s.data = {"mode": "generate", "why": why, **run.report()}
+                    self.trace.notes.extend(run.notes)
+            except TimeoutError:
+                self._keep_partial(run.current, "timed out")
+                raise ModelUnavailable(
+                    f"{bot.model.name} did not finish within {bot.settings.model_timeout_s:g} s",
+                    hint="raise model_timeout_s in chatwright.toml, or check the model server",
+                ) from None
+            except ModelError as e:
+                self._keep_partial(run.current, e.message)
+                raise
+            except BaseException:  # cancelled, interrupted (Ctrl-C), or the consumer went away
+                self._keep_partial(run.current, "interrupted")
+                raise
         generation = run.current
         extra = {"stopped": run.stopped} if run.stopped else {}
         answer = self._persist(generation, **extra)
@@ -642,6 +713,7 @@ class _Turn:
                 timeout_s=bot.settings.knowledge.rewrite_timeout_s,
             )
             s.data = {"query": query, "how": how}
+        self.query = query
         with self.stage("route") as s:
             info = bot.store.find_thread(self.owner, self.thread_id)
             pinned = info.metadata.get("pinned_collections", []) if info else []
@@ -652,6 +724,7 @@ class _Turn:
             )
             s.data = route.to_dict()
             self.trace.notes.extend(route.notes)
+        self.query_vector = vector
         if not collections:
             self.skip("retrieve", f"routed to no collection ({route.reason or route.strategy})")
             return []
@@ -680,6 +753,35 @@ class _Turn:
                 ],
             }
         return found
+
+    async def _quote(self, retrieved: list[Retrieved], why: str) -> list[str] | None:
+        """The extract answer mode: the passages' best sentences, quoted with their [n]; the
+        answer's pieces to stream, or None when quoting failed (the model answers instead)."""
+        bot, knowledge = self.bot, self.bot.settings.knowledge
+        assert bot.index is not None and bot.index.embedder is not None  # bot.answer_mode
+        with self.stage("generate") as s:
+            try:
+                vector = self.query_vector
+                if vector is None:  # routed by @mention or pin: embed the query (memoized)
+                    vector = await asyncio.to_thread(bot.index.embed_query, self.query)
+                found: Extraction = await asyncio.to_thread(
+                    extract,
+                    self.query,
+                    vector,
+                    [r.passage for r in retrieved],
+                    bot.index.embedder,
+                    count=knowledge.extract_sentences,
+                    min_score=knowledge.extract_min_score,
+                    keyword_weight=knowledge.extract_keyword_weight,
+                )
+            except Exception as e:  # a failing embedder costs the turn its quotes, not its answer
+                self.trace.notes.append(f"quoting failed ({type(e).__name__}: {e}); generated")
+                s.data = {"mode": "extract", "why": why, "failed": str(e)}
+                return None
+            s.data = {"mode": "extract", "why": why, **found.report()}
+        cited = set(found.cited)
+        self.citations = [r.citation for r in retrieved if r.citation.index in cited]
+        return found.pieces()
 
     def _store_step(self, messages: list[Message]) -> None:
         """A step's tool calls and their results, stored together as they complete."""

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from chatwright import __version__, db_command
 from chatwright._cliutil import ConfigOpt, DataDirOpt, UserOpt, err, handles_errors, out
-from chatwright.bot import Chatbot, clean_memory
+from chatwright.bot import Chatbot, answer_mode, clean_memory
 from chatwright.config import load_settings
 from chatwright.errors import UserError
 from chatwright.export import thread_to_json, thread_to_markdown
@@ -90,6 +90,22 @@ ApproveOpt = Annotated[
 ThreadOpt = Annotated[
     str | None,
     typer.Option("--thread", "-t", help="Thread id; an id not seen before starts that thread."),
+]
+
+
+class AnswerMode(enum.StrEnum):
+    auto = "auto"
+    generate = "generate"
+    extract = "extract"
+
+
+AnswerModeOpt = Annotated[
+    AnswerMode | None,
+    typer.Option(
+        "--answer-mode",
+        help="Answers from documents: extract quotes the best sentences with their [n], "
+        "generate asks the model, auto picks (default: [knowledge] answer_mode).",
+    ),
 ]
 
 
@@ -216,6 +232,7 @@ def ask(
     thread: ThreadOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
     approve: ApproveOpt = Approve.ask,
+    mode: AnswerModeOpt = None,
     model: ModelOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -230,7 +247,7 @@ def ask(
     """
     if text == "-":
         text = sys.stdin.read()
-    with _bot(model, data_dir, config, user) as bot:
+    with _bot(model, data_dir, config, user) as bot, answer_mode(mode and mode.value):
         if as_json:
             answer = bot.chat(thread, text, approver=_cli_approver(approve))
             payload = {
@@ -260,13 +277,14 @@ Ctrl-C stops an answer; Ctrl-D or /quit leaves (the thread is kept)."""
 def chat(
     thread: ThreadOpt = None,
     approve: ApproveOpt = Approve.ask,
+    mode: AnswerModeOpt = None,
     model: ModelOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     user: UserOpt = None,
 ) -> None:
     """Chat interactively, with streamed answers. Resume a thread with --thread ID."""
-    with _bot(model, data_dir, config, user) as bot:
+    with _bot(model, data_dir, config, user) as bot, answer_mode(mode and mode.value):
         thread_id = thread or _new_id()
         existing = bot.store.find_thread(bot.owner, thread_id)
         state = "resuming" if existing else "new"
@@ -747,6 +765,26 @@ def eval_tools(
     argv = [str(tasks or tools_eval.DEFAULT_PATH), "--model", model or "local:gemma-3-270m"]
     argv += ["--split", split] + (["--errors"] if errors else []) + (["--json"] if as_json else [])
     tools_eval.main(argv, out=lambda line: out.print(line, markup=False, highlight=False))
+
+
+@eval_app.command("answers")
+@handles_errors()
+def eval_answers(
+    tasks: Annotated[Path, typer.Argument(help="MTRAG-format task file (JSON Lines).")],
+    mode: Annotated[AnswerMode, typer.Option(help="extract, generate or auto.")] = AnswerMode.auto,
+    model: ModelOpt = None,
+    k: Annotated[int, typer.Option("-k", help="Passages per answer.")] = 2,
+    limit: Annotated[int | None, typer.Option(help="A random sample of N tasks.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Answer quality from documents per answerability class: ROUGE-L, gold content words
+    recalled, citations, declines, prompt leaks, time per answer."""
+    from chatwright.evals import answers as answers_eval
+
+    argv = [str(tasks), "--mode", mode.value, "--model", model or "local:gemma-3-270m"]
+    argv += ["-k", str(k)] + (["--limit", str(limit)] if limit else [])
+    argv += ["--json"] if as_json else []
+    answers_eval.main(argv, out=lambda line: out.print(line, markup=False, highlight=False))
 
 
 tools_app = typer.Typer(help="The tools the model may call: built-in, your own, MCP servers'.")

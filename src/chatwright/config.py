@@ -111,6 +111,20 @@ class KnowledgeSettings(_Section):
     # the embedded one (too small to rewrite reliably), "off" searches the message as is.
     rewrite: Literal["auto", "llm", "concat", "off"] = "auto"
     rewrite_timeout_s: float = Field(default=30.0, gt=0)
+    # How an answer from documents is made (issue 19): "generate" asks the chat model,
+    # "extract" quotes the passages' best sentences with their [n], "auto" quotes for the
+    # embedded model (measured on MTRAG: its generated answers score half as well as quotes
+    # and rarely cite) and generates for remote ones. Per request: the API's answer_mode,
+    # the CLI's --answer-mode.
+    answer_mode: Literal["auto", "generate", "extract"] = "auto"
+    # Extract mode, tuned on MTRAG-UN dev (chatwright eval answers, MiniLM embedder): sentences
+    # quoted (answerable ROUGE-L 0.234 / 0.289 / 0.303 for 1 / 2 / 3), the share of keyword
+    # overlap added to cosine similarity (+0.002 to +0.004 over 0), and the score under which
+    # the documents are said not to answer (0.475: 62% of unanswerable tasks declined for
+    # -0.016 ROUGE-L on answerable ones; -1 never declines). Another embedder needs its own.
+    extract_sentences: int = Field(default=3, ge=1, le=10)
+    extract_keyword_weight: float = Field(default=0.2, ge=0.0, le=2.0)
+    extract_min_score: float = Field(default=0.475, ge=-1.0, le=3.0)
 
 
 class RoutingSettings(_Section):
@@ -121,13 +135,31 @@ class RoutingSettings(_Section):
         default_factory=lambda: ["rules", "semantic"]
     )
     rules: dict[str, list[str]] = Field(default_factory=dict)  # collection -> regexes
-    # Semantic router, tuned on the train half of evals/routing (see benchmarks/README.md).
-    threshold: float = 0.1
-    margin: float = 0.0
-    mix: float = Field(default=0.25, ge=0.0, le=1.0)  # description vs chunk centroid
-    also: float = 0.3
-    chitchat_threshold: float = 0.4
-    chunk_weight: float = Field(default=0.7, ge=0.0, le=1.0)  # best-matching chunk vs profile
+    # Semantic router (routing/router.py, SemanticRouter): evidence from the query's nearest
+    # chunks across collections and their profiles; decisions relative to the best collection.
+    # Calibrated for the MiniLM embedder on routing-dev (6 overlapping public collections, 400
+    # questions) and the train half of evals/routing together (python -m
+    # chatwright.evals.routing DIR... --tune): another embedder wants its own calibration.
+    margin: float = Field(default=0.0, ge=0.0)  # a runner-up this close to the best is added
+    min_share: float = Field(default=0.15, ge=0.0, le=1.0)  # ...if it has this share of votes
+    mix: float = Field(default=0.5, ge=0.0, le=1.0)  # description vs chunk centroid
+    chunk_weight: float = Field(default=0.8, ge=0.0, le=1.0)  # best-matching chunk
+    vote_weight: float = Field(default=0.0, ge=0.0, le=1.0)  # share of the nearest chunks
+    vote_k: int = Field(default=40, ge=1, le=200)  # nearest chunks searched across collections
+    temperature: float = Field(default=0.05, gt=0.0)  # vote weight exp((cos - top) / t)
+    size_penalty: float = Field(default=0.03, ge=0.0)  # score - this * ln(chunks)
+    keyword_share: float = Field(default=2.0, ge=0.0)  # > 1: off (measured: no gain)
+    keyword_margin: float = Field(default=0.03, ge=0.0)
+    clauses: bool = True  # a message asking two things: route each clause (an embedding each)
+    clause_score: float = 0.2  # ...and add a clause's best collection scoring at least this
+    floor: float = 0.0  # best chunk below this: unsure, search unsure_k collections
+    unsure_k: int = Field(default=2, ge=1)
+    chitchat_threshold: float = 0.4  # nearest small-talk exemplar at least this...
+    chitchat_margin: float = 0.0  # ...and this above the best chunk: no collection
+    # The previous semantic router's settings: accepted so that older chatwright.toml files
+    # still load, and ignored.
+    threshold: float | None = None
+    also: float | None = None
     llm_model: str | None = None  # default: the chat model
     llm_timeout_s: float = Field(default=10.0, gt=0)
 

@@ -1,69 +1,88 @@
-"""Routing evaluation: exact-set accuracy and added latency of each routing strategy.
+"""Routing evaluation: exact-set accuracy, its errors and the added latency of each strategy.
 
-The dataset (``evals/routing``) has a few collections of Markdown documents on distinct topics
-(``collections.json`` names and describes them) and labelled questions (``questions.jsonl``:
-``{"question", "expected": [names], "split": "train"|"test"}``; ``[]`` = no collection).
-``python -m chatwright.evals.routing [DIR] [--split test] [--json]`` ingests the documents into
-a temporary store with the local embedder and prints a table per strategy. Latency is the
-routing time given the query vector (which retrieval computes anyway); the query embedding's
-own time is reported apart (``embed_ms``).
+A dataset directory holds collections of Markdown documents and labelled questions
+(``questions.jsonl``: ``{"question", "expected": [names], "split"?: "train"|"test"}``; ``[]`` =
+no collection, small talk). Two layouts are read: ``collections.json`` (``[{"name",
+"description"}]``) + ``docs/<name>/`` (the shipped ``evals/routing``), or ``descriptions.json``
+(``{name: description}``) + ``collections/<name>/`` (routing-dev).
+
+``python -m chatwright.evals.routing [DIR] [--split test] [--workdir W] [--json]`` ingests the
+documents with the local embedder (into ``W``, reused by later runs: unchanged documents are not
+embedded again) and prints, per strategy, exact-set accuracy overall, per expected collection
+and for small talk, over-inclusion (an extra collection), under-inclusion (a missing one),
+fallbacks, unsure routes and the routing time. Routing time includes the router's one vector
+search across collections, given the query vector (which retrieval computes anyway); the query
+embedding's own time is reported apart (``embed_ms``). ``--tune DIR...`` grid-searches the
+semantic router's decision options on several datasets at once (the mean of their accuracies),
+from one search per question.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from chatwright.config import RoutingSettings
 from chatwright.routing import (
+    SEMANTIC_OPTIONS,
     AllRouter,
     ChitChatRouter,
+    CollectionProfile,
     LlmRouter,
+    Route,
     Router,
     RulesRouter,
     SemanticRouter,
     build_profiles,
     chain,
+    clauses,
     embed_exemplars,
-    with_best_chunks,
+    evidence_from_hits,
+    merge_clauses,
+    route_clauses,
+    with_evidence,
 )
 
-__all__ = ["DEFAULT_DIR", "evaluate", "load_questions", "main", "strategies_for"]
+__all__ = ["DEFAULT_DIR", "evaluate", "load_questions", "main", "score", "strategies_for"]
 
 DEFAULT_DIR = Path(__file__).resolve().parents[3] / "evals" / "routing"
-#: Tuned on the train split (``--tune``).
-SEMANTIC_OPTIONS: dict[str, Any] = {
-    "threshold": 0.1,
-    "margin": 0.0,
-    "mix": 0.25,
-    "also": 0.3,
-    "chitchat_threshold": 0.4,
-    "chunk_weight": 0.7,
-}
-_VECTORS: dict[Any, list[np.ndarray]] = {}
+#: The shipped defaults (``[routing]`` in the settings), which ``--tune`` calibrated.
+SEMANTIC_DEFAULTS: dict[str, Any] = RoutingSettings().model_dump(include=SEMANTIC_OPTIONS)
+VOTE_K: int = RoutingSettings().vote_k
+_SEARCH_K = 100  # one search per question in tuning, truncated to each vote_k tried
 
 
 def load_questions(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """The labelled questions of ``split`` (all of them when the file has no splits)."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [r for r in rows if split in (None, "all") or r.get("split") == split]
+    if split in (None, "all") or not any("split" in r for r in rows):
+        return rows
+    return [r for r in rows if r.get("split") == split]
 
 
 def strategies_for(
     embedder: Any, rules: dict[str, list[str]] | None = None, model: Any = None, **semantic: Any
 ) -> dict[str, list[Router]]:
-    """The router chains evaluated, by name."""
-    options = {**SEMANTIC_OPTIONS, **semantic}
+    """The router chains evaluated, by name. ``centroid`` is the plain baseline: the
+    collection whose chunk centroid is nearest the query, alone."""
+    options = {**SEMANTIC_DEFAULTS, **semantic}
     sem = SemanticRouter(chitchat=embed_exemplars(embedder), **options)
+    plain = {"mix": 0.0, "chunk_weight": 0.0, "vote_weight": 0.0, "margin": 0.0, "floor": -1.0}
+    baseline = SemanticRouter(clauses=False, keyword_share=2.0, **plain)
     out: dict[str, list[Router]] = {
         "semantic": [ChitChatRouter(), sem],
+        "centroid": [ChitChatRouter(), baseline],
         "all": [AllRouter()],
     }
     if rules is not None:
@@ -75,6 +94,52 @@ def strategies_for(
     return out
 
 
+def score(
+    questions: Sequence[dict[str, Any]], routes: Sequence[Route], times: Sequence[float] = ()
+) -> dict[str, Any]:
+    """Exact-set accuracy overall, per expected collection and for small talk; the share of
+    questions with an extra collection (``over``) or a missing one (``under``); fallbacks,
+    unsure routes; median and p95 of ``times`` (ms)."""
+    by: dict[str, list[bool]] = {}
+    right = over = under = 0
+    for q, route in zip(questions, routes, strict=True):
+        got, want = set(route.collections), set(q["expected"])
+        ok = got == want
+        right += ok
+        over += bool(got - want)
+        under += bool(want - got)
+        for name in q["expected"] or ["(small talk)"]:
+            by.setdefault(name, []).append(ok)
+    n = max(1, len(questions))
+    ordered = sorted(times)
+    return {
+        "n": len(questions),
+        "accuracy": right / n,
+        "per_collection": {k: round(sum(v) / len(v), 4) for k, v in sorted(by.items())},
+        "small_talk": (
+            sum(by["(small talk)"]) / len(by["(small talk)"]) if "(small talk)" in by else None
+        ),
+        "over": over / n,
+        "under": under / n,
+        "fallbacks": sum(r.fallback for r in routes),
+        "unsure": sum(r.unsure for r in routes),
+        "median_ms": statistics.median(ordered) if ordered else 0.0,
+        "p95_ms": ordered[int(0.95 * (len(ordered) - 1))] if ordered else 0.0,
+    }
+
+
+def _query_vectors(embedder: Any, texts: list[str], cache_dir: Path | None) -> list[np.ndarray]:
+    """The questions' embeddings, kept in ``cache_dir`` between runs."""
+    digest = hashlib.sha1("\n".join([getattr(embedder, "name", ""), *texts]).encode()).hexdigest()
+    path = None if cache_dir is None else cache_dir / f"queries-{digest[:16]}.npy"
+    if path is not None and path.exists():
+        return list(np.load(path))
+    vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
+    if path is not None:
+        np.save(path, vectors)
+    return list(vectors)
+
+
 def evaluate(
     questions_file: str | Path,
     index: Any,
@@ -84,8 +149,10 @@ def evaluate(
     *,
     split: str | None = "test",
     errors: list[dict[str, Any]] | None = None,
+    cache_dir: Path | None = None,
+    vote_k: int = VOTE_K,
 ) -> dict[str, dict[str, Any]]:
-    """Per strategy: accuracy (exact set), fallbacks, median/p95 routing ms; plus embed_ms."""
+    """Per strategy: :func:`score` of its routes; plus ``_embed``: the query embedding's ms."""
     questions = load_questions(questions_file, split)
     profiles = build_profiles(index, collections, embedder)
     strategies = strategies if strategies is not None else strategies_for(embedder)
@@ -94,25 +161,25 @@ def evaluate(
     for t in texts[:10]:
         embedder.embed([t])
     embed_ms = (time.perf_counter() - t0) * 1000 / max(1, min(10, len(texts)))
-    key = (getattr(embedder, "name", ""), tuple(texts))
-    if key not in _VECTORS:
-        _VECTORS[key] = list(np.asarray(embedder.embed(texts), dtype=np.float32))
-    vectors = _VECTORS[key]
+    vectors = _query_vectors(embedder, texts, cache_dir)
     results: dict[str, dict[str, Any]] = {}
     for name, routers in strategies.items():
-        right = fallbacks = 0
+        routes: list[Route] = []
         times: list[float] = []
+        sem = next((r for r in routers if isinstance(r, SemanticRouter)), None)
         for q, vec in zip(questions, vectors, strict=True):
             start = time.perf_counter()
             seen = profiles
-            if any(getattr(r, "chunk_weight", 0.0) for r in routers):  # timed: part of routing
-                seen = with_best_chunks(index, profiles, q["question"], vec)
+            if sem is not None:  # timed: part of routing, as in Chatbot.route
+                kw = sem.uses_keywords
+                seen = with_evidence(index, profiles, q["question"], vec, vote_k, keywords=kw)
             route = chain(routers, seen, q["question"], vec)
+            if sem is not None and sem.clauses:  # as in Chatbot.route; clause embeddings timed
+                parts = route_clauses(index, sem, profiles, q["question"], vote_k)
+                route = merge_clauses(route, parts, min_score=sem.clause_score)
             times.append((time.perf_counter() - start) * 1000)
-            ok = set(route.collections) == set(q["expected"])
-            right += ok
-            fallbacks += route.fallback
-            if not ok and errors is not None:
+            routes.append(route)
+            if errors is not None and set(route.collections) != set(q["expected"]):
                 errors.append(
                     {
                         "strategy": name,
@@ -121,109 +188,229 @@ def evaluate(
                         "got": route.describe(),
                     }
                 )
-        times.sort()
-        results[name] = {
-            "n": len(questions),
-            "accuracy": right / max(1, len(questions)),
-            "fallbacks": fallbacks,
-            "median_ms": statistics.median(times) if times else 0.0,
-            "p95_ms": times[int(0.95 * (len(times) - 1))] if times else 0.0,
-        }
+        results[name] = score(questions, routes, times)
     results["_embed"] = {"embed_ms": embed_ms}
     return results
 
 
-def ingest_dataset(root: Path, workdir: Path, embedder: Any) -> tuple[Any, Any, list[Any]]:
-    """Ingest ``root/docs/<collection>`` into a store under ``workdir``."""
+def read_collections(root: Path) -> list[tuple[str, str, Path]]:
+    """(name, description, folder) of each collection of a dataset, in either layout."""
+    if (root / "collections.json").exists():
+        listed = json.loads((root / "collections.json").read_text())
+        return [(c["name"], c["description"], root / "docs" / c["name"]) for c in listed]
+    described = json.loads((root / "descriptions.json").read_text())
+    return [(n, d, root / "collections" / n) for n, d in sorted(described.items())]
+
+
+def ingest_dataset(
+    root: Path, workdir: Path, embedder: Any, *, ingest: bool = True
+) -> tuple[Any, Any, list[Any]]:
+    """Ingest the dataset's collections into a store under ``workdir`` (idempotent: a store
+    kept from an earlier run embeds nothing again; ``ingest=False`` uses it as it is)."""
     from chatwright import SQLiteStore
     from chatwright.ingest.pipeline import Ingestor
     from chatwright.retrieval.index import SearchIndex
 
+    workdir.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(workdir / "routing.db")
     index = SearchIndex.for_store(store, embedder)
     ingestor = Ingestor(store, index, "eval")
-    for c in json.loads((root / "collections.json").read_text()):
-        ingestor.ingest([root / "docs" / c["name"]], c["name"], description=c["description"])
+    for name, description, folder in read_collections(root) if ingest else ():
+        ingestor.ingest([folder], name, description=description)
     return store, index, store.list_collections("eval")
 
 
-def _tune(questions: Path, index: Any, collections: Any, embedder: Any) -> dict[str, Any]:
-    best: tuple[float, dict[str, Any]] = (-1.0, {})
-    grid = [
-        {"mix": mix, "threshold": t, "margin": m, "also": also, "chitchat_threshold": cc}
-        for mix in (0.0, 0.25, 0.5)
-        for t in (0.1, 0.15, 0.2)
-        for m in (0.0, 0.02)
-        for also in (0.18, 0.2, 0.22, 0.25, 0.3, 1.0)
-        for cc in (0.4, 0.5)
-    ]
-    for options in grid:
-        s = strategies_for(embedder, **options)
-        r = evaluate(
-            questions, index, collections, embedder, {"semantic": s["semantic"]}, split="train"
+# -- tuning -----------------------------------------------------------------------------------
+#: The decision options tried by ``--tune`` (the rest stay at their defaults).
+TUNE_GRID: dict[str, Sequence[Any]] = {
+    "vote_k": (10, 20, 40),
+    "chunk_weight": (0.4, 0.6, 0.8),
+    "vote_weight": (0.0, 0.2, 0.4),
+    "temperature": (0.02, 0.05),
+    "mix": (0.25, 0.5),
+    "margin": (0.0, 0.02, 0.04, 0.06),
+    "min_share": (0.1, 0.2, 0.3),
+    "chitchat_threshold": (0.45, 0.5, 0.55),
+    "chitchat_margin": (-0.05, 0.0, 0.05),
+}
+
+
+class _Prepared:
+    """One dataset's questions with their vectors and one search each, for fast tuning."""
+
+    def __init__(
+        self, root: Path, workdir: Path, embedder: Any, split: str | None, ingest: bool = True
+    ) -> None:
+        self.store, index, collections = ingest_dataset(root, workdir, embedder, ingest=ingest)
+        self.questions = load_questions(root / "questions.jsonl", split)
+        self.profiles = build_profiles(index, collections, embedder)
+        texts = [q["question"] for q in self.questions]
+        self.vectors = _query_vectors(embedder, texts, workdir)
+        namespaces = [p.namespace for p in self.profiles]
+        self._seen: dict[int, list[list[CollectionProfile]]] = {}
+        self.hits = [
+            [
+                (h.namespace, float(h.scores["vector"]))
+                for h in index.search(t, namespaces, _SEARCH_K, mode="vector", query_vector=v)
+            ]
+            for t, v in zip(texts, self.vectors, strict=True)
+        ]
+        self.parts = [
+            [(c, self._search(index, namespaces, c, embedder)) for c in clauses(t)] for t in texts
+        ]
+        self.keyword_hits = [
+            [
+                (h.namespace, float(h.scores["keyword"]))
+                for h in index.search(t, namespaces, _SEARCH_K, mode="keyword")
+            ]
+            for t in texts
+        ]
+
+    @staticmethod
+    def _search(index: Any, namespaces: list[str], text: str, embedder: Any) -> Any:
+        v = np.asarray(embedder.embed([text]), dtype=np.float32)[0]
+        hits = index.search(text, namespaces, _SEARCH_K, mode="vector", query_vector=v)
+        kw = index.search(text, namespaces, _SEARCH_K, mode="keyword")
+        return (
+            v,
+            [(h.namespace, float(h.scores["vector"])) for h in hits],
+            [(h.namespace, float(h.scores["keyword"])) for h in kw],
         )
-        if r["semantic"]["accuracy"] > best[0]:
-            best = (r["semantic"]["accuracy"], options)
-    return {"train_accuracy": best[0], **best[1]}
+
+    def accuracy(self, routers: Sequence[Router], vote_k: int) -> tuple[float, list[Route]]:
+        if vote_k not in self._seen:
+            self._seen[vote_k] = [
+                evidence_from_hits(self.profiles, h, vote_k, kw)
+                for h, kw in zip(self.hits, self.keyword_hits, strict=True)
+            ]
+        sem = next(r for r in routers if isinstance(r, SemanticRouter))
+        routes = []
+        for q, v, seen, parts in zip(
+            self.questions, self.vectors, self._seen[vote_k], self.parts, strict=True
+        ):
+            route = chain(routers, seen, q["question"], v)
+            if parts and sem.clauses:
+                routed = [
+                    (c, sem.route(c, pv, evidence_from_hits(self.profiles, h, vote_k, kw)))
+                    for c, (pv, h, kw) in parts
+                ]
+                route = merge_clauses(route, routed, min_score=sem.clause_score)
+            routes.append(route)
+        return score(self.questions, routes)["accuracy"], routes
+
+
+def tune(
+    datasets: Sequence[_Prepared], embedder: Any, grid: dict[str, Sequence[Any]] = TUNE_GRID
+) -> list[dict[str, Any]]:
+    """Every combination of ``grid`` scored on every dataset, best (mean accuracy) first."""
+    exemplars = embed_exemplars(embedder)
+    names = list(grid)
+    out = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        options = dict(zip(names, values, strict=True))
+        vote_k = options.pop("vote_k", VOTE_K)
+        if options.get("vote_weight", 0) > 1 - options.get("chunk_weight", 0) + 1e-9:
+            continue
+        routers = [ChitChatRouter(), SemanticRouter(chitchat=exemplars, **options)]
+        accuracies = [d.accuracy(routers, vote_k)[0] for d in datasets]
+        out.append(
+            {"mean": statistics.mean(accuracies), "accuracies": accuracies, "vote_k": vote_k}
+            | options
+        )
+    out.sort(key=lambda r: (-r["mean"], -min(r["accuracies"])))
+    return out
+
+
+def _rows(results: dict[str, dict[str, Any]]) -> Iterable[str]:
+    yield (
+        f"{'strategy':<16}{'n':>5}{'accuracy':>10}{'small talk':>12}{'over':>7}{'under':>7}"
+        f"{'fallback':>10}{'unsure':>8}{'p50 ms':>9}{'p95 ms':>9}"
+    )
+    for name, r in results.items():
+        if name.startswith("_"):
+            continue
+        talk = "-" if r["small_talk"] is None else f"{r['small_talk']:.1%}"
+        yield (
+            f"{name:<16}{r['n']:>5}{r['accuracy']:>10.1%}{talk:>12}{r['over']:>7.1%}"
+            f"{r['under']:>7.1%}{r['fallbacks']:>10}{r['unsure']:>8}"
+            f"{r['median_ms']:>9.3f}{r['p95_ms']:>9.3f}"
+        )
+        per = ", ".join(f"{k} {v:.0%}" for k, v in r["per_collection"].items())
+        yield f"{'':<16}  {per}"
 
 
 def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> int:
     parser = argparse.ArgumentParser(prog="python -m chatwright.evals.routing")
-    parser.add_argument("dir", nargs="?", default=str(DEFAULT_DIR))
+    parser.add_argument("dirs", nargs="*", default=[str(DEFAULT_DIR)], metavar="DIR")
     parser.add_argument("--split", default="test", choices=["train", "test", "all"])
     parser.add_argument("--embedder", default="local:all-minilm-l6-v2")
     parser.add_argument("--model", default="test:echo", help="chat model for the llm strategy")
     parser.add_argument("--no-llm", action="store_true")
-    parser.add_argument("--tune", action="store_true", help="grid-search semantic on train")
+    parser.add_argument(
+        "--workdir", help="keep each dataset's store here (DIR/<dataset>) and reuse it"
+    )
+    parser.add_argument("--tune", action="store_true", help="grid-search semantic on all DIRs")
+    parser.add_argument("--top", type=int, default=10, help="with --tune: how many to print")
+    parser.add_argument("--grid", help='with --tune: JSON {"option": [values]} to try instead')
+    parser.add_argument(
+        "--no-ingest", action="store_true", help="use the stores under --workdir as they are"
+    )
     parser.add_argument("--errors", action="store_true", help="print misrouted questions")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from chatwright.models.embeddings import get_embedder
 
-    root = Path(args.dir)
     embedder = get_embedder(args.embedder)
     with tempfile.TemporaryDirectory() as tmp:
-        store, index, collections = ingest_dataset(root, Path(tmp), embedder)
-        questions = root / "questions.jsonl"
+        base = Path(args.workdir) if args.workdir else Path(tmp)
+        roots = [Path(d) for d in args.dirs]
         if args.tune:
-            out(json.dumps(_tune(questions, index, collections, embedder)))
-            store.close()
+            split = "train" if args.split == "test" else args.split  # never tune on test
+            ingest = not args.no_ingest
+            prepared = [
+                _Prepared(r, base / r.resolve().name, embedder, split, ingest) for r in roots
+            ]
+            grid = json.loads(args.grid) if args.grid else TUNE_GRID
+            for row in tune(prepared, embedder, grid)[: args.top]:
+                out(json.dumps(row))
+            for d in prepared:
+                d.store.close()
             return 0
         model = None
         if not args.no_llm:
             from chatwright.models import get_model
 
             model = get_model(args.model)
-        rules = json.loads((root / "rules.json").read_text())
-        errors: list[dict[str, Any]] = []
-        strategies = strategies_for(embedder, rules, model)
-        results = evaluate(
-            questions,
-            index,
-            collections,
-            embedder,
-            strategies,
-            split=args.split,
-            errors=errors if args.errors else None,
-        )
-        store.close()
-    if args.json:
-        out(json.dumps(results, indent=2))
-    else:
-        out(
-            f"split={args.split} embedder={args.embedder} "
-            f"query embedding {results['_embed']['embed_ms']:.1f} ms (shared with retrieval)"
-        )
-        out(f"{'strategy':<16}{'n':>5}{'accuracy':>10}{'fallback':>10}{'p50 ms':>9}{'p95 ms':>9}")
-        for name, r in results.items():
-            if name.startswith("_"):
-                continue
-            out(
-                f"{name:<16}{r['n']:>5}{r['accuracy']:>10.1%}{r['fallbacks']:>10}"
-                f"{r['median_ms']:>9.3f}{r['p95_ms']:>9.3f}"
+        for root in roots:
+            workdir = base / root.resolve().name
+            store, index, collections = ingest_dataset(
+                root, workdir, embedder, ingest=not args.no_ingest
             )
-    for e in errors:
-        out(json.dumps(e))
+            rules_file = root / "rules.json"
+            rules = json.loads(rules_file.read_text()) if rules_file.exists() else None
+            errors: list[dict[str, Any]] = []
+            results = evaluate(
+                root / "questions.jsonl",
+                index,
+                collections,
+                embedder,
+                strategies_for(embedder, rules, model),
+                split=args.split,
+                errors=errors if args.errors else None,
+                cache_dir=workdir,
+            )
+            store.close()
+            if args.json:
+                out(json.dumps({"dataset": str(root), **results}, indent=2))
+            else:
+                out(
+                    f"{root} split={args.split} embedder={args.embedder} query embedding "
+                    f"{results['_embed']['embed_ms']:.1f} ms (shared with retrieval)"
+                )
+                for line in _rows(results):
+                    out(line)
+            for e in errors:
+                out(json.dumps(e))
     return 0
 
 

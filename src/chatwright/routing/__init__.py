@@ -1,11 +1,20 @@
 """Collection routing: which collections (none, one or several) a turn searches."""
 
-from chatwright.routing.profiles import ProfileCache, build_profiles, with_best_chunks
+from chatwright.routing.profiles import (
+    DEFAULT_VOTE_K,
+    ProfileCache,
+    build_profiles,
+    evidence_from_hits,
+    route_clauses,
+    with_evidence,
+)
 from chatwright.routing.router import (
     CHITCHAT_EXEMPLARS,
+    SEMANTIC_OPTIONS,
     AllRouter,
     ChitChatRouter,
     CollectionProfile,
+    Evidence,
     LlmRouter,
     Route,
     Router,
@@ -13,15 +22,20 @@ from chatwright.routing.router import (
     SemanticRouter,
     achain,
     chain,
+    clauses,
     embed_exemplars,
     is_chitchat,
+    merge_clauses,
 )
 
 __all__ = [
     "CHITCHAT_EXEMPLARS",
+    "DEFAULT_VOTE_K",
+    "SEMANTIC_OPTIONS",
     "AllRouter",
     "ChitChatRouter",
     "CollectionProfile",
+    "Evidence",
     "LlmRouter",
     "ProfileCache",
     "Route",
@@ -31,7 +45,11 @@ __all__ = [
     "achain",
     "build_profiles",
     "chain",
+    "clauses",
     "embed_exemplars",
+    "evidence_from_hits",
     "is_chitchat",
-    "with_best_chunks",
+    "merge_clauses",
+    "route_clauses",
+    "with_evidence",
 ]

@@ -3,6 +3,9 @@
 A profile holds the embedding of the collection's description (cached by text) and the
 normalized mean of its chunks' stored vectors (``ChunkIndex.centroid``: the store caches it per
 namespace and recomputes it only after a write), so unchanged collections cost one small query.
+Per query, :func:`with_evidence` adds what the collections' contents say: ONE vector search of
+the query's nearest chunks across all collections (the best match per collection, the votes),
+and :func:`route_clauses` routes each clause of a message that asks several things.
 """
 
 from __future__ import annotations
@@ -15,14 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chatwright.routing.router import CollectionProfile
+from chatwright.routing.router import CollectionProfile, Route, SemanticRouter, clauses
 
 if TYPE_CHECKING:
     from chatwright.models.embeddings import Embedder
     from chatwright.retrieval.index import SearchIndex
     from chatwright.store.base import CollectionInfo
 
-__all__ = ["ProfileCache", "build_profiles"]
+__all__ = [
+    "DEFAULT_VOTE_K",
+    "ProfileCache",
+    "build_profiles",
+    "evidence_from_hits",
+    "route_clauses",
+    "with_evidence",
+]
 
 
 class ProfileCache:
@@ -87,17 +97,88 @@ def build_profiles(
     return profiles
 
 
-def with_best_chunks(
+#: How many of the query's nearest chunks (across all collections) vote.
+DEFAULT_VOTE_K = 40
+_KEYWORD_CHARS = 1000
+
+
+def with_evidence(
     index: SearchIndex,
     profiles: Sequence[CollectionProfile],
     query: str,
     query_vector: np.ndarray,
+    k: int = DEFAULT_VOTE_K,
+    *,
+    keywords: bool = True,
 ) -> list[CollectionProfile]:
-    """``profiles`` carrying, for this query, each collection's best-matching chunk's cosine
-    (one exact top-1 vector search per collection)."""
+    """``profiles`` carrying this query's evidence, from ONE exact vector search of the ``k``
+    nearest chunks across all the collections and (``keywords``) one keyword search of the
+    ``k`` best matches (see :class:`CollectionProfile`)."""
+    namespaces = [p.namespace for p in profiles if p.chunks]
+    if not namespaces:
+        return list(profiles)
+    hits = index.search(query, namespaces, k=k, mode="vector", query_vector=query_vector)
+    found = [(h.namespace, float(h.scores.get("vector", h.score))) for h in hits]
+    matched = None
+    if keywords:
+        # a message's first words say what it is about; a 30,000-character paste must not
+        # cost a BM25 pass over thousands of terms
+        hits = index.search(query[:_KEYWORD_CHARS], namespaces, k=k, mode="keyword")
+        matched = [(h.namespace, float(h.scores.get("keyword", h.score))) for h in hits]
+    return evidence_from_hits(profiles, found, k, matched)
+
+
+def evidence_from_hits(
+    profiles: Sequence[CollectionProfile],
+    hits: Sequence[tuple[str, float]],
+    k: int,
+    keyword_hits: Sequence[tuple[str, float]] | None = None,
+) -> list[CollectionProfile]:
+    """``profiles`` with the evidence of ``hits`` ((namespace, cosine), best first) and
+    ``keyword_hits`` ((namespace, BM25)), of which the first ``k`` count. Pure: the evaluation
+    reuses one search for several ``k``."""
+    hits = list(hits)[:k]
+    shares: dict[str, float] | None = None
+    if keyword_hits is not None:
+        mass: dict[str, float] = {}
+        for namespace, score in list(keyword_hits)[:k]:
+            mass[namespace] = mass.get(namespace, 0.0) + max(0.0, score)
+        total = sum(mass.values())
+        shares = {n: m / total for n, m in mass.items()} if total > 0 else {}
+    if not hits:
+        return list(profiles)
+    top = hits[0][1]
+    # A collection with none of the k nearest chunks scores at most the k-th cosine (when the
+    # search returned all k; otherwise it has no vectors at all).
+    bound = hits[-1][1] if len(hits) >= k else None
+    by_namespace: dict[str, list[float]] = {}
+    for namespace, score in hits:
+        by_namespace.setdefault(namespace, []).append(score)
     out = []
     for p in profiles:
-        hits = index.search(query, [p.namespace], k=1, mode="vector", query_vector=query_vector)
-        best = hits[0].scores.get("vector") if hits else None
-        out.append(dataclasses.replace(p, best_chunk=best))
+        mine = tuple(by_namespace.get(p.namespace, ()))
+        best = mine[0] if mine else (bound if p.chunks else None)
+        share = None if shares is None else shares.get(p.namespace, 0.0)
+        out.append(
+            dataclasses.replace(
+                p, best_chunk=best, top_chunks=mine, top_best=top, keyword_share=share
+            )
+        )
+    return out
+
+
+def route_clauses(
+    index: SearchIndex,
+    router: SemanticRouter,
+    profiles: Sequence[CollectionProfile],
+    query: str,
+    k: int = DEFAULT_VOTE_K,
+) -> list[tuple[str, Route | None]]:
+    """Each clause of a message that asks several things (:func:`clauses`), routed on its own
+    (one embedding and one search each; nothing for a one-clause message)."""
+    out: list[tuple[str, Route | None]] = []
+    for part in clauses(query):
+        vector = index.embed_query(part)
+        seen = with_evidence(index, profiles, part, vector, k, keywords=router.uses_keywords)
+        out.append((part, router.route(part, vector, seen)))
     return out

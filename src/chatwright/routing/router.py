@@ -6,8 +6,10 @@ Pure logic, no database: routers look at the query, its embedding and a
 
 - :class:`RulesRouter`: regular expressions mapped to collections.
 - :class:`ChitChatRouter`: greetings, thanks and small talk route to no collection.
-- :class:`SemanticRouter`: cosine of the query vector with each collection's profile vector (a
-  normalized mix of its description's embedding and its chunks' centroid); no model call.
+- :class:`SemanticRouter`: what the collections contain: the query's nearest chunks across all
+  collections (best match and similarity-weighted votes) and each collection's profile (its
+  description's embedding and its chunks' centroid); decisions relative to the best
+  collection; no model call.
 - :class:`LlmRouter`: the chat model picks collections as JSON (multi-select with a confidence
   each), validated against the known names; nonsense, errors and timeouts give ``None``.
 - :class:`AllRouter`: every collection (the baseline).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import threading
 import time
@@ -35,9 +38,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHITCHAT_EXEMPLARS",
+    "SEMANTIC_OPTIONS",
     "AllRouter",
     "ChitChatRouter",
     "CollectionProfile",
+    "Evidence",
     "LlmRouter",
     "Route",
     "Router",
@@ -45,8 +50,10 @@ __all__ = [
     "SemanticRouter",
     "achain",
     "chain",
+    "clauses",
     "embed_exemplars",
     "is_chitchat",
+    "merge_clauses",
 ]
 
 T = TypeVar("T")
@@ -58,8 +65,14 @@ class CollectionProfile:
 
     ``centroid``: the normalized mean of its chunks' vectors (None: no chunks with vectors).
     ``description_vector``: the embedding of ``description`` (None: no description/embedder).
-    ``best_chunk``: the cosine of the current query with this collection's best-matching chunk,
-    set per query by :func:`chatwright.routing.with_best_chunks` (None: not known).
+    Set per query by :func:`chatwright.routing.with_evidence`, from ONE vector search across
+    all the collections (None / empty: not known):
+    ``best_chunk``: the cosine of the query with this collection's best-matching chunk (when
+    none of its chunks is among the query's ``k`` nearest, the k-th cosine: an upper bound).
+    ``top_chunks``: the cosines of its chunks among the query's ``k`` nearest, best first, and
+    ``top_best`` the best cosine of those ``k`` over all collections (votes are relative to it).
+    ``keyword_share``: its share of the BM25 score of the query's ``k`` best keyword matches
+    across all collections (None: no keyword search was made).
     """
 
     name: str
@@ -70,11 +83,19 @@ class CollectionProfile:
     description_vector: np.ndarray | None = None
     notes: tuple[str, ...] = ()
     best_chunk: float | None = None
+    top_chunks: tuple[float, ...] = ()
+    top_best: float | None = None
+    keyword_share: float | None = None
 
 
 @dataclass
 class Route:
-    """Where a turn goes: ``collections`` ([] = none), who decided and why."""
+    """Where a turn goes: ``collections`` ([] = none), who decided and why.
+
+    ``why``: per collection, why it was or was not taken (the semantic router fills it in).
+    ``unsure``: the evidence did not single out one collection, so several are searched and
+    fused ranking decides.
+    """
 
     collections: list[str]
     strategy: str
@@ -83,12 +104,15 @@ class Route:
     fallback: bool = False
     notes: list[str] = field(default_factory=list)
     ms: float = 0.0  # time the chain took
+    why: dict[str, str] = field(default_factory=dict)
+    unsure: bool = False
 
     def describe(self) -> str:
         """One line for logs and traces: ``route hr, devices [semantic] why (scores)``."""
         where = ", ".join(self.collections) or "no collection"
         scores = " ".join(f"{k}={v:.2f}" for k, v in self.scores.items())
-        text = f"route {where} [{self.strategy}{', fallback' if self.fallback else ''}]"
+        flags = (", fallback" if self.fallback else "") + (", unsure" if self.unsure else "")
+        text = f"route {where} [{self.strategy}{flags}]"
         if self.reason:
             text += f": {self.reason}"
         if scores:
@@ -121,31 +145,56 @@ def _unit(v: np.ndarray) -> np.ndarray:
 _CHITCHAT = re.compile(
     r"^\W*(?:"
     r"h(?:i|ello|ey|owdy|iya)(?:\s+there)?|yo|greetings|good\s+(?:morning|afternoon|evening|night)"
-    r"|thanks?(?:\s+you)?(?:\s+(?:so|very)\s+much)?|thx|ty|cheers|much\s+appreciated"
+    r"|thanks?(?:\s+you)?(?:\s+(?:so|very)\s+much)?|thx|ty|cheers|(?:much|greatly)\s+appreciated"
+    r"|many\s+thanks|thanks\s+(?:anyway|again|a\s+lot)"
     r"|ok(?:ay)?|k|cool|great|nice|perfect|awesome|sounds\s+good|got\s+it|sure|yes(?:\s+please)?"
-    r"|no(?:\s+thanks)?|yep|nope|lol|haha|hmm+|wow"
+    r"|no(?:\s+thanks)?|yep|nope|lol|haha|hmm+|wow|alright|all\s+right|right|i\s+see"
+    r"|noted|understood|makes\s+sense|fair\s+enough|no\s+worries|no\s+problem|of\s+course"
     r"|bye|goodbye|see\s+you(?:\s+later)?|good\s*bye|take\s+care|have\s+a\s+(?:nice|great|good)\s+"
-    r"(?:day|evening|weekend)"
+    r"(?:day|evening|weekend)|(?:talk\s+to|catch)\s+you\s+later|later"
     r"|how(?:'s|\s+is)\s+it\s+going|how\s+are\s+you(?:\s+doing)?|what'?s\s+up|sup"
     r"|who\s+are\s+you|what(?:'s|\s+is)\s+your\s+name|are\s+you\s+(?:a\s+)?(?:robot|bot|human|ai)"
     r"|nice\s+to\s+meet\s+you|tell\s+me\s+a\s+joke|(?:can|could)\s+you\s+tell\s+me\s+a\s+joke"
     r"|sorry|my\s+(?:bad|mistake)|never\s*mind|you(?:'re|\s+are)\s+(?:awesome|great|funny)"
-    r")(?:[\s,.!?;:]+(?:(?:and\s+)?(?:have\s+a\s+\w+\s+day|thanks|that\s+was\s+helpful|"
+    r"|test(?:ing)?(?:\s+\d+)?|just\s+testing"
+    r")(?:[\s,.!?;:]+(?:(?:and\s+)?(?:have\s+a\s+\w+\s+day|thanks|thank\s+you|that\s+was\s+helpful|"
     r"that'?s\s+all(?:\s+i\s+needed)?|how\s+are\s+you|there|a\s+lot|again|my\s+mistake|"
     r"interesting|bye)))*[\s\W]*$",
     re.IGNORECASE,
 )
+#: Longer messages are never small talk by pattern (and the pattern stays cheap on them).
+_CHITCHAT_MAX_CHARS = 120
 
-#: Sentences of small talk; a query closer to one of these than to any collection is chit-chat.
+#: Sentences of small talk: greetings, thanks, acknowledgements, feedback, questions about the
+#: bot itself and about the conversation. A message closer to one of these than to any chunk
+#: of any collection needs no knowledge. Written for chatwright, none taken from a data set.
 CHITCHAT_EXEMPLARS: tuple[str, ...] = (
     "hello, how are you?",
     "good morning!",
+    "hey there, is anyone around?",
     "thanks, that was helpful",
     "thank you very much",
+    "I really appreciate your help",
     "goodbye, see you later",
+    "I have to go now, bye",
     "ok great",
+    "alright, understood",
+    "right, I see",
     "lol that's funny",
+    "you are really helpful",
+    "that's not what I asked",
+    "that answer was wrong, try again",
     "what's your name? are you a bot?",
+    "are you a real person?",
+    "what can you help me with?",
+    "how do you work?",
+    "who created you?",
+    "which languages can you speak?",
+    "do you remember our earlier conversation?",
+    "let's talk about something else",
+    "can we start again from scratch?",
+    "sorry, I typed in the wrong window",
+    "just checking whether this works",
     "tell me a joke",
     "how was your weekend?",
     "I'm bored, tell me something fun",
@@ -154,12 +203,41 @@ CHITCHAT_EXEMPLARS: tuple[str, ...] = (
     "no thanks, that's all",
     "nice to meet you",
     "have a nice day",
+    "I'm back again",
 )
 
 
 def is_chitchat(query: str) -> bool:
     """True when ``query`` is a greeting, thanks, acknowledgement or small talk (by pattern)."""
-    return not query.strip() or bool(_CHITCHAT.match(query.strip()))
+    text = query.strip()
+    if not text or not any(c.isalnum() for c in text):
+        return True  # nothing to search for: an emoji, punctuation
+    return len(text) <= _CHITCHAT_MAX_CHARS and bool(_CHITCHAT.match(text))
+
+
+# -- clauses ----------------------------------------------------------------------------------
+# Where a message that asks two things splits: after a question mark, at ", and" / "; and", or
+# at "and" followed by a question word ("how do I grow basil and how do I cook it?").
+_CLAUSE = re.compile(
+    r"\?\s+|[,;]\s*and\s+|\s+and\s+(?=(?:how|what|when|where|which|who|why|can|could|should"
+    r"|do|does|did|is|are|will|would|may|must)\b)",
+    re.IGNORECASE,
+)
+_CLAUSE_MAX_CHARS = 400
+
+
+def clauses(query: str, max_parts: int = 3) -> list[str]:
+    """The questions a message asks when it asks several (each of 3+ words), else ``[]``.
+
+    One embedding of a two-topic question leans to the stronger topic, so the weaker one's
+    collection loses on every score; routing each clause on its own finds it. Long messages
+    are not split (a pasted text is one thing, and each clause costs an embedding).
+    """
+    if len(query) > _CLAUSE_MAX_CHARS:
+        return []
+    parts = [p.strip(" ,;?!.") for p in _CLAUSE.split(query)]
+    parts = [p for p in parts if len(p.split()) >= 3]
+    return parts[:max_parts] if len(parts) > 1 else []
 
 
 _EXEMPLAR_CACHE: dict[str, np.ndarray] = {}
@@ -169,12 +247,13 @@ _EXEMPLAR_LOCK = threading.Lock()
 def embed_exemplars(
     embedder: Embedder, exemplars: Sequence[str] = CHITCHAT_EXEMPLARS
 ) -> np.ndarray:
-    """The exemplars' embeddings, computed once per embedder."""
+    """The exemplars' embeddings (unit length), computed once per embedder."""
     key = f"{getattr(embedder, 'name', type(embedder).__name__)}|{hash(tuple(exemplars))}"
     with _EXEMPLAR_LOCK:
         if key not in _EXEMPLAR_CACHE:
             vectors = np.asarray(embedder.embed(list(exemplars)), dtype=np.float32)
-            _EXEMPLAR_CACHE[key] = vectors
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            _EXEMPLAR_CACHE[key] = vectors / np.where(norms > 0, norms, 1.0)
         return _EXEMPLAR_CACHE[key]
 
 
@@ -227,50 +306,106 @@ class RulesRouter:
 
 
 # -- semantic ---------------------------------------------------------------------------------
-class SemanticRouter:
-    """Cosine of the query vector with each collection's profile vector; no model call.
+@dataclass(frozen=True)
+class Evidence:
+    """One collection's evidence for one query (see :meth:`SemanticRouter.evidence`)."""
 
-    A profile's vector is ``normalize(mix * description + (1 - mix) * centroid)`` (each part
-    unit length; a missing part leaves the other). The best collection is chosen when its score
-    is at least ``threshold``, with every other collection within ``margin`` of it (a question
-    spanning collections) or scoring at least ``also`` on its own. Below ``threshold`` the
-    router is unsure (None). With
-    ``chitchat`` (exemplar vectors, see :func:`embed_exemplars`), a query more similar to a
-    small-talk exemplar than ``chitchat_threshold`` and than to the best collection plus
-    ``chitchat_margin`` routes to no collection.
+    best: float | None  # cosine with its best-matching chunk
+    votes: float | None  # its share of the query's nearest chunks, similarity-weighted
+    profile: float | None  # cosine with its profile vector (description + centroid)
+    keywords: float | None  # its share of the query's best keyword matches
+    score: float  # the weighted sum the decision ranks by
+
+
+class SemanticRouter:
+    """Routes by what the collections contain, relative to the best one; no model call.
+
+    Evidence per collection (:meth:`evidence`), from the query vector and ONE vector search
+    across all collections (:func:`chatwright.routing.with_evidence`, which retrieval needs
+    anyway): ``best``, the cosine of its best-matching chunk; ``votes``, its share of the
+    query's nearest chunks, each weighted ``exp((cosine - top cosine) / temperature)``; and
+    ``profile``, the cosine with ``normalize(mix * description + (1 - mix) * centroid)``. The
+    score is ``chunk_weight * best + vote_weight * votes + (1 - chunk_weight - vote_weight) *
+    profile`` (a missing part's weight goes to the others), less ``size_penalty * ln(chunks)``:
+    the best of many chunks is high by chance alone (the maximum of N draws grows with N), so a
+    big collection of generic text would otherwise win questions that belong elsewhere.
+
+    The decision, in order (each rule says why in ``Route.why``):
+
+    1. **small talk** (``chitchat`` exemplar vectors, :func:`embed_exemplars`): a query whose
+       nearest exemplar has cosine >= ``chitchat_threshold`` and >= the best chunk's cosine
+       + ``chitchat_margin`` needs no knowledge: no collection.
+    2. **no evidence** (no collection has chunks or a description vector): unsure (None), and
+       the chain falls back to all collections.
+    3. **the best** collection by score is taken.
+    4. **close runners-up**: another collection is added when its score is within ``margin``
+       of the best *and* it holds at least ``min_share`` of the votes (a question spanning
+       collections draws its nearest chunks from each), or within ``keyword_margin`` with at
+       least ``keyword_share`` of the best keyword matches (a second topic that the blended
+       query vector drowns but its words still name); at most ``max_collections``.
+    5. **clauses** (``clauses``; done by :func:`chatwright.routing.route_clauses` and
+       :func:`merge_clauses`, as each clause needs its own embedding): a message asking two
+       things also gets the best collection of each clause that scores >= ``clause_score``.
+    6. **unsure**: when even the best chunk is weak (``best < floor``), the ``unsure_k`` best
+       collections are searched and fused ranking decides, said in the reason.
+
+    Everything is relative to the best collection except ``floor`` and the small-talk test,
+    which compare cosines of the same embedder (calibrate them per embedder: ``chatwright eval
+    routing``).
     """
 
     name = "semantic"
 
     def __init__(
         self,
-        threshold: float = 0.2,
-        margin: float = 0.03,
         *,
+        margin: float = 0.0,
+        min_share: float = 0.15,
         mix: float = 0.5,
-        also: float = 1.0,
+        chunk_weight: float = 0.8,
+        vote_weight: float = 0.0,
+        temperature: float = 0.05,
+        keyword_share: float = 2.0,
+        keyword_margin: float = 0.03,
+        size_penalty: float = 0.03,
+        floor: float = 0.0,
+        unsure_k: int = 2,
+        clauses: bool = True,
+        clause_score: float = 0.2,
         max_collections: int = 3,
         chitchat: np.ndarray | None = None,
-        chitchat_threshold: float = 0.5,
+        chitchat_threshold: float = 0.4,
         chitchat_margin: float = 0.0,
-        chunk_weight: float = 0.0,
     ) -> None:
-        if not 0.0 <= mix <= 1.0:
-            raise ValueError(f"mix must be within [0, 1], not {mix}")
-        if not 0.0 <= chunk_weight <= 1.0:
-            raise ValueError(f"chunk_weight must be within [0, 1], not {chunk_weight}")
-        # A collection's score mixes its profile's similarity with its best-matching chunk's:
-        # a mean vector alone cannot tell collections apart on narrow questions (measured on
-        # evals/routing, train half: 0.84 profile-only, 0.90 with chunk_weight 0.7).
-        self.chunk_weight = chunk_weight
-        self.threshold = threshold
+        for label, value in (("mix", mix), ("chunk_weight", chunk_weight)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{label} must be within [0, 1], not {value}")
+        if not 0.0 <= vote_weight <= 1.0 - chunk_weight + 1e-9:
+            raise ValueError(f"vote_weight must be within [0, 1 - chunk_weight], not {vote_weight}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, not {temperature}")
         self.margin = margin
+        self.min_share = min_share
         self.mix = mix
-        self.also = also
+        self.chunk_weight = chunk_weight
+        self.vote_weight = vote_weight
+        self.temperature = temperature
+        self.size_penalty = size_penalty
+        self.keyword_share = keyword_share
+        self.keyword_margin = keyword_margin
+        self.floor = floor
+        self.clauses = clauses
+        self.clause_score = clause_score
+        self.unsure_k = max(1, unsure_k)
         self.max_collections = max(1, max_collections)
         self.chitchat = None if chitchat is None else np.asarray(chitchat, dtype=np.float32)
         self.chitchat_threshold = chitchat_threshold
         self.chitchat_margin = chitchat_margin
+
+    @property
+    def uses_keywords(self) -> bool:
+        """Whether the keyword rule can fire (else the keyword search is not worth making)."""
+        return self.keyword_share <= 1.0
 
     def vector(self, profile: CollectionProfile) -> np.ndarray | None:
         parts: list[tuple[float, np.ndarray]] = []
@@ -284,48 +419,194 @@ class SemanticRouter:
             return parts[0][1]
         return _unit(sum(w * v for w, v in parts))
 
+    def _votes(self, profiles: Sequence[CollectionProfile]) -> dict[str, float] | None:
+        top = max((p.top_best for p in profiles if p.top_best is not None), default=None)
+        if top is None:
+            return None
+        mass = {
+            p.name: float(sum(np.exp((s - top) / self.temperature) for s in p.top_chunks))
+            for p in profiles
+        }
+        total = sum(mass.values())
+        return {n: m / total for n, m in mass.items()} if total > 0 else None
+
+    def evidence(
+        self, query_vector: np.ndarray, profiles: Sequence[CollectionProfile]
+    ) -> dict[str, Evidence]:
+        """Each collection's evidence and score (collections with none are left out)."""
+        q = _unit(query_vector)
+        votes = self._votes(profiles)
+        out: dict[str, Evidence] = {}
+        for p in profiles:
+            v = self.vector(p)
+            profile = float(v @ q) if v is not None and v.shape == q.shape else None
+            share = votes.get(p.name) if votes is not None else None
+            parts = [
+                (self.chunk_weight, p.best_chunk),
+                (self.vote_weight, share),
+                (max(0.0, 1.0 - self.chunk_weight - self.vote_weight), profile),
+            ]
+            known = [(w, x) for w, x in parts if x is not None]
+            if profile is None and p.best_chunk is None:
+                continue  # nothing known of its content
+            weight = sum(w for w, _ in known)
+            score = (
+                sum(w * x for w, x in known) / weight
+                if weight > 0
+                else sum(x for _, x in known) / len(known)
+            )
+            if self.size_penalty and p.chunks > 1:
+                score -= self.size_penalty * math.log(p.chunks)
+            out[p.name] = Evidence(p.best_chunk, share, profile, p.keyword_share, round(score, 4))
+        return out
+
     def scores(
         self, query_vector: np.ndarray, profiles: Sequence[CollectionProfile]
     ) -> dict[str, float]:
+        return {n: e.score for n, e in self.evidence(query_vector, profiles).items()}
+
+    def small_talk(self, query_vector: np.ndarray, best_chunk: float) -> float | None:
+        """The nearest small-talk exemplar's cosine when it beats the collections (rule 1)."""
+        if self.chitchat is None or not len(self.chitchat):
+            return None
         q = _unit(query_vector)
-        out: dict[str, float] = {}
-        for p in profiles:
-            v = self.vector(p)
-            if v is not None and v.shape == q.shape:
-                score = float(v @ q)
-                if self.chunk_weight and p.best_chunk is not None:
-                    score = (1 - self.chunk_weight) * score + self.chunk_weight * p.best_chunk
-                out[p.name] = round(score, 4)
-        return out
+        if self.chitchat.shape[1] != q.shape[0]:
+            return None
+        similarity = float(np.max(self.chitchat @ q))
+        if (
+            similarity >= self.chitchat_threshold
+            and similarity >= best_chunk + self.chitchat_margin
+        ):
+            return similarity
+        return None
 
     def route(
         self, query: str, query_vector: np.ndarray | None, profiles: Sequence[CollectionProfile]
     ) -> Route | None:
         if query_vector is None:
             return None
-        scores = self.scores(query_vector, profiles)
-        best = max(scores.values(), default=-1.0)
-        if self.chitchat is not None and len(self.chitchat):
-            q = _unit(query_vector)
-            if self.chitchat.shape[1] == q.shape[0]:
-                small_talk = float(np.max(self.chitchat @ q))
-                if (
-                    small_talk >= self.chitchat_threshold
-                    and small_talk >= best + self.chitchat_margin
-                ):
-                    reason = f"chit-chat (similarity {small_talk:.2f} > best collection)"
-                    return Route([], self.name, scores, reason=reason)
-        if not scores or best < self.threshold:
-            return None
-        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
-        chosen = [n for n, s in ranked if s >= min(best - self.margin, self.also)]
-        chosen = chosen[: self.max_collections]
-        reason = f"best {ranked[0][0]} {best:.2f} >= {self.threshold:.2f}"
-        if len(chosen) > 1:
-            reason += (
-                f"; also {', '.join(chosen[1:])} (within {self.margin:.2f} or >= {self.also:.2f})"
+        found = self.evidence(query_vector, profiles)
+        scores = {n: e.score for n, e in found.items()}
+        best_chunk = max((e.best for e in found.values() if e.best is not None), default=-1.0)
+        if best_chunk < 0:  # no chunk evidence: the best profile stands in
+            best_chunk = max((e.profile or -1.0 for e in found.values()), default=-1.0)
+        small_talk = self.small_talk(query_vector, best_chunk)
+        if small_talk is not None:
+            reason = (
+                f"small talk: nearest exemplar {small_talk:.2f} >= best chunk {best_chunk:.2f}"
+                f" + {self.chitchat_margin:.2f}"
             )
-        return Route(chosen, self.name, scores, reason=reason)
+            why = {n: "not searched: small talk needs no documents" for n in scores}
+            return Route([], self.name, scores, reason=reason, why=why)
+        if not found:
+            return None
+        ranked = sorted(found.items(), key=lambda kv: -kv[1].score)
+        top, top_e = ranked[0]
+        why = {top: f"best score {top_e.score:.2f}{_detail(top_e)}"}
+        if best_chunk < self.floor:
+            chosen = [n for n, _ in ranked[: self.unsure_k]]
+            for n, e in ranked[1:]:
+                why[n] = (
+                    f"searched, unsure: {e.score:.2f}{_detail(e)}"
+                    if n in chosen
+                    else f"left out: ranked below the {self.unsure_k} searched"
+                )
+            reason = (
+                f"unsure: best chunk {best_chunk:.2f} < {self.floor:.2f}, "
+                f"searching {', '.join(chosen)}"
+            )
+            return Route(chosen, self.name, scores, reason=reason, why=why, unsure=True)
+        chosen = [top]
+        for n, e in ranked[1:]:
+            close = e.score >= top_e.score - self.margin
+            share = e.votes if e.votes is not None else 1.0  # no search: closeness alone
+            named = (
+                e.keywords is not None
+                and e.keywords >= self.keyword_share
+                and e.score >= top_e.score - self.keyword_margin
+            )
+            full = len(chosen) >= self.max_collections
+            if close and share >= self.min_share and not full:
+                chosen.append(n)
+                why[n] = f"taken: {e.score:.2f} within {self.margin:.2f} of the best{_detail(e)}"
+            elif named and not full:
+                chosen.append(n)
+                why[n] = (
+                    f"taken: {e.keywords:.0%} of the keyword matches, {e.score:.2f} within "
+                    f"{self.keyword_margin:.2f} of the best{_detail(e)}"
+                )
+            elif not close:
+                why[n] = f"left out: {e.score:.2f} < {top_e.score:.2f} - {self.margin:.2f}"
+            elif share < self.min_share:
+                why[n] = f"left out: close ({e.score:.2f}) but {share:.0%} of the nearest chunks"
+            else:
+                why[n] = f"left out: already {self.max_collections} collections"
+        reason = f"best {top} {top_e.score:.2f}"
+        if len(chosen) > 1:
+            reason += f"; also {', '.join(chosen[1:])} (within {self.margin:.2f})"
+        return Route(chosen, self.name, scores, reason=reason, why=why)
+
+
+#: The :class:`SemanticRouter` options that ``[routing]`` settings set (same names).
+SEMANTIC_OPTIONS = frozenset(
+    {
+        "margin",
+        "min_share",
+        "mix",
+        "chunk_weight",
+        "vote_weight",
+        "temperature",
+        "keyword_share",
+        "keyword_margin",
+        "size_penalty",
+        "floor",
+        "unsure_k",
+        "clauses",
+        "clause_score",
+        "chitchat_threshold",
+        "chitchat_margin",
+    }
+)
+
+
+def merge_clauses(
+    route: Route,
+    parts: Sequence[tuple[str, Route | None]],
+    *,
+    min_score: float = 0.0,
+    max_collections: int = 3,
+) -> Route:
+    """``route`` (the whole message's, when the semantic router made it) plus the best
+    collection of each clause that routed confidently on its own: not small talk, not unsure,
+    scoring at least ``min_score``; up to ``max_collections``."""
+    if route.strategy != "semantic" or not route.collections or route.unsure:
+        return route
+    for text, part in parts:
+        if part is None or part.unsure or not part.collections:
+            continue
+        best = part.collections[0]
+        if part.scores.get(best, 0.0) < min_score:
+            route.why.setdefault(best, f"left out: the clause {text!r} is not sure of it")
+            continue
+        if best in route.collections or len(route.collections) >= max_collections:
+            continue
+        route.collections.append(best)
+        route.why[best] = f"taken: the clause {text!r} routes here ({part.why.get(best, '')})"
+        route.reason += f"; also {best} for the clause {text!r}"
+    return route
+
+
+def _detail(e: Evidence) -> str:
+    parts = []
+    if e.best is not None:
+        parts.append(f"chunk {e.best:.2f}")
+    if e.votes is not None:
+        parts.append(f"votes {e.votes:.0%}")
+    if e.profile is not None:
+        parts.append(f"profile {e.profile:.2f}")
+    if e.keywords is not None:
+        parts.append(f"keywords {e.keywords:.0%}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 # -- llm --------------------------------------------------------------------------------------

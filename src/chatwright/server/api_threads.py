@@ -234,7 +234,14 @@ async def send_message(
     bot = state.bot(body.bot)
     bot.check_message(body.text)
     check_thread_id(thread_id)
-    run = state.turns.start(bot, user.user, thread_id, body.text, interactive=body.stream)
+    run = state.turns.start(
+        bot,
+        user.user,
+        thread_id,
+        body.text,
+        interactive=body.stream,
+        answer_mode=body.answer_mode,
+    )
     if not body.stream:
         return await _collect(run)
     first = await run.batch()

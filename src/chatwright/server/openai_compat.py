@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,6 +78,8 @@ class ChatRequest(BaseModel):
     n: int | None = Field(default=None, ge=1)
     stream_options: dict[str, Any] | None = None
     tools: list[Any] | None = None
+    # chatwright's extension, for a turn of a thread (X-Chatwright-Thread): see [knowledge]
+    answer_mode: Literal["auto", "generate", "extract"] | None = None
 
 
 @dataclass
@@ -194,7 +196,9 @@ def _thread_turn(
             param="messages",
         )
     text = bot.check_message(messages[-1].text)
-    run = state.turns.start(bot, owner, thread, text, interactive=False)
+    run = state.turns.start(
+        bot, owner, thread, text, interactive=False, answer_mode=body.answer_mode
+    )
 
     async def events() -> AsyncIterator[str | _Finish]:
         async for item in run.events():

@@ -31,6 +31,11 @@ class NewMessage(_Body):
     text: str
     stream: bool = True
     bot: str | None = Field(default=None, description="which bot answers; default: the default")
+    answer_mode: Literal["auto", "generate", "extract"] | None = Field(
+        default=None,
+        description="how an answer from documents is made: extract quotes the passages' best "
+        "sentences with their [n], generate asks the model; default: the bot's setting",
+    )
 
 
 class Pins(_Body):

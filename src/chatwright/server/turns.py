@@ -320,14 +320,22 @@ class Turns:
         return None
 
     def start(
-        self, bot: Chatbot, owner: str, thread_id: str, text: str, *, interactive: bool = True
+        self,
+        bot: Chatbot,
+        owner: str,
+        thread_id: str,
+        text: str,
+        *,
+        interactive: bool = True,
+        answer_mode: str | None = None,
     ) -> TurnRun:
         """Run a turn in the background; ``interactive``: tool calls may wait for approval
-        (else they are refused at once, as nobody could answer)."""
+        (else they are refused at once, as nobody could answer); ``answer_mode``: the
+        request's (None: the bot's)."""
         run = TurnRun(owner, thread_id)
         if self.recorder is not None:
             self.recorder.add(run)
-        task = asyncio.create_task(self._drive(bot, run, text, interactive))
+        task = asyncio.create_task(self._drive(bot, run, text, interactive, answer_mode))
         run.task = task
         self._tasks.add(task)
         key = (owner, thread_id)
@@ -362,10 +370,16 @@ class Turns:
             run.stopped = True
             run.task.cancel()
 
-    async def _drive(self, bot: Chatbot, run: TurnRun, text: str, interactive: bool) -> None:
+    async def _drive(
+        self, bot: Chatbot, run: TurnRun, text: str, interactive: bool, answer_mode: str | None
+    ) -> None:
         keys: list[Key] = []
         approver = self.approvals.approver(run.owner, run.thread_id) if interactive else None
-        kwargs: dict[str, Any] = {"owner": run.owner, "approver": approver}
+        kwargs: dict[str, Any] = {
+            "owner": run.owner,
+            "approver": approver,
+            "answer_mode": answer_mode,
+        }
         first = True
         try:
             async with aclosing(bot.stream(run.thread_id, text, **kwargs)) as events:
