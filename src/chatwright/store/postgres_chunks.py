@@ -112,7 +112,6 @@ def jsonb(value: Mapping[str, Any] | None) -> Any:
     return Jsonb(text, dumps=lambda s: s)
 
 
-
 def filter_sql(filters: Mapping[str, Sequence[Scalar]] | None) -> tuple[str, list[Any]]:
     """``AND (...)`` conditions on ``c.metadata`` and their parameters, with the semantics of
     ``search.filters.MetadataIndex.mask``: typed equality, a list = any of, None = missing
