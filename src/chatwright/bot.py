@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import re
 import time
 import uuid
@@ -83,7 +82,7 @@ from chatwright.types import (
     TurnStart,
 )
 
-__all__ = ["ANSWER_MODES", "Chatbot", "Event", "answer_mode"]
+__all__ = ["ANSWER_MODES", "Chatbot", "Event"]
 
 _MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 
@@ -98,23 +97,6 @@ Event: TypeAlias = (
 )
 T = TypeVar("T")
 ANSWER_MODES = ("auto", "generate", "extract")
-# The answer mode asked for by the request being served, for front ends that start turns
-# through a layer that does not pass it on (the server's turn runner): a task created inside
-# `answer_mode(...)` keeps it.
-_REQUESTED_MODE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "chatwright_answer_mode", default=None
-)
-
-
-@contextmanager
-def answer_mode(mode: str | None) -> Iterator[None]:
-    """Turns started inside this block (and tasks created in it) answer in ``mode``
-    (None: the bot's setting)."""
-    token = _REQUESTED_MODE.set(mode)
-    try:
-        yield
-    finally:
-        _REQUESTED_MODE.reset(token)
 
 
 class Chatbot:
@@ -215,12 +197,12 @@ class Chatbot:
         starts a new thread with a generated id. ``approver(request, tool)`` decides calls
         that need approval (see :class:`chatwright.tools.ApprovalPolicy`): it returns a bool
         or an awaitable of one; without an approver such calls are refused.
-        ``answer_mode``: auto, generate or extract for this turn (default: the request's, see
-        :func:`answer_mode`, else ``[knowledge] answer_mode``).
+        ``answer_mode``: auto, generate or extract for this turn (default:
+        ``[knowledge] answer_mode``).
         """
         owner = owner or self.owner
         self.check_message(text)
-        mode = answer_mode or _REQUESTED_MODE.get()
+        mode = answer_mode
         if mode is not None and mode not in ANSWER_MODES:
             raise UserError(f"unknown answer mode {mode!r}", hint=f"use {', '.join(ANSWER_MODES)}")
         thread_id = check_thread_id(thread_id) if thread_id else uuid.uuid4().hex[:12]
@@ -449,7 +431,9 @@ class Chatbot:
             route = Route(chosen, "mention", reason="named in the message with @")
             return route, [by_name[n] for n in chosen], None
         # A pin is honoured while its collection exists, empty or not (the user chose it).
-        existing = {c.name: c for c in self.store.list_collections(owner or self.owner)}
+        existing = (
+            {c.name: c for c in self.store.list_collections(owner or self.owner)} if pinned else {}
+        )
         notes = [
             f"pinned collection {n!r} is gone: routed instead" for n in pinned if n not in existing
         ]

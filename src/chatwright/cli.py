@@ -23,7 +23,7 @@ from rich.table import Table
 
 from chatwright import __version__, db_command
 from chatwright._cliutil import ConfigOpt, DataDirOpt, UserOpt, err, handles_errors, out
-from chatwright.bot import Chatbot, answer_mode, clean_memory
+from chatwright.bot import Chatbot, clean_memory
 from chatwright.config import load_settings
 from chatwright.errors import UserError
 from chatwright.export import thread_to_json, thread_to_markdown
@@ -110,9 +110,16 @@ AnswerModeOpt = Annotated[
 
 
 def _bot(
-    model: str | None, data_dir: Path | None, config: Path | None, user: str | None
+    model: str | None,
+    data_dir: Path | None,
+    config: Path | None,
+    user: str | None,
+    answer_mode: AnswerMode | None = None,
 ) -> Chatbot:
     settings = load_settings(config, model=model, data_dir=data_dir, user=user)
+    if answer_mode is not None:  # for this session: --answer-mode over [knowledge] answer_mode
+        knowledge = settings.knowledge.model_copy(update={"answer_mode": answer_mode.value})
+        settings = settings.model_copy(update={"knowledge": knowledge})
     return Chatbot(settings=settings)
 
 
@@ -247,7 +254,7 @@ def ask(
     """
     if text == "-":
         text = sys.stdin.read()
-    with _bot(model, data_dir, config, user) as bot, answer_mode(mode and mode.value):
+    with _bot(model, data_dir, config, user, mode) as bot:
         if as_json:
             answer = bot.chat(thread, text, approver=_cli_approver(approve))
             payload = {
@@ -284,7 +291,7 @@ def chat(
     user: UserOpt = None,
 ) -> None:
     """Chat interactively, with streamed answers. Resume a thread with --thread ID."""
-    with _bot(model, data_dir, config, user) as bot, answer_mode(mode and mode.value):
+    with _bot(model, data_dir, config, user, mode) as bot:
         thread_id = thread or _new_id()
         existing = bot.store.find_thread(bot.owner, thread_id)
         state = "resuming" if existing else "new"

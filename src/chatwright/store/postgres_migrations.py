@@ -264,9 +264,11 @@ def m005_keyword_postings(conn: psycopg.Connection) -> None:
     # of its own words (an index range each) instead of unnesting the whole tsvector of every
     # matching chunk (885 ms p50 at 100k chunks before: benchmarks/README.md). Kept by
     # statement-level triggers from the chunks' tsv; filled for the chunks already there.
+    # The GIN index over tsv served only the old query: dropped, it cost every insert.
     _run(
         conn,
         """
+        DROP INDEX IF EXISTS chunks_tsv;
         CREATE TABLE chunk_terms (
             namespace text NOT NULL,
             lexeme    text NOT NULL,
