@@ -3,9 +3,11 @@
 What it measures
 ----------------
 The server runs in its own process (``python -m chatwright serve`` on loopback, a fresh data
-directory per mode; the default embedder is turned off so no embedding model is loaded). This
-process is the client. Every turn is ``POST /api/threads/{id}/messages`` with ``stream: true``,
-read as Server-Sent Events until the stream ends.
+directory per mode; the default embedder is turned off so no embedding model is loaded; no
+per-user turn limit or per-address connection limit, as every client here is the local user
+on 127.0.0.1). This process is the client. Every turn is
+``POST /api/threads/{id}/messages`` with ``stream: true``, read as Server-Sent Events until the
+stream ends.
 
 * **time to first event**: from starting the request (connecting included, when the turn
   opens a connection) to the first SSE ``event:`` line received;
@@ -97,6 +99,12 @@ def start_server(
     """``chatwright serve`` on loopback with ``model``; returns once it answers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
     env.update(CHATWRIGHT_EMBEDDER="", CHATWRIGHT_DATA_DIR=str(data_dir))
+    # Every simulated client is the local user on 127.0.0.1: lift the per-user turn and
+    # per-address connection limits, which would refuse all but a few of them (429).
+    env.update(
+        CHATWRIGHT_SERVER__MAX_TURNS_PER_USER="0",
+        CHATWRIGHT_SERVER__MAX_CONNECTIONS_PER_CLIENT="0",
+    )
     if database_url:
         env.update(CHATWRIGHT_DATABASE_URL=database_url)
     command = [sys.executable, "-m", "chatwright", "serve", "--model", model]

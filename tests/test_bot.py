@@ -11,12 +11,22 @@ from pathlib import Path
 import pytest
 
 from chatwright import Chatbot, SQLiteStore
+from chatwright.bot import NO_ANSWER
 from chatwright.config import Settings
 from chatwright.errors import InvalidMessage, ModelResponseError, ModelUnavailable, ThreadNotFound
 from chatwright.models import ModelRequest
 from chatwright.models.base import ModelEvent
 from chatwright.models.test import ScriptedModel
-from chatwright.types import Done, Message, TextDelta, TurnEnd, TurnStart, Usage
+from chatwright.types import (
+    Done,
+    Message,
+    TextDelta,
+    ToolCallPart,
+    ToolResultPart,
+    TurnEnd,
+    TurnStart,
+    Usage,
+)
 
 SYSTEM = "You are a test."
 
@@ -254,7 +264,57 @@ def test_turn_after_a_failure_continues_the_thread(store: SQLiteStore) -> None:
     with pytest.raises(ModelUnavailable):
         bot.chat("t1", "first")
     assert bot.chat("t1", "second").text == "back"
-    assert [m.text for m in stored(store, "t1")] == ["first", "second", "back"]
+    first, missing, second, back = stored(store, "t1")
+    assert [first.text, second.text, back.text] == ["first", "second", "back"]
+    # the answer that never came is said, not silently absent
+    assert missing.role == "assistant" and missing.text == ""
+    assert missing.metadata == {"interrupted": True, "reason": NO_ANSWER}
+
+
+def test_a_provider_without_a_key_fails_before_the_thread_is_created(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    bot = Chatbot("openai:gpt-4o-mini", store=store)
+    with pytest.raises(ModelUnavailable, match="no API key"):
+        bot.chat("t1", "hi")
+    assert store.find_thread("local", "t1") is None
+
+
+def test_a_turn_killed_before_its_answer_is_marked_at_the_next_turn(store: SQLiteStore) -> None:
+    bot = context_bot(store)
+    bot.chat("t1", "hello")
+    store.append("local", "t1", [Message.user("lost question")])  # then kill -9: no answer
+    answer = bot.chat("t1", "next question")
+    roles = [m.role for m in seen_by_model(answer.text)]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    messages = stored(store, "t1")
+    assert [m.text for m in messages[2:5]] == ["lost question", "", "next question"]
+    assert messages[3].metadata["interrupted"] is True
+    assert any("#3 got no answer" in note for note in answer.trace.notes)
+    # said once: the next turns find the thread answered
+    bot.chat("t1", "and again")
+    assert [m.role for m in stored(store, "t1")][-4:] == ["user", "assistant"] * 2
+
+
+def test_a_turn_killed_after_its_tool_results_is_marked_at_the_next_turn(
+    store: SQLiteStore,
+) -> None:
+    call = ToolCallPart(id="c1", name="now", arguments="{}")
+    store.append(
+        "local",
+        "t1",
+        [
+            Message.user("what time is it?"),
+            Message.assistant(tool_calls=[call]),
+            Message.tool(ToolResultPart(tool_call_id="c1", content="noon")),
+        ],
+        create=True,
+    )
+    context_bot(store).chat("t1", "hello?")
+    marker = stored(store, "t1")[3]
+    assert (marker.role, marker.text, marker.metadata["interrupted"]) == ("assistant", "", True)
 
 
 def test_model_error_mid_stream_keeps_partial_answer(store: SQLiteStore) -> None:
@@ -363,6 +423,22 @@ async def test_serialised_turns_see_each_other(store: SQLiteStore) -> None:
     seen = seen_by_model(second.text)
     # Two bots on one store file share the lock directory, so the second turn waits.
     assert [m.text for m in seen] == [SYSTEM, "first", "slow", "second"]
+
+
+async def test_a_turn_still_running_on_another_replica_is_not_marked(make_store) -> None:
+    """Its user message has no answer yet, but its replica holds the thread's turn lock: a
+    turn here waits for it and then finds the thread answered, not cut short."""
+    there, here = make_store(), make_store()
+    slow = Chatbot(SlowModel(["slow ", "answer"], delay=0.2), store=there)
+    running = asyncio.ensure_future(slow.achat("t1", "first"))
+    while here.find_thread("local", "t1") is None:
+        await asyncio.sleep(0.01)
+    assert [m.message.role for m in here.messages("local", "t1")] == ["user"]
+    second = await context_bot(here).achat("t1", "second")
+    await running
+    seen = [m.text for m in seen_by_model(second.text)]
+    assert seen == [SYSTEM, "first", "slow answer", "second"]
+    assert [m.role for m in stored(here, "t1")] == ["user", "assistant"] * 2
 
 
 async def test_turns_on_different_threads_both_complete(store: SQLiteStore) -> None:

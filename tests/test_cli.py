@@ -283,3 +283,74 @@ def test_error_hints_are_plain_text_not_markup(capsys):
         fail()
     printed = capsys.readouterr().err
     assert 'pip install "chatwright[local]"' in printed and "no [bold]model[/]" in printed
+
+
+def test_a_turn_killed_mid_answer_is_marked_interrupted_at_the_next_turn(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
+    env["CHATWRIGHT_DATA_DIR"] = str(tmp_path)
+    long = " ".join(f"w{i}" for i in range(200))  # 10 s to stream at 50 ms a word
+    proc = subprocess.Popen(
+        [*CLI, "ask", "-m", "test:slow", "--thread", "k", long],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    seen, deadline = b"", time.monotonic() + 20
+    while b"w3" not in seen and time.monotonic() < deadline:
+        seen += os.read(proc.stdout.fileno(), 100)
+    proc.kill()  # SIGKILL: no handler runs, the answer is never stored
+    proc.communicate(timeout=30)
+    assert [m.role for m in stored(tmp_path, "k")] == ["user"]
+
+    context = json.loads(run(tmp_path, "ask", "-m", "test:context", "-t", "k", "next").stdout)
+    roles = [m["role"] for m in context["messages"]]
+    assert roles[-3:] == ["user", "assistant", "user"]  # never two user messages in a row
+    messages = stored(tmp_path, "k")
+    assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert messages[1].text == "" and messages[1].metadata["interrupted"] is True
+    assert "#2 bot> \n    (cut short)" in run(tmp_path, "threads", "show", "k").stdout
+    exported = json.loads(run(tmp_path, "threads", "export", "k").stdout)["messages"][1]
+    assert exported["metadata"]["interrupted"] is True
+    markdown = run(tmp_path, "threads", "export", "k", "-f", "markdown").stdout
+    assert "## assistant · #2" in markdown and "*(answer cut short)*" in markdown
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    config = tmp_path / "latin1.toml"
+    config.write_bytes('system_prompt = "Réponds en français"\n'.encode("latin-1"))
+    proc = run(tmp_path, "threads", "list", "--config", str(config), ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "latin1.toml is not UTF-8" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["memory", "delete", "99999999999999999999"],
+        ["memory", "edit", "99999999999999999999", "text"],
+        ["memory", "delete", "0"],
+        ["threads", "list", "--limit", "99999999999999999999"],
+        ["threads", "list", "--limit", "0"],
+        ["ingest", "x.md", "-C", "kb", "--max-mb", "inf"],
+    ],
+)
+def test_numbers_out_of_range_are_refused_not_storage_errors(tmp_path, args):
+    proc = run(tmp_path, *args, ok=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "disk space" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "not found" in proc.stderr or "Invalid value" in proc.stderr
+
+
+def test_ask_without_an_api_key_fails_and_leaves_no_thread(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWRIGHT_", "OPENAI_"))}
+    env["CHATWRIGHT_DATA_DIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [*CLI, "ask", "-m", "openai:gpt-4o-mini", "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "OPENAI_API_KEY" in proc.stderr
+    assert json.loads(run(tmp_path, "threads", "list", "--json").stdout) == []

@@ -92,6 +92,21 @@ def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
     assert "not valid TOML" in str(info.value)
 
 
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('model = "test:echo"\n# café\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(path) in str(info.value) and "not UTF-8" in str(info.value)
+    assert "line 2" in str(info.value) and "UTF-8" in (info.value.hint or "")
+
+
+def test_a_byte_order_mark_is_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes('model = "test:echo"\n# café\n'.encode("utf-8-sig"))
+    assert load_settings(path).model == "test:echo"
+
+
 def test_unknown_key_is_an_unknown_setting(tmp_path: Path) -> None:
     write(tmp_path / "chatwright.toml", "modle = 'test:echo'\n")
     with pytest.raises(ConfigError, match="modle: unknown setting"):

@@ -16,7 +16,10 @@ from chatwright.retrieval import Chunk
 from chatwright.retrieval.extract import (
     LEAD,
     NOT_FOUND,
+    YOU_SAID,
+    asks_about_user,
     extract,
+    from_user,
     resolve_answer_mode,
     sentences,
     split_sentences,
@@ -351,3 +354,102 @@ def test_the_answer_eval_runs_on_mtrag_format_tasks(tmp_path):
     assert results[0].cited and results[0].rouge_l > 0.5
     summary = summarize(results)
     assert summary["all"]["tasks"] == 2 and summary["ANSWERABLE"]["leaked"] == 0
+
+
+# -- ranking details -----------------------------------------------------------------------
+def test_a_passages_lead_sentence_wins_a_near_tie():
+    p = passage(1, "Solar panels are sold in many shops. Solar panels turn light into heat.")
+    for weight, expected in ((0.0, "heat"), (2.0, "shops")):
+        found = quote("solar panels turn light into heat", [p], count=1, position_weight=weight)
+        assert expected in found.text, (weight, found.text)
+
+
+def test_the_users_own_words_pick_the_keywords_not_the_previous_question():
+    p = passage(
+        1,
+        "The Atlas X200 router costs 149 euros in shops. "
+        "The Atlas X200 warranty lasts two years from purchase.",
+    )
+    standalone = "How much does the Atlas X200 cost? and the warranty"
+    vector = EMBEDDER.embed(["Atlas X200"])[0]  # neutral: keywords decide
+    options = dict(count=1, position_weight=0.0, keyword_weight=1.0)
+    found = extract(standalone, vector, [p], EMBEDDER, question="and the warranty", **options)
+    assert "two years" in found.text
+    found = extract(standalone, vector, [p], EMBEDDER, **options)
+    assert "149 euros" in found.text
+
+
+# -- questions about the user: quoting what they said --------------------------------------
+def recite(question: str, statements: list[str], **options):
+    vector = EMBEDDER.embed([question])[0]
+    return from_user(question, vector, statements, EMBEDDER, **options)
+
+
+def test_questions_about_the_user_are_told_apart_from_others():
+    for q in ("What is my name?", "where do I live", "Remind me of my dog's name.", "Am I late?"):
+        assert asks_about_user(q), q
+    for q in ("What is the capital of France?", "My name is Ada.", "Thanks, that's all!"):
+        assert not asks_about_user(q), q
+
+
+def test_a_question_about_the_user_quotes_what_they_said():
+    said = ["I live in Lisbon.", "My name is Ada.", "What is the weather like?"]
+    found = recite("What is my name?", said, min_score=0.3)
+    assert found is not None and found.text.startswith(YOU_SAID)
+    assert "> My name is Ada." in found.text and "weather" not in found.text
+
+
+def test_nothing_close_enough_or_not_about_the_user_is_left_to_the_model():
+    said = ["My name is Ada."]
+    assert recite("What is my favourite film?", said, min_score=0.5) is None
+    assert recite("What is the capital of France?", said, min_score=-1.0) is None
+    assert recite("What is my name?", [], min_score=-1.0) is None
+    assert recite("What is my name?", ["What is my name?"], min_score=-1.0) is None
+
+
+def test_a_close_runner_up_is_quoted_too_and_a_far_one_is_not():
+    said = ["My name is Ada.", "My sister's name is Maria.", "I like green tea."]
+    found = recite("What is my name?", said, min_score=0.0, margin=1.0)
+    assert found is not None and found.quoted == 2
+    found = recite("What is my name?", said, min_score=0.0, margin=0.0)
+    assert found is not None and found.quoted == 1
+
+
+async def test_a_bot_answers_a_question_about_the_user_from_their_memory_and_messages(store):
+    settings = Settings(embedder="test:hash", knowledge=KnowledgeSettings(answer_mode="extract"))
+    bot = Chatbot("test:echo", store=store, settings=settings)
+    bot.remember("My favourite colour is green.")
+    await bot.achat("t", "I live in Lisbon.")
+    answer = await bot.achat("t", "Where do I live?")
+    assert answer.text.startswith(YOU_SAID) and "Lisbon" in answer.text
+    assert [s.name for s in answer.trace.stages if s.name == "recite"] == ["recite"]
+    answer = await bot.achat("t", "What is my favourite colour?")
+    assert "green" in answer.text and not answer.citations
+    answer = await bot.achat("t", "What is the capital of France?")
+    assert answer.text.startswith("echo:")  # not about the user: the model answers
+    generate = Settings(embedder="test:hash", knowledge=KnowledgeSettings(answer_mode="generate"))
+    plain = Chatbot("test:echo", store=store, settings=generate)
+    assert (await plain.achat("t", "Where do I live?")).text.startswith("echo:")
+
+
+def test_quoted_sentences_are_embedded_once_across_turns(tmp_path):
+    from chatwright.retrieval import SearchIndex
+
+    class Counting:
+        name, dim = "counting", EMBEDDER.dim
+
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def embed(self, texts):
+            self.texts += list(texts)
+            return EMBEDDER.embed(texts)
+
+    counting = Counting()
+    db = SQLiteStore(tmp_path / "db")
+    index = SearchIndex(db, counting)
+    first = index.memoized.embed(["one sentence", "two sentences", "one sentence"])
+    again = index.memoized.embed(["two sentences", "three"])
+    db.close()
+    assert counting.texts == ["one sentence", "two sentences", "three"]
+    assert np.allclose(first[1], again[0]) and first.shape == (3, EMBEDDER.dim)

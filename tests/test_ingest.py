@@ -433,6 +433,18 @@ def test_ingest_command_fails_when_nothing_could_be_read(tmp_path, cli):
     assert "invalid collection name" in bad_name.stderr
 
 
+def test_a_failed_ingest_leaves_no_new_collection_behind(tmp_path, cli):
+    cli("ingest", str(tmp_path / "nonexistent"), "-C", "x", "--embedder", "none", code=1)
+    (tmp_path / "empty.md").write_bytes(b"")
+    cli("ingest", str(tmp_path / "empty.md"), "-C", "y", "--description", "D", code=1)
+    assert "no collections yet" in cli("collections", "list").stderr
+    # a collection that was there before the failed ingest stays, with its documents
+    docs = write_docs(tmp_path)
+    cli("ingest", str(docs), "-C", "x", "--embedder", "none")
+    cli("ingest", str(tmp_path / "nonexistent"), "-C", "x", "--embedder", "none", code=1)
+    assert "x" in cli("collections", "list").stdout
+
+
 def test_ingest_falls_back_to_keywords_when_the_embedder_cannot_load(tmp_path, cli, data_dir):
     docs = write_docs(tmp_path)
     result = cli("ingest", str(docs), "-C", "kb", "--embedder", "nosuch:model")

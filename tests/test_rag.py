@@ -203,3 +203,24 @@ def test_the_embedded_model_gets_fewer_passages_by_default(store):
     assert local.passages_k() == 2
     configured = Settings(knowledge=KnowledgeSettings(k=7))
     assert Chatbot("local:gemma-3-270m", store=store, settings=configured).passages_k() == 7
+
+
+def test_an_at_mention_picks_the_collection_and_is_not_shown_to_the_model(store):
+    bot = bot_with_docs(store)
+    answer = bot.chat("t", "@manuals How much does the Atlas X200 cost?")
+    assert answer.trace.stage("route").data["strategy"] == "mention"
+    assert seen(answer)[-1]["parts"][0]["text"] == "How much does the Atlas X200 cost?"
+    # the message is stored as written; an @name that is no collection is left alone
+    assert next(store.messages("local", "t")).message.text.startswith("@manuals How")
+    answer = bot.chat("t", "ask @bob about the X200 price, @manuals")
+    assert seen(answer)[-1]["parts"][0]["text"] == "ask @bob about the X200 price,"
+
+
+def test_a_file_in_two_collections_is_cited_once(store):
+    bot = bot_with_docs(store, model="test:echo")
+    copy = store.create_collection("local", "copy", "The same manuals again")
+    bot.index.add(copy.namespace, [Chunk(f"copy-{k}", t, m) for k, t, m in DOCS])
+    answer = bot.chat("t", "@manuals @copy Atlas X200 reset price antennas")
+    cited = [(c.source, c.text) for c in answer.citations]
+    assert len(cited) == 3 and len(set(cited)) == 3
+    assert [c.index for c in answer.citations] == [1, 2, 3]

@@ -137,3 +137,126 @@ def test_a_failing_recall_costs_the_turn_its_recall_not_its_answer(store):
     answer = bot.chat("t", "still answering?")
     assert answer.text == "echo: still answering?"
     assert any("recall failed" in n and "embedder crashed" in n for n in answer.trace.notes)
+
+
+# -- what recall searches with (issue 14: LoCoMo, `chatwright eval memory`) -----------------
+DAY = 86400.0
+MAY_8 = 1683504000.0  # 2023-05-08 00:00 UTC
+
+
+class SpyEmbedder:
+    """test:hash, remembering what it embedded."""
+
+    name = "test:spy"
+
+    def __init__(self, broken: bool = False) -> None:
+        from chatwright.models.embeddings import HashEmbedder
+
+        self.inner, self.broken, self.seen = HashEmbedder(), broken, []
+
+    def embed(self, texts):
+        if self.broken:
+            raise RuntimeError("embedder crashed")
+        self.seen.extend(texts)
+        return self.inner.embed(texts)
+
+
+def recall_over(store, messages, embedder=None, thread="t"):
+    """A ThreadRecall with ``messages`` ((role, text, when) each) indexed as the background
+    job indexes them once they leave the window."""
+    from chatwright.memory.context import Entry, group_turns
+    from chatwright.retrieval import SearchIndex
+    from chatwright.retrieval.recall import ThreadRecall
+    from chatwright.types import Message
+
+    made = [Message.user(t) if r == "user" else Message.assistant(t) for r, t, _ in messages]
+    stored = store.append("local", thread, made, create=True)
+    entries = [Entry(s.seq, m[2], s.message, 0) for s, m in zip(stored, messages, strict=True)]
+    recall = ThreadRecall(SearchIndex(store, embedder), store)
+    recall.index_turns("local", thread, group_turns(entries))
+    return recall
+
+
+def chat(*pairs, start=MAY_8, step=60.0):
+    """(user, assistant) pairs as timed messages, a minute apart."""
+    out = []
+    for i, (user, assistant) in enumerate(pairs):
+        out += [
+            ("user", user, start + 2 * i * step),
+            ("assistant", assistant, start + (2 * i + 1) * step),
+        ]
+    return out
+
+
+def ask(recall, query, k=3, notes=None):
+    return recall.recall("local", "t", query, k=k, before_seq=10**9, notes=notes)
+
+
+def test_an_answer_given_after_a_pause_is_recalled_as_said_then(store):
+    messages = [
+        ("user", "How was your weekend?", MAY_8),
+        ("assistant", "We drove up to see the fjords, breathtaking.", MAY_8 + 3 * DAY),
+        *chat(("Anything else?", "Not really."), start=MAY_8 + 3 * DAY + 60),
+    ]
+    found = ask(recall_over(store, messages), "the fjords")
+    assert [(r.first_seq, r.created_at) for r in found] == [(2, MAY_8 + 3 * DAY)]
+    assert found[0].text == "Assistant: We drove up to see the fjords, breathtaking."
+
+
+def test_a_turn_next_to_the_words_of_the_question_ranks_higher(store):
+    messages = chat(
+        ("Guess what: I signed up for a pottery class!", "Pottery, how fun!"),
+        ("It is on Tuesday evenings, the class.", "Sounds relaxing."),
+        *[(f"Small talk {i} about the weather.", "Indeed.") for i in range(6)],
+        ("Class today.", "ok"),
+    )
+    found = ask(recall_over(store, messages), "When is my pottery class?")
+    # turn 2 has "class" once, like the short turn 9; its neighbour has "pottery class"
+    assert [r.first_seq for r in found] == [1, 3, 17]
+
+
+def test_names_the_thread_keeps_using_are_not_embedded_in_the_question(store):
+    spy = SpyEmbedder()
+    greetings = [(f"Hi there, number {i}.", f"Hello Ada, how are you {i}?") for i in range(10)]
+    messages = chat(*greetings, ("I adopted a cat named Miso.", "Lovely!"))
+    recall = recall_over(store, messages, spy)
+    spy.seen.clear()
+    found = ask(recall, "Which pet did Ada adopt?")
+    assert spy.seen == ["Which pet did adopt?"]  # Ada is in 10 of 11 turns: says nothing
+    assert found[0].first_seq == 21
+    spy.seen.clear()
+    ask(recall, "What does Miso eat?")
+    assert spy.seen == ["What does Miso eat?"]  # a rare name is what the question is about
+
+
+def test_a_question_that_names_a_date_prefers_the_turns_said_then(store):
+    messages = chat(("We walked along the beach and the coast.", "Nice."), start=MAY_8)
+    messages += chat(
+        ("Beach day! The beach was great.", "Fun."),
+        ("Bought some bread.", "ok"),
+        start=MAY_8 + 60 * DAY,
+    )
+    recall = recall_over(store, messages)
+    assert ask(recall, "What did we do at the beach?")[0].first_seq == 3  # the better match
+    assert ask(recall, "What did we do at the beach on 8 May, 2023?")[0].first_seq == 1
+    assert ask(recall, "the beach in May 2023")[0].first_seq == 1
+
+
+def test_a_failing_embedder_leaves_keyword_recall_with_a_note(store):
+    broken = SpyEmbedder(broken=True)
+    messages = chat(("My sister's name is Priya.", "Noted."), ("Weather talk.", "Yes."))
+    recall = recall_over(store, messages, broken)  # indexed without vectors, not lost
+    notes: list[str] = []
+    found = ask(recall, "What is my sister's name?", notes=notes)
+    assert [r.first_seq for r in found] == [1]
+    assert notes and "keywords only" in notes[0] and "embedder crashed" in notes[0]
+
+
+def test_a_turn_with_a_failing_embedder_still_recalls_by_keyword(store):
+    bot = make_bot(store)
+    bot.chat("t", "My sister's name is Priya.")
+    talk(bot, "t", 40)
+    bot.index.embedder = SpyEmbedder(broken=True)
+    answer, texts = context_of(bot, "t", "What is my sister's name?")
+    assert any(t.startswith("Earlier") and "Priya" in t for t in texts)
+    assert any("keywords only" in n for n in answer.trace.notes)

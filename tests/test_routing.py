@@ -445,3 +445,67 @@ def test_dataset_shape() -> None:
     assert all(set(r["expected"]) <= names and r["split"] in ("train", "test") for r in rows)
     assert sum(not r["expected"] for r in rows) >= 0.12 * len(rows)
     assert sum(len(r["expected"]) > 1 for r in rows) >= 0.08 * len(rows)
+
+
+def test_evidence_from_hits_takes_each_collections_exact_best(
+    profiles: list[CollectionProfile],
+) -> None:
+    """With the route's per-collection search, a collection none of whose chunks is among the
+    ``k`` nearest gets its own best cosine, not the k-th cosine (an upper bound)."""
+    hits = [("collection:devices", 0.8), ("collection:devices", 0.7)]
+    bounded = evidence_from_hits(profiles, hits, 2)
+    exact = evidence_from_hits(profiles, hits, 2, best={"collection:hr": 0.2})
+    hr = {p.name: p for p in bounded}["hr"], {p.name: p for p in exact}["hr"]
+    assert hr[0].best_chunk == 0.7 and hr[1].best_chunk == 0.2
+
+
+def test_questions_without_splits_are_halved_stably() -> None:
+    """A file without ``split`` fields is halved per expected set, by a hash of the question:
+    tuning (train) and reporting (test) never share a question, whatever the file's order."""
+    from chatwright.evals.routing import halves
+
+    rows = [{"question": f"q{i}", "expected": [] if i % 3 == 0 else ["a"]} for i in range(30)]
+    split = {r["question"]: r["split"] for r in halves(rows)}
+    assert split == {r["question"]: r["split"] for r in halves(rows[::-1])}
+    for group in ([r for r in rows if r["expected"]], [r for r in rows if not r["expected"]]):
+        train = sum(split[r["question"]] == "train" for r in group)
+        assert abs(2 * train - len(group)) <= 1
+
+
+def test_evaluation_tables_report_every_figure() -> None:
+    """The table ``chatwright eval routing`` prints: exact set, small talk, over- and
+    under-inclusion, fallbacks, unsure, p50/p95, and exact set per expected collection."""
+    from chatwright.evals.routing import SUMMARY_COLUMNS, collection_rows, score, summary_rows
+
+    questions = [
+        {"question": "a", "expected": ["devices"]},
+        {"question": "b", "expected": ["hr"]},
+        {"question": "hi", "expected": []},
+    ]
+    routes = [
+        Route(["devices"], "semantic"),
+        Route(["hr", "devices"], "semantic"),
+        Route([], "chitchat"),
+    ]
+    results = {"semantic": score(questions, routes, [1.0, 2.0, 3.0]), "_embed": {}}
+    [row] = summary_rows(results)
+    assert len(row) == len(SUMMARY_COLUMNS)
+    assert dict(zip(SUMMARY_COLUMNS, row, strict=True)) == {
+        "strategy": "semantic",
+        "n": "3",
+        "exact set": "66.7%",
+        "small talk → none": "100.0%",
+        "over": "33.3%",
+        "under": "0.0%",
+        "fallbacks": "0",
+        "unsure": "0",
+        "p50 ms": "2.00",
+        "p95 ms": "2.00",
+    }
+    header, rows = collection_rows(results)
+    assert header == ["expected", "n", "semantic"]
+    assert rows == [
+        ["(small talk)", "1", "100.0%"],
+        ["devices", "1", "100.0%"],
+        ["hr", "1", "0.0%"],
+    ]

@@ -111,7 +111,7 @@ def test_the_route_command_prints_the_decision(tmp_path):
 def test_routing_makes_one_vector_search_across_collections(store):
     """The evidence comes from ONE search of all the collections, with the query vector that
     retrieval reuses (and one keyword search only when the keyword rule is on)."""
-    for options, modes in (({}, ["vector"]), ({"keyword_share": 0.5}, ["vector", "keyword"])):
+    for options, modes in (({}, ["nearest"]), ({"keyword_share": 0.5}, ["nearest", "keyword"])):
         settings = Settings(embedder="test:hash", routing=RoutingSettings(**options))
         bot = Chatbot("test:echo", store=store, settings=settings)
         if not store.list_collections("local"):
@@ -120,18 +120,73 @@ def test_routing_makes_one_vector_search_across_collections(store):
                 chunks = [Chunk(f"{name}{i}", t) for i, t in enumerate(texts)]
                 bot.index.add(info.namespace, chunks)
         calls = []
-        search = bot.index.search
+        search, nearest = bot.index.search, bot.index.nearest
 
         def counted(query, namespaces, k=10, _search=search, _calls=calls, **kw):
             _calls.append((kw.get("mode"), sorted(namespaces)))
             return _search(query, namespaces, k, **kw)
 
-        bot.index.search = counted
+        def counted_nearest(vector, namespaces, k=0, _nearest=nearest, _calls=calls):
+            _calls.append(("nearest", sorted(namespaces)))
+            return _nearest(vector, namespaces, k)
+
+        bot.index.search, bot.index.nearest = counted, counted_nearest
         decision, _, vector = asyncio.run(bot.route("hold the reset button for ten seconds"))
-        bot.index.search = search
+        bot.index.search, bot.index.nearest = search, nearest
         assert vector is not None and decision.collections == ["manuals"]
         assert [m for m, _ in calls] == modes and all(len(ns) == 2 for _, ns in calls)
         assert set(decision.why) == {"manuals", "hr"} and decision.why["hr"].startswith("left")
+        assert decision.search is not None and "search" not in decision.to_dict()
+
+
+def test_retrieval_reuses_the_routes_vector_search(store):
+    """A turn passes over the vectors once: the router's search across the collections; the
+    retrieve stage ranks by it (the same passages as a search of its own)."""
+    bot = make_bot(store)
+    chunks = bot.index.chunks
+    calls = []
+    vector, similarities = chunks.vector, chunks.similarities
+    chunks.vector = lambda *a, **kw: calls.append("vector") or vector(*a, **kw)
+    chunks.similarities = lambda *a, **kw: calls.append("all") or similarities(*a, **kw)
+    try:
+        answer = bot.chat("t", "How do I reset the Skylink router button?")
+    finally:
+        del chunks.vector, chunks.similarities
+    assert calls == ["all"]
+    assert answer.trace.stage("route").data["collections"] == ["manuals"]
+    found = answer.trace.stage("retrieve").data["passages"]
+    manuals = store.get_collection("local", "manuals").namespace
+    fresh = bot.index.search("How do I reset the Skylink router button?", [manuals], k=5)
+    assert found and [p["score"] for p in found] == [round(h.score, 4) for h in fresh]
+
+
+def test_a_routes_search_ranks_any_of_its_collections_as_a_search_would(store):
+    """``Nearest.ranking`` over any subset of the searched collections is the exact vector
+    ranking of that subset; a subset it did not cover, or a deeper one, is searched again."""
+    bot = make_bot(store)
+    namespaces = [c.namespace for c in store.list_collections("local")]
+    vector = bot.index.embed_query("paid leave for the printer")
+    nearest = bot.index.nearest(vector, namespaces)
+    for chosen in ([namespaces[0]], [namespaces[1]], namespaces):
+        for depth in (1, 3, 100):
+            expected = bot.index.chunks.vector(vector, chosen, None, depth)
+            assert nearest.ranking(chosen, depth) == expected
+    assert nearest.ranking(["collection:99"], 3) is None
+    # a backend that cannot score every chunk in one pass: one search per namespace, kept to
+    # the search depth, and a deeper ranking is searched again
+    del_similarities = type(bot.index.chunks).similarities
+    try:
+        del type(bot.index.chunks).similarities
+        kept = bot.index.nearest(vector, namespaces, 2)
+    finally:
+        type(bot.index.chunks).similarities = del_similarities
+    assert kept.depth == bot.index.depth and kept.top(2) == nearest.top(2)
+    assert kept.ranking(namespaces, kept.depth + 1) is None
+    assert kept.ranking(namespaces, 3) == nearest.ranking(namespaces, 3)
+    assert [n for n, _ in nearest.top(2)] == [
+        bot.index.chunks.fetch([pk])[pk].namespace
+        for pk, _ in bot.index.chunks.vector(vector, namespaces, None, 2)
+    ]
 
 
 def test_a_message_asking_two_things_searches_both(store):
@@ -190,7 +245,62 @@ def test_a_broken_router_falls_back_to_all_collections_with_a_note(store):
     def broken(*args, **kwargs):
         raise RuntimeError("profiles unreadable")
 
-    bot.index.search = broken  # the semantic router's chunk search fails
+    bot.index.nearest = broken  # the semantic router's chunk search fails
     decision, collections, _ = asyncio.run(bot.route("How do I reset the router?"))
     assert decision.fallback and sorted(c.name for c in collections) == ["hr", "manuals"]
     assert any("routing failed" in n and "profiles unreadable" in n for n in decision.notes)
+
+
+def test_the_eval_command_reports_every_figure(tmp_path):
+    """``chatwright eval routing`` prints exact set, small talk → none, over- and
+    under-inclusion, p50/p95 and exact set per expected collection."""
+    store = SQLiteStore(tmp_path / "chatwright.db")
+    make_bot(store)
+    store.close()
+    questions = tmp_path / "q.jsonl"
+    rows = [
+        {"question": "How do I reset the Skylink router button?", "expected": ["manuals"]},
+        {"question": "How many days of paid leave do employees get?", "expected": ["hr"]},
+        {"question": "thanks a lot!", "expected": []},
+    ]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
+    env |= {"CHATWRIGHT_DATA_DIR": str(tmp_path), "CHATWRIGHT_EMBEDDER": "test:hash"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "chatwright", "eval", "routing", str(questions)],
+        capture_output=True,
+        text=True,
+        env=env | {"COLUMNS": "160"},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for column in ("exact set", "small talk → none", "over", "under", "p50 ms", "p95 ms"):
+        assert column in proc.stdout
+    assert "exact set by expected collection" in proc.stdout
+    assert "manuals" in proc.stdout and "(small talk)" in proc.stdout
+
+
+def test_a_follow_up_is_routed_with_the_previous_message(store, tmp_path):
+    """The conversation evaluation routes a follow-up as a turn does: with the previous user
+    message in front (the embedded model's rewrite), which finds the collection it alone
+    does not."""
+    from chatwright.evals.routing import evaluate_conversations, load_conversations, strategies_for
+
+    bot = make_bot(store)
+    tasks = tmp_path / "tasks.jsonl"
+    conversation = {
+        "input": [
+            {"speaker": "user", "text": "Do employees get paid leave"},
+            {"speaker": "agent", "text": "Yes, 25 days."},
+            {"speaker": "user", "text": "and for how long?"},
+        ],
+        "Collection": "policies",
+    }
+    tasks.write_text(json.dumps(conversation) + "\n" + json.dumps({"Collection": "x"}) + "\n")
+    rows = load_conversations(tasks, {"policies": "hr"})
+    assert len(rows) == 1 and rows[0]["expected"] == ["hr"]
+    collections = bot.candidate_collections("local")
+    routers = strategies_for(bot.index.embedder)["semantic"]
+    result = evaluate_conversations(rows, bot.index, collections, bot.index.embedder, routers)
+    assert result["as a turn"]["accuracy"] == 1.0 and result["alone"]["accuracy"] == 0.0
+    assert result["as a turn, follow-ups"]["n"] == 1

@@ -638,6 +638,7 @@ def test_v1_chat_completions_stateless_and_with_a_thread(client: TestClient) -> 
     assert done["choices"][0]["finish_reason"] == "stop"
     assert done["usage"]["completion_tokens"] == 2
     assert client.get("/api/threads").json()["threads"] == []  # stateless: nothing stored
+    assert client.app.state.chatwright.slots.running == {}  # type: ignore[attr-defined]
     with_thread = client.post(
         "/v1/chat/completions", json=body, headers={"X-Chatwright-Thread": "api"}
     )
@@ -663,7 +664,7 @@ def test_v1_errors_are_openai_shaped(client: TestClient) -> None:
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "model_not_found" and error["param"] == "model"
     invalid = client.post("/v1/chat/completions", json={"model": "test:echo", "messages": []})
-    assert invalid.status_code == 422 and invalid.json()["error"]["type"] == "invalid_request_error"
+    assert invalid.status_code == 400 and invalid.json()["error"]["type"] == "invalid_request_error"
     bad_role = client.post(
         "/v1/chat/completions",
         json={"model": "test:echo", "messages": [{"role": "x", "content": ""}]},
@@ -675,6 +676,49 @@ def test_v1_errors_are_openai_shaped(client: TestClient) -> None:
         headers={"X-Chatwright-Thread": "t"},
     )
     assert last_not_user.status_code == 400
+
+
+def test_v1_types_are_strict_and_content_null_only_beside_tool_calls(client: TestClient) -> None:
+    hi = {"role": "user", "content": "hi"}
+    for body, param in (
+        ({"messages": [{"role": "user", "content": None}]}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages"),
+        ({"messages": [{"role": "system", "content": None}, hi]}, "messages"),
+        ({"messages": [{"role": "assistant", "content": None}, hi]}, "messages"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages"),
+        ({"messages": [hi], "stream": "yes"}, "stream"),
+        ({"messages": [hi], "stream": 1}, "stream"),
+        ({"messages": [hi], "max_tokens": "5"}, "max_tokens"),
+    ):
+        refused = client.post("/v1/chat/completions", json={"model": "test:echo", **body})
+        assert refused.status_code == 400, body
+        error = refused.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == param
+    called = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    history = [
+        hi,
+        {"role": "assistant", "content": None, "tool_calls": [called]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+        {"role": "user", "content": "and?"},
+    ]
+    answered = client.post("/v1/chat/completions", json={"model": "test:echo", "messages": history})
+    assert answered.status_code == 200
+    assert answered.json()["choices"][0]["message"]["content"] == "echo: and?"
+
+
+def test_thread_ids_that_are_not_utf8_in_the_url_are_refused(client: TestClient) -> None:
+    """a%ff and a%fe would both decode to 'a\ufffd': the same thread."""
+    for bad in ("a%ff", "a%fe", "%c3", "a%ed%a0%80"):  # the last: an encoded surrogate
+        sent = client.post(f"/api/threads/{bad}/messages", json={"text": "hi", "stream": False})
+        assert sent.status_code == 400 and error_of(sent)["type"] == "invalid_path", bad
+        assert client.get(f"/api/threads/{bad}/messages").status_code == 400
+    assert client.get("/api/threads").json()["threads"] == []  # none was made
+    accent = client.post("/api/threads/caf%C3%A9/messages", json={"text": "hi", "stream": False})
+    assert accent.status_code == 200 and accent.json()["thread_id"] == "café"
+    openai_shaped = client.get("/v1/models/%ff")
+    assert (
+        openai_shaped.status_code == 400 and openai_shaped.json()["error"]["code"] == "invalid_path"
+    )
 
 
 def test_cors_origins_and_preload_at_start_up(tmp_path: Path) -> None:

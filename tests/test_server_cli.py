@@ -72,6 +72,7 @@ def test_serve_starts_uvicorn_with_the_app(tmp_path: Path, monkeypatch: pytest.M
     run(tmp_path, "keys", "create", "ada")
     result = run(tmp_path, "serve", "--host", "0.0.0.0", "--port", "9123", "-m", "test:echo")
     assert seen["host"] == "0.0.0.0" and seen["port"] == 9123
+    assert seen["http"].header_timeout_s == 10 and seen["ws"] == "none"  # connections.py
     state = seen["app"].state.chatwright
     assert state.default.model.name == "test:echo" and state.auth.loopback is False
     assert "API keys required" in result.output

@@ -236,3 +236,75 @@ def test_a_job_that_cannot_run_fails_with_the_reason(
             assert "unknown kind of job 'reindex'" in unknown["errors"][0]["reason"]
     finally:
         jobs.shutdown()
+
+
+def test_uploads_past_the_users_limit_are_429_until_one_finishes(
+    make_store: Callable[[], Store], tmp_path: Path, fast: None
+) -> None:
+    store = make_store()
+    settings = settings_for(tmp_path).model_copy(
+        update={"server": settings_for(tmp_path).server.model_copy(update={"max_jobs_per_user": 2})}
+    )
+    app = create_app(settings, store=store)
+    app.state.chatwright.jobs.start = lambda: None  # queued, never run
+    with TestClient(app, base_url=LOCAL) as client:
+        first, _ = upload(client, LEAVE), upload(client, TRAVEL)
+        sent = [("files", ("more.md", b"# More\n\ntext", "text/markdown"))]
+        refused = client.post("/api/collections/docs/documents", files=sent)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "10"
+        error = refused.json()["error"]
+        assert error["type"] == "too_many_jobs" and "max_jobs_per_user" in error["hint"]
+        assert len(client.get("/api/jobs").json()["jobs"]) == 2  # nothing was queued
+        assert client.get("/api/me").json()["limits"]["max_jobs_per_user"] == 2
+        assert store.jobs.claim("w", stale_after_s=60) is not None  # running still counts
+        assert client.post("/api/collections/docs/documents", files=sent).status_code == 429
+        store.jobs.finish(first["id"], "w", "done", {})
+        assert client.post("/api/collections/docs/documents", files=sent).status_code == 202
+
+
+class PerDocumentIngestor:
+    """Takes ``seconds`` a document; says which owner's documents it did, in order."""
+
+    def __init__(self, done: list[str], owner: str, seconds: float) -> None:
+        self.done, self.owner, self.seconds = done, owner, seconds
+
+    def ingest(
+        self, paths: list[str], collection: str, *, progress: Callable[[Progress], None], **_: Any
+    ) -> IngestReport:
+        for n, path in enumerate(paths, start=1):
+            time.sleep(self.seconds)
+            self.done.append(self.owner)
+            progress(Progress(path, "added", n, len(paths), n))
+        return IngestReport(collection, files=len(paths), added=len(paths))
+
+
+def test_one_big_upload_gives_way_to_another_users_small_one(
+    make_store: Callable[[], Store], tmp_path: Path, fast: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker, a user's twenty files in one upload: another's one file waits for the
+    document being written and a slice, not for the twenty."""
+    monkeypatch.setattr(Jobs, "slice_s", 0.2)
+    store = make_store()
+    done: list[str] = []
+    seconds = {"ada": 0.05, "bob": 0.0}
+    jobs = Jobs(store, lambda owner: PerDocumentIngestor(done, owner, seconds[owner]))  # type: ignore[arg-type,return-value]
+    files = [(f"n{i}.md", b"# N %d" % i) for i in range(20)]
+    payload = {"collection": "docs", "files": [n for n, _ in files], "total": 20}
+    big = store.jobs.enqueue("ada", "ingest", payload, files)
+    jobs.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "ada" not in done:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        small = store.jobs.enqueue("bob", "ingest", {**payload, "total": 1}, files[:1])
+        while (finished := store.jobs.get("bob", small.id)) is None or not finished.finished:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert done.count("ada") < 15  # bob's one did not wait for ada's twenty
+        while not (job := store.jobs.get("ada", big.id)) or not job.finished:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert job.state == "done" and job.attempts == 1  # giving way is not an attempt
+    finally:
+        jobs.shutdown()

@@ -22,6 +22,7 @@ from chatwright import Chatbot
 from chatwright.config import Settings
 from chatwright.models.test import ScriptedModel, tool_call
 from chatwright.server import create_app
+from chatwright.server.connections import uvicorn_options
 from chatwright.store import SQLiteStore
 from chatwright.tools import Tool
 from chatwright.types import Message
@@ -41,12 +42,14 @@ def make_settings(tmp_path: Path, **top: Any) -> Settings:
 
 @contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port; yields its base URL."""
+    """Run ``app`` with uvicorn on a free loopback port, as ``chatwright serve`` does (with
+    its connection limits); yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    options = uvicorn_options(app.state.chatwright.settings.server)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -180,7 +183,7 @@ def test_the_openai_sdk_works_unchanged(live: str) -> None:
     assert usage is not None and usage.total_tokens > 0
     with pytest.raises(openai.NotFoundError, match="openai:gpt-4o"):
         client.chat.completions.create(model="openai:gpt-4o", messages=asked)  # type: ignore[arg-type]
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError):  # as OpenAI answers it
         client.chat.completions.create(model="test:echo", messages=[])
     assert httpx.get(f"{live}/api/threads").json()["threads"] == []  # stateless: none stored
 
@@ -255,6 +258,8 @@ def test_a_tool_call_waits_for_the_users_approval(tmp_path: Path) -> None:
                             '"a.txt"' in waiting["arguments"] or '"b.txt"' in waiting["arguments"]
                         )
                         assert waiting["reason"] == "delete_file has side effects"
+                        if approved:
+                            second_turn_is_refused_at_once(c, url, call_id)
                         answer = c.post(
                             f"{url}/api/threads/t/approvals/{call_id}", json={"approved": approved}
                         )
@@ -270,3 +275,110 @@ def test_a_tool_call_waits_for_the_users_approval(tmp_path: Path) -> None:
         roles = [m["role"] for m in history(url, "t")]
         assert roles == ["user", "assistant", "tool", "assistant"] * 2
     model.assert_complete()
+
+
+def second_turn_is_refused_at_once(client: httpx.Client, url: str, call_id: str) -> None:
+    """A turn sent to a thread waiting for an approval would wait behind it: 409 instead,
+    naming the call, at once (and even when not streamed)."""
+    started = time.monotonic()
+    second = client.post(
+        f"{url}/api/threads/t/messages", json={"text": "again", "stream": False}, timeout=5
+    )
+    assert second.status_code == 409
+    error = second.json()["error"]
+    assert error["type"] == "approval_pending" and error["pending"] == [call_id]
+    assert [(c["id"], c["name"]) for c in error["calls"]] == [(call_id, "delete_file")]
+    assert f"approvals/{call_id}" in error["hint"]
+    via_openai = client.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "default", "messages": [{"role": "user", "content": "again"}]},
+        headers={"X-Chatwright-Thread": "t"},
+        timeout=5,
+    )
+    assert via_openai.status_code == 409
+    assert f"{call_id} (delete_file)" in via_openai.json()["error"]["message"]
+    assert time.monotonic() - started < 3
+
+
+# -- limits -----------------------------------------------------------------------------------
+def test_a_user_runs_at_most_max_turns_per_user_at_once(tmp_path: Path) -> None:
+    server = {"preload": False, "shutdown_grace_s": 5, "max_turns_per_user": 1}
+    settings = make_settings(tmp_path, model="test:slow", server=server)
+    words = " ".join(f"w{i}" for i in range(40))  # about 2 s at 50 ms a word
+    hi = {"text": "hi", "stream": False}
+    with serving(create_app(settings)) as url, httpx.Client(timeout=10) as client:
+        with client.stream("POST", f"{url}/api/threads/a/messages", json={"text": words}) as r:
+            assert next(sse_lines(r))[0] == "start"
+            other = client.post(f"{url}/api/threads/b/messages", json=hi)
+            assert other.status_code == 429 and other.headers["retry-after"] == "2"
+            error = other.json()["error"]
+            assert error["type"] == "too_many_turns" and "max_turns_per_user" in error["hint"]
+            stateless = client.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "test:echo", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert stateless.status_code == 429 and stateless.json()["error"]["type"] == "requests"
+        assert client.post(f"{url}/api/threads/a/cancel").json()["cancelled"] == 1
+        wait_for(lambda: client.post(f"{url}/api/threads/b/messages", json=hi).status_code == 200)
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """What the server sends until it closes the connection (a timeout raises)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_half_sent_requests_time_out_and_one_address_holds_few_connections(
+    tmp_path: Path,
+) -> None:
+    server = {
+        "preload": False,
+        "header_timeout_s": 1.0,
+        "body_timeout_s": 1.0,
+        "max_connections_per_client": 4,
+    }
+    with serving(create_app(make_settings(tmp_path, server=server))) as url:
+        host, port = url.removeprefix("http://").split(":")
+
+        def connect() -> socket.socket:
+            return socket.create_connection((host, int(port)), timeout=5)
+
+        with connect() as half:  # half a request's headers: 408, then closed
+            half.sendall(b"GET /api/me HTTP/1.1\r\nHost: localhost\r\n")
+            started = time.monotonic()
+            answer = read_until_closed(half)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in answer
+        assert 0.5 < time.monotonic() - started < 4
+        with connect() as idle:  # nothing sent: closed without a word
+            assert read_until_closed(idle) == b""
+        head = (
+            b"POST /api/threads HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 16\r\n\r\n"
+        )
+        with connect() as stalled:  # a body that stops coming: 408
+            stalled.sendall(head + b'{"id": ')
+            assert read_until_closed(stalled).startswith(b"HTTP/1.1 408 ")
+        with connect() as slow:  # one that pauses, each time less than the limit: fine
+            slow.sendall(head)
+            for part in (b'{"id"', b': "slo', b'wly"}'):
+                time.sleep(0.6)
+                slow.sendall(part)
+            assert read_until_closed(slow).startswith(b"HTTP/1.1 201 ")
+        held = [connect() for _ in range(4)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /api/me HTTP/1.1\r\n")
+            time.sleep(0.2)
+            with connect() as fifth:
+                answer = read_until_closed(fifth)
+            assert answer.startswith(b"HTTP/1.1 429 ") and b"\r\nretry-after: 1\r\n" in answer
+        finally:
+            for sock in held:
+                sock.close()
+        wait_for(lambda: httpx.get(f"{url}/api/threads/slowly").status_code == 200)

@@ -1,5 +1,6 @@
 """The streamed turn's plumbing, in process: ``TurnRun.batch``, ``TurnStream`` (pings,
-batches, disconnects), the first event before the answer's commit, auth off the loop."""
+batches, disconnects), the first event before the answer's commit, a burst's first events
+before its answers, auth off the loop."""
 
 from __future__ import annotations
 
@@ -101,13 +102,14 @@ async def test_the_first_event_goes_out_before_the_answer_is_committed(tmp_path:
     store = SQLiteStore(settings.db_path)
     bot = Chatbot(settings=settings, store=store)
     order: list[str] = []
-    append = store.append
+    append = store.append_async
 
-    def recording_append(*args: Any, **kwargs: Any) -> Any:
+    async def recording_append(*args: Any, **kwargs: Any) -> Any:
+        stored = await append(*args, **kwargs)  # returns once the commit is on disk
         order.append("commit answer" if kwargs.get("trace") is not None else "commit user")
-        return append(*args, **kwargs)
+        return stored
 
-    store.append = recording_append  # type: ignore[method-assign]
+    store.append_async = recording_append  # type: ignore[method-assign]
     client = Client()
 
     async def send(message: dict[str, Any]) -> None:
@@ -119,9 +121,50 @@ async def test_the_first_event_goes_out_before_the_answer_is_committed(tmp_path:
     first = await run.batch()
     assert first is not None
     await TurnStream(run, first, ping_s=15)(SCOPE, client.receive, send)
-    assert order[:3] == ["commit user", "sent", "commit answer"]
+    # The first event once the user's message is on disk, the answer's text while the answer
+    # commits, `done` (the last write) once it is on disk.
+    assert order[:2] == ["commit user", "sent"]
+    assert order.index("commit answer") > 1 and order[-1] == "sent"
     items = [f.item for f in first]
     assert isinstance(items[0], TurnStart) and not any(isinstance(e, TurnEnd) for e in items)
+    bot.close()
+
+
+async def test_a_burst_of_turns_is_acknowledged_before_any_is_answered(tmp_path: Path) -> None:
+    """Every turn's ``start`` (its message on disk) before any turn's model output: the
+    turns past their first event wait for the others' (``FirstEvents``)."""
+    settings = Settings(model="test:echo", embedder=None, data_dir=tmp_path / "data")
+    store = SQLiteStore(settings.db_path)
+    bot = Chatbot(settings=settings, store=store)
+    turns = Turns(Approvals(), store)
+    turns.first_events.max_wait_s = 10  # a slow machine must not make this test pass late
+    order: list[str] = []
+
+    async def read(run: TurnRun) -> None:
+        async for item in run.events():
+            if isinstance(item, (TurnStart, TextDelta)):
+                order.append(type(item).__name__)
+
+    runs = [turns.start(bot, "u", f"t{i}", "hello there") for i in range(30)]
+    await asyncio.gather(*(read(run) for run in runs))
+    assert order.index("TextDelta") == 30 and order.count("TurnStart") == 30
+    assert not turns.first_events.runs
+    await turns.shutdown(5)
+    bot.close()
+
+
+async def test_a_turn_waiting_for_its_thread_does_not_hold_back_others(tmp_path: Path) -> None:
+    settings = Settings(model="test:slow", embedder=None, data_dir=tmp_path / "data")
+    bot = Chatbot(settings=settings, store=SQLiteStore(settings.db_path))
+    turns = Turns(Approvals())
+    first = turns.start(bot, "u", "t", "one two")
+    second = turns.start(bot, "u", "t", "three")  # waits for the first: not counted
+    assert list(turns.first_events.runs) == [first]
+    assert [type(f.item) for f in await first.batch() or []] == [TurnStart]
+    assert not turns.first_events.runs
+    assert turns.cancel("u", "t") == 2
+    await turns.shutdown(5)
+    assert second.status == "interrupted"
     bot.close()
 
 

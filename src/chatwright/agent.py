@@ -17,6 +17,7 @@ short. Events stream across steps: text, tool call, approval needed, tool result
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
@@ -27,6 +28,7 @@ from chatwright.errors import ModelResponseError
 from chatwright.models.base import Model, ModelRequest
 from chatwright.tools.base import Tool, ToolContext
 from chatwright.tools.toolset import ApprovalPolicy
+from chatwright.trust import KEY, TOOL_OUTPUT, merge
 from chatwright.types import (
     ApprovalRequest,
     Done,
@@ -57,8 +59,11 @@ class Generation:
     tool_calls: list[ToolCallPart] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     finish: str | None = None
+    untrusted: tuple[str, ...] = ()  # what untrusted text was in view (chatwright.trust)
 
     def message(self, **metadata: object) -> Message:
+        if self.untrusted:
+            metadata[KEY] = list(self.untrusted)
         return Message.assistant("".join(self.text), tool_calls=self.tool_calls, **metadata)
 
 
@@ -174,12 +179,17 @@ async def run_agent(
     limits: Limits | None = None,
     policy: ApprovalPolicy | None = None,
     approver: Approver | None = None,
-    untrusted: bool = False,
+    untrusted: bool | Sequence[str] = (),
     on_step: Callable[[list[Message]], None] = lambda messages: None,
     count: Callable[[Message], int] = lambda m: 0,
     model_timeout_s: float | None = None,
 ) -> AsyncIterator[TextDelta | ToolCallEvent | ToolResultEvent | ApprovalRequest]:
-    """Run the loop; ``run.current`` is the final generation when it returns."""
+    """Run the loop; ``run.current`` is the final generation when it returns.
+
+    ``untrusted``: why the context holds text the user did not write (``chatwright.trust``
+    sources; True: unnamed). What the model writes is stored tainted with them, and side
+    effects ask for approval, also when auto-approved."""
+    sources = _sources(untrusted)
     limits = limits or Limits()
     policy = policy or ApprovalPolicy()
     loop = asyncio.get_running_loop()
@@ -194,7 +204,7 @@ async def run_agent(
         if tools and last_why is not None and step > 0:
             sent = [*messages, Message.system(LAST_STEP_NOTE.format(why=last_why))]
             run.notes.append(f"tools: last step without tools ({last_why})")
-        gen = run.current = Generation()
+        gen = run.current = Generation(untrusted=sources)
         run.steps += 1
         step_request = request.model_copy(update={"messages": tuple(sent), "tools": offer})
         when = run.deadline
@@ -236,7 +246,7 @@ async def run_agent(
                     policy,
                     approver,
                     context,
-                    untrusted,
+                    sources,
                 )
             ) as events:
                 async for event in events:
@@ -246,18 +256,25 @@ async def run_agent(
             missing = [c for c in gen.tool_calls if c.id not in results]
             parts = [results[c.id] for c in gen.tool_calls if c.id in results]
             parts += unanswered(missing, "the turn was cut short").tool_results
-            tool_message = Message.tool(*parts)
-            run.current = Generation()  # stored now: nothing of this step is left to keep
+            tool_message = Message.tool(*parts, **{KEY: [TOOL_OUTPUT]})
+            # Stored now: nothing of this step is left to keep.
+            run.current = Generation(untrusted=merge(sources, [TOOL_OUTPUT]))
             on_step([assistant, tool_message])
             messages += [assistant, tool_message]
         made += len(gen.tool_calls)
-        untrusted = True  # tool output is in the context from here on
+        sources = merge(sources, [TOOL_OUTPUT])  # tool output is in the context from here on
         if loop.time() >= run.deadline:
             _stop(run, f"time limit of {limits.time_limit_s:g} s reached")
             return
         if run.input_tokens + run.output_tokens >= limits.token_budget:
             _stop(run, f"token budget of {limits.token_budget:,} reached")
             return
+
+
+def _sources(untrusted: bool | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(untrusted, bool):
+        return ("text the user did not write",) if untrusted else ()
+    return merge(untrusted)
 
 
 def _last_step(step: int, made: int, limits: Limits) -> str | None:
@@ -295,17 +312,22 @@ async def _run_calls(
     policy: ApprovalPolicy,
     approver: Approver | None,
     context: ToolContext,
-    untrusted: bool,
+    untrusted: tuple[str, ...],
 ) -> AsyncIterator[ToolResultEvent | ApprovalRequest]:
     """Check, approve and run one step's calls; results are recorded into ``results``.
     Every call counts against ``max_tool_calls``, run or not. Time spent waiting for the
     user's approval does not count against the turn's time limit."""
     loop = asyncio.get_running_loop()
     runnable: list[tuple[ToolCallPart, Tool]] = []
+    why: dict[str, str] = {}  # call id -> why it needed approval (for the trace)
+    if untrusted:  # what a tool writes (a memory) is marked as coming from such a turn
+        context = dataclasses.replace(context, untrusted=untrusted)
 
     def refuse(call: ToolCallPart, content: str, **record: Any) -> ToolResultEvent:
         part = ToolResultPart(tool_call_id=call.id, name=call.name, content=content, is_error=True)
         results[call.id] = part
+        if call.id in why:
+            record["approval"] = why[call.id]
         run.calls.append({"name": call.name, "error": True, **record})
         return ToolResultEvent(result=part)
 
@@ -320,6 +342,7 @@ async def _run_calls(
             continue
         reason = policy.reason(found, untrusted=untrusted)
         if reason is not None:
+            why[call.id] = reason
             request = ApprovalRequest(call=call, reason=reason, description=found.description)
             yield request
             asked = loop.time()
@@ -350,6 +373,8 @@ async def _run_calls(
             )
             results[call.id] = part
             record: dict[str, Any] = {"name": call.name, "ms": output.ms}
+            if call.id in why:
+                record["approval"] = why[call.id]
             if output.is_error:
                 record["error"] = True
             if output.truncated:

@@ -21,6 +21,7 @@ from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
+from chatwright import trust
 from chatwright.agent import (
     TOOL_DATA_RULE,
     AgentRun,
@@ -36,6 +37,7 @@ from chatwright.errors import (
     InvalidMessage,
     ModelError,
     ModelUnavailable,
+    ThreadNotFound,
     UserError,
 )
 from chatwright.memory import STRATEGIES, Context, Memory, counter_for
@@ -43,7 +45,13 @@ from chatwright.memory.manager import Loaded
 from chatwright.models import Model, ModelRequest, ModelSettings, get_model
 from chatwright.models.embeddings import get_embedder
 from chatwright.retrieval import SearchIndex
-from chatwright.retrieval.extract import Extraction, extract, resolve_answer_mode
+from chatwright.retrieval.extract import (
+    Extraction,
+    asks_about_user,
+    extract,
+    from_user,
+    resolve_answer_mode,
+)
 from chatwright.retrieval.rag import Retrieved, retrieve, rewrite_query
 from chatwright.retrieval.recall import ThreadRecall
 from chatwright.routing import (
@@ -60,6 +68,7 @@ from chatwright.routing import (
     embed_exemplars,
     merge_clauses,
     route_clauses,
+    searched,
     with_evidence,
 )
 from chatwright.store import Store, StoredMessage, ThreadInfo, open_store
@@ -85,6 +94,9 @@ from chatwright.types import (
 __all__ = ["ANSWER_MODES", "Chatbot", "Event"]
 
 _MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+_SPACED_MENTION = re.compile(r"[ \t]*" + _MENTION.pattern)
+# Why a turn's answer is missing when the next turn finds its user message unanswered.
+NO_ANSWER = "no answer was stored (the turn failed, or its process stopped, before one came)"
 
 Event: TypeAlias = (
     TurnStart
@@ -202,6 +214,9 @@ class Chatbot:
         """
         owner = owner or self.owner
         self.check_message(text)
+        check = getattr(self.model, "check", None)  # e.g. no API key: fail before any write
+        if check is not None:
+            check()
         mode = answer_mode
         if mode is not None and mode not in ANSWER_MODES:
             raise UserError(f"unknown answer mode {mode!r}", hint=f"use {', '.join(ANSWER_MODES)}")
@@ -370,9 +385,14 @@ class Chatbot:
         )
 
     # -- user memory ----------------------------------------------------------------------
-    def remember(self, text: str, *, owner: str | None = None) -> MemoryItem:
-        """Keep a short fact about the user, shown in the context of all their threads."""
-        return self.store.add_memory(owner or self.owner, clean_memory(text))
+    def remember(
+        self, text: str, *, owner: str | None = None, untrusted: Sequence[str] = ()
+    ) -> MemoryItem:
+        """Keep a short fact about the user, shown in the context of all their threads.
+        ``untrusted``: the sources of untrusted text in the turn that asked for it (see
+        :mod:`chatwright.trust`); such a memory makes the turns that show it untrusted."""
+        marked = ", ".join(untrusted) or None
+        return self.store.add_memory(owner or self.owner, clean_memory(text), untrusted=marked)
 
     def edit_memory(self, memory_id: int, text: str, *, owner: str | None = None) -> MemoryItem:
         """Replace the text of one of the user's memories."""
@@ -457,11 +477,21 @@ class Chatbot:
             routers = self._routers()
             semantic = next((r for r in routers if isinstance(r, SemanticRouter)), None)
             k = self.settings.routing.vote_k
-            if vector is not None and semantic is not None:
-                assert self.index is not None  # one vector search across the collections
-                keywords = semantic.uses_keywords
-                profiles = with_evidence(self.index, profiles, query, vector, k, keywords=keywords)
+            nearest = None
+            if vector is not None and semantic is not None and searched(profiles):
+                assert self.index is not None  # one vector search across the collections,
+                nearest = self.index.nearest(vector, searched(profiles), k)  # reused to retrieve
+                profiles = with_evidence(
+                    self.index,
+                    profiles,
+                    query,
+                    vector,
+                    k,
+                    keywords=semantic.uses_keywords,
+                    nearest=nearest,
+                )
             route = await achain(routers, profiles, query, vector)
+            route.search = nearest
             if semantic is not None and semantic.clauses and route.strategy == "semantic":
                 assert self.index is not None  # a message asking two things: each clause too
                 t0 = time.perf_counter()
@@ -508,6 +538,15 @@ class Chatbot:
             return "generate", "no embedder to rank sentences with"
         return mode, why
 
+    def recites(self, requested: str | None) -> bool:
+        """Whether a question about the user is answered by quoting what they said (see
+        :func:`chatwright.retrieval.extract.from_user`): as answers from documents are, for
+        the embedded model in ``auto`` and always in ``extract``."""
+        mode = requested or self.settings.knowledge.answer_mode
+        if self.index is None or self.index.embedder is None or mode == "generate":
+            return False
+        return mode == "extract" or self.model.name.startswith("local:")
+
     def rewrite_mode(self) -> str:
         mode = self.settings.knowledge.rewrite
         if mode != "auto":
@@ -549,6 +588,8 @@ class _Turn:
         self.approver = approver
         self.answer_mode = answer_mode
         self.query = ""  # the standalone query passages were retrieved for, and its vector
+        self.question = ""  # the user's words it was made from (@mentions dropped)
+        self.mentioned: list[str] = []  # collections chosen by @name in the message
         self.query_vector: Any = None
         self.trace = Trace(model=bot.model.name)
         self.citations: list[CitationPart] = []
@@ -578,11 +619,18 @@ class _Turn:
     async def run(self, text: str) -> AsyncIterator[Event]:
         bot, store, memory = self.bot, self.bot.store, self.bot.memory
         with self.stage("load") as s:
-            # The user's message is on disk before the model is called.
+            # The user's message is on disk before the model is called (and before the first
+            # event: a message acknowledged is never lost). Awaited: other turns run meanwhile,
+            # and concurrent turns share the commit.
             user = Message.user(text)
             tokens = memory.count(user)
-            [stored] = store.append(
-                self.owner, self.thread_id, [user], create=True, tokens=[tokens]
+            new = [*self._unanswered(), user]
+            *_, stored = await store.append_async(
+                self.owner,
+                self.thread_id,
+                new,
+                create=True,
+                tokens=[*(memory.count(m) for m in new[:-1]), tokens],
             )
             loaded = memory.load(self.owner, self.thread_id, before_seq=stored.seq)
             s.data = {"messages": len(loaded.entries), "user_seq": stored.seq}
@@ -593,11 +641,12 @@ class _Turn:
         if tools:
             system_prompt = f"{system_prompt}\n\n{TOOL_DATA_RULE}".strip()
         with self.stage("context") as s:
+            shown = _without_mentions(text, self.mentioned)
             context = memory.build(
                 self.owner,
                 self.thread_id,
                 loaded,
-                user,
+                user if shown == text else Message.user(shown),
                 system_prompt,
                 new_tokens=tokens,
                 passages=[r.passage for r in retrieved],
@@ -616,18 +665,28 @@ class _Turn:
             ),
         )
         # Text the user did not write is in the context (passages, recalled turns, tool
-        # output, or a summary, which may have folded tool output in): calls with side
-        # effects must ask.
-        untrusted = (
-            bool(used or context.recalled_seqs)
-            or context.summary_through_seq is not None
-            or any(m.role == "tool" for m in messages)
+        # output, a summary, an earlier answer or a memory written with such text in view):
+        # calls with side effects must ask, and what the model writes is stored as tainted.
+        untrusted = trust.context_sources(
+            messages,
+            passages=bool(used),
+            recalled=bool(context.recalled_seqs),
+            summary=context.summary_through_seq is not None,
+            memory=any(loaded.user_memory_untrusted[: context.user_memory_used]),
         )
+        if untrusted:  # said in the context stage's trace (s)
+            s.data["untrusted"] = list(untrusted)
         run = self.agent
         mode, why = bot.answer_mode(self.answer_mode, bool(retrieved))
-        quoted = await self._quote(retrieved, why) if mode == "extract" else None
+        quoted = await self._recite(text, loaded) if bot.recites(self.answer_mode) else None
+        taint = untrusted  # quoting the user's own words adds none
         if quoted is not None:
-            run.current = Generation(text=[], finish="stop")
+            self.citations = []
+        elif mode == "extract":
+            quoted = await self._quote(retrieved, why)
+            taint = trust.merge(untrusted, [trust.PASSAGES])  # it quotes the passages
+        if quoted is not None:
+            run.current = Generation(text=[], finish="stop", untrusted=taint)
             try:
                 for piece in quoted:
                     run.current.text.append(piece)
@@ -674,7 +733,7 @@ class _Turn:
                 raise
         generation = run.current
         extra = {"stopped": run.stopped} if run.stopped else {}
-        answer = self._persist(generation, **extra)
+        answer = await self._persist_async(generation, **extra)
         memory.after_turn(self.owner, self.thread_id, loaded, context)
         for citation in answer.citations:
             yield CitationEvent(citation=citation)
@@ -697,7 +756,7 @@ class _Turn:
                 timeout_s=bot.settings.knowledge.rewrite_timeout_s,
             )
             s.data = {"query": query, "how": how}
-        self.query = query
+        self.query, self.question = query, plain
         with self.stage("route") as s:
             info = bot.store.find_thread(self.owner, self.thread_id)
             pinned = info.metadata.get("pinned_collections", []) if info else []
@@ -709,6 +768,8 @@ class _Turn:
             s.data = route.to_dict()
             self.trace.notes.extend(route.notes)
         self.query_vector = vector
+        if route.strategy == "mention":  # directives: the model does not see them
+            self.mentioned = list(route.collections)
         if not collections:
             self.skip("retrieve", f"routed to no collection ({route.reason or route.strategy})")
             return []
@@ -721,6 +782,7 @@ class _Turn:
                     bot.passages_k(),
                     bot.memory.counter,
                     query_vector=vector,
+                    nearest=route.search,
                 )
             except Exception as e:  # a failing search costs the turn its passages only
                 self.trace.notes.append(f"retrieval failed, answered without passages: {e}")
@@ -738,6 +800,41 @@ class _Turn:
             }
         return found
 
+    async def _recite(self, text: str, loaded: Loaded) -> list[str] | None:
+        """A question about the user answered with what they said: their memories (not
+        those saved from untrusted turns) and their messages in the window, quoted. ``None``:
+        not such a question, or nothing they said fits it well (the model answers)."""
+        if not asks_about_user(text):
+            return None
+        bot = self.bot
+        assert bot.index is not None and bot.index.embedder is not None  # bot.recites
+        memories = loaded.user_memory
+        trusted = [
+            m for m, bad in zip(memories, loaded.user_memory_untrusted, strict=False) if not bad
+        ]
+        said = [e.message.text for e in loaded.entries if e.message.role == "user"]
+        statements = [*trusted[:16][::-1], *said[-16:]]
+        if not statements:
+            return None
+        with self.stage("recite") as s:
+            try:
+                vector = self.query_vector
+                if vector is None:
+                    vector = await asyncio.to_thread(bot.index.embed_query, text)
+                found = await asyncio.to_thread(
+                    from_user, text, vector, statements, bot.index.memoized
+                )
+            except Exception as e:  # the model answers instead
+                self.trace.notes.append(f"answering from what you said failed ({e}); generated")
+                s.data = {"failed": str(e)}
+                return None
+            s.data = {"statements": len(statements)}
+            if found is None:
+                s.data["quoted"] = 0
+                return None
+            s.data.update(found.report())
+        return found.pieces()
+
     async def _quote(self, retrieved: list[Retrieved], why: str) -> list[str] | None:
         """The extract answer mode: the passages' best sentences, quoted with their [n]; the
         answer's pieces to stream, or None when quoting failed (the model answers instead)."""
@@ -753,7 +850,8 @@ class _Turn:
                     self.query,
                     vector,
                     [r.passage for r in retrieved],
-                    bot.index.embedder,
+                    bot.index.memoized,
+                    question=self.question,
                     count=knowledge.extract_sentences,
                     min_score=knowledge.extract_min_score,
                     keyword_weight=knowledge.extract_keyword_weight,
@@ -767,6 +865,23 @@ class _Turn:
         self.citations = [r.citation for r in retrieved if r.citation.index in cited]
         return found.pieces()
 
+    def _unanswered(self) -> list[Message]:
+        """The answer the thread's previous turn never stored, said: an empty answer marked
+        interrupted, when the thread ends with a user message or tool results. That turn is
+        over (its process was killed, or its model failed before a word): this runs under the
+        thread's turn lock, which no turn of it, in any process or replica, holds meanwhile."""
+        try:
+            recent = self.bot.store.recent(self.owner, self.thread_id, 2)
+        except ThreadNotFound:  # a new thread
+            return []
+        if not recent or recent[-1].message.role not in ("user", "tool"):
+            return []
+        last = recent[-1]
+        if last.message.role == "tool" and recent[0].message.metadata.get("interrupted"):
+            return []  # cut short at its tool calls: marked then, with "not run" results
+        self.trace.notes.append(f"message #{last.seq} got no answer: marked interrupted")
+        return [Message.assistant("", interrupted=True, reason=NO_ANSWER)]
+
     def _store_step(self, messages: list[Message]) -> None:
         """A step's tool calls and their results, stored together as they complete."""
         memory = self.bot.memory
@@ -779,16 +894,23 @@ class _Turn:
         self.trace.output_tokens = self.agent.output_tokens or generation.usage.output_tokens
         self.trace.total_ms = round((time.perf_counter() - self._started) * 1000, 3)
 
+    async def _persist_async(self, generation: Generation, **metadata: Any) -> Answer:
+        """Store the answer with the turn's trace; the event loop goes on meanwhile."""
+        message, trace = self._final_message(generation, metadata)
+        with self.stage("persist"):
+            stored = await self.bot.store.append_async(
+                self.owner,
+                self.thread_id,
+                [message],
+                trace=trace,
+                tokens=[self.bot.memory.count(message)],
+            )
+        return self._answer(generation, message, stored[-1].seq, metadata)
+
     def _persist(self, generation: Generation, **metadata: Any) -> Answer:
-        if generation.finish not in (None, "stop", "tool_calls"):
-            metadata.setdefault("finish", generation.finish)
-        message = generation.message(**metadata)
-        if self.citations:
-            message = message.model_copy(update={"parts": (*message.parts, *self.citations)})
-        self._finish_trace(generation)
-        # The stored trace goes into the same transaction as the answer, so it ends at
-        # `generate`: a commit cannot time itself. The returned trace adds `persist`.
-        trace = self.trace.model_copy(deep=True) if self.bot.settings.store_traces else None
+        """:meth:`_persist_async` without awaiting: for a turn cut short, whose task may be
+        being cancelled."""
+        message, trace = self._final_message(generation, metadata)
         with self.stage("persist"):
             stored = self.bot.store.append(
                 self.owner,
@@ -797,12 +919,37 @@ class _Turn:
                 trace=trace,
                 tokens=[self.bot.memory.count(message)],
             )
+        return self._answer(generation, message, stored[-1].seq, metadata)
+
+    def _final_message(
+        self, generation: Generation, metadata: dict[str, Any]
+    ) -> tuple[Message, Trace | None]:
+        """The answer to store, and the trace to store with it (None: traces are off)."""
+        if generation.finish not in (None, "stop", "tool_calls"):
+            metadata.setdefault("finish", generation.finish)
+        message = generation.message(**metadata)
+        if self.citations:
+            message = message.model_copy(update={"parts": (*message.parts, *self.citations)})
+        self._finish_trace(generation)
+        # The stored trace goes into the same transaction as the answer, so it ends at
+        # `generate`: a commit cannot time itself. The returned trace adds `persist`. A copy
+        # of its lists is enough (the stages before are complete; a deep copy cost 0.25 ms).
+        trace = None
+        if self.bot.settings.store_traces:
+            trace = self.trace.model_copy(
+                update={"stages": [*self.trace.stages], "notes": [*self.trace.notes]}
+            )
+        return message, trace
+
+    def _answer(
+        self, generation: Generation, message: Message, seq: int, metadata: dict[str, Any]
+    ) -> Answer:
         self._finish_trace(generation)
         return Answer(
             thread_id=self.thread_id,
             text=message.text,
             message=message,
-            seq=stored[-1].seq,
+            seq=seq,
             trace=self.trace,
             interrupted=bool(metadata.get("interrupted")),
         )
@@ -824,6 +971,17 @@ class _Turn:
         self.bot.store.append(
             self.owner, self.thread_id, pair, trace=trace, tokens=[memory.count(m) for m in pair]
         )
+
+
+def _without_mentions(text: str, names: Sequence[str]) -> str:
+    """``text`` without the ``@name`` mentions of ``names`` (they chose the turn's
+    collections; shown to the model, it echoes them), or as it is if nothing else is left."""
+    if not names:
+        return text
+    plain = _SPACED_MENTION.sub(lambda m: "" if m.group(1) in names else m.group(0), text)
+    if plain == text:
+        return text
+    return plain.strip() or text
 
 
 def clean_memory(text: str) -> str:

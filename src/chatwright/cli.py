@@ -99,6 +99,8 @@ class AnswerMode(enum.StrEnum):
     extract = "extract"
 
 
+_MAX_ROWS = 1_000_000  # the most rows a listing asks for (larger numbers are refused)
+
 AnswerModeOpt = Annotated[
     AnswerMode | None,
     typer.Option(
@@ -387,7 +389,7 @@ def _try_readline() -> None:
 @threads_app.command("list")
 @handles_errors()
 def threads_list(
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=_MAX_ROWS, help="How many, newest first.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -716,14 +718,18 @@ def eval_routing(
         Path, typer.Argument(help='JSON Lines: {"question": ..., "expected": [names]} per line.')
     ],
     split: Annotated[
-        str | None, typer.Option(help="Only lines with this 'split' value (train/test).")
+        str | None,
+        typer.Option(
+            help="train or test: lines with this 'split' value (a file without: a stable half)."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     user: UserOpt = None,
 ) -> None:
-    """Routing accuracy (exact set) and added latency per strategy, on your collections."""
+    """Routing per strategy on your collections: exact-set accuracy, per expected collection,
+    small talk → none, over- and under-inclusion, fallbacks and routing time p50/p95."""
     from chatwright.evals import routing as routing_eval
 
     with _bot("test:echo", data_dir, config, user) as bot:
@@ -741,17 +747,18 @@ def eval_routing(
     if as_json:
         out.file.write(json.dumps(result, indent=2) + "\n")
         return
-    table = Table("strategy", "accuracy", "fallbacks", "p50 ms", "p95 ms", box=None)
-    for name, figures in result.items():
-        if name.startswith("_"):
-            continue
-        table.add_row(
-            name,
-            f"{figures['accuracy']:.1%}",
-            str(figures["fallbacks"]),
-            f"{figures['median_ms']:.3f}",
-            f"{figures['p95_ms']:.3f}",
-        )
+    err.print(
+        f"{len(collections)} collections · routing time includes the one vector search, not"
+        f" the query embedding ({result['_embed']['embed_ms']:.1f} ms, shared with retrieval)"
+    )
+    table = Table(*routing_eval.SUMMARY_COLUMNS, box=None)
+    for row in routing_eval.summary_rows(result):
+        table.add_row(*row)
+    out.print(table)
+    header, rows = routing_eval.collection_rows(result)
+    table = Table(*header, title="exact set by expected collection", box=None)
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
 
 
@@ -780,8 +787,10 @@ def eval_answers(
     tasks: Annotated[Path, typer.Argument(help="MTRAG-format task file (JSON Lines).")],
     mode: Annotated[AnswerMode, typer.Option(help="extract, generate or auto.")] = AnswerMode.auto,
     model: ModelOpt = None,
-    k: Annotated[int, typer.Option("-k", help="Passages per answer.")] = 2,
-    limit: Annotated[int | None, typer.Option(help="A random sample of N tasks.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="Passages per answer.")] = 2,
+    limit: Annotated[
+        int | None, typer.Option(min=1, max=_MAX_ROWS, help="A random sample of N tasks.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Answer quality from documents per answerability class: ROUGE-L, gold content words
@@ -792,6 +801,29 @@ def eval_answers(
     argv += ["-k", str(k)] + (["--limit", str(limit)] if limit else [])
     argv += ["--json"] if as_json else []
     answers_eval.main(argv, out=lambda line: out.print(line, markup=False, highlight=False))
+
+
+@eval_app.command("memory")
+@handles_errors()
+def eval_memory(
+    files: Annotated[list[Path], typer.Argument(help="LoCoMo-format conversation files (JSON).")],
+    embedder: Annotated[
+        str | None, typer.Option(help="Embedder for recall (default: configured), or 'none'.")
+    ] = None,
+    k: Annotated[
+        list[int] | None, typer.Option("-k", min=1, max=100, help="Recall@k to report (5).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Recall of long conversations: the share of evidence turns recall brings back (at k=5
+    and recall_k) per LoCoMo category, and its cost per question."""
+    from chatwright.evals import memory as memory_eval
+
+    argv = [str(f) for f in files] + (["--embedder", embedder] if embedder else [])
+    argv += [a for n in k or [] for a in ("-k", str(n))] + (["--json"] if as_json else [])
+    argv += ["--config", str(config)] if config else []
+    memory_eval.main(argv, out=lambda line: out.print(line, markup=False, highlight=False))
 
 
 tools_app = typer.Typer(help="The tools the model may call: built-in, your own, MCP servers'.")

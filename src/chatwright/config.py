@@ -118,13 +118,14 @@ class KnowledgeSettings(_Section):
     # the CLI's --answer-mode.
     answer_mode: Literal["auto", "generate", "extract"] = "auto"
     # Extract mode, tuned on MTRAG-UN dev (chatwright eval answers, MiniLM embedder): sentences
-    # quoted (answerable ROUGE-L 0.234 / 0.289 / 0.303 for 1 / 2 / 3), the share of keyword
-    # overlap added to cosine similarity (+0.002 to +0.004 over 0), and the score under which
-    # the documents are said not to answer (0.475: 62% of unanswerable tasks declined for
-    # -0.016 ROUGE-L on answerable ones; -1 never declines). Another embedder needs its own.
-    extract_sentences: int = Field(default=3, ge=1, le=10)
+    # quoted (answerable ROUGE-L 0.296 / 0.306 / 0.303 for 3 / 4 / 5), the share of keyword
+    # overlap added to cosine similarity (0.1 / 0.2 / 0.3: 0.284 / 0.296 / 0.297), and the score
+    # under which the documents are said not to answer (0.45: 65% of unanswerable tasks
+    # declined for -0.011 ROUGE-L on answerable ones; -1 never declines). Another embedder
+    # needs its own.
+    extract_sentences: int = Field(default=4, ge=1, le=10)
     extract_keyword_weight: float = Field(default=0.2, ge=0.0, le=2.0)
-    extract_min_score: float = Field(default=0.475, ge=-1.0, le=3.0)
+    extract_min_score: float = Field(default=0.45, ge=-1.0, le=3.0)
 
 
 class RoutingSettings(_Section):
@@ -137,21 +138,21 @@ class RoutingSettings(_Section):
     rules: dict[str, list[str]] = Field(default_factory=dict)  # collection -> regexes
     # Semantic router (routing/router.py, SemanticRouter): evidence from the query's nearest
     # chunks across collections and their profiles; decisions relative to the best collection.
-    # Calibrated for the MiniLM embedder on routing-dev (6 overlapping public collections, 400
-    # questions) and the train half of evals/routing together (python -m
+    # Calibrated for the MiniLM embedder on the train halves of routing-dev (6 overlapping
+    # public collections, 400 questions) and of evals/routing together (python -m
     # chatwright.evals.routing DIR... --tune): another embedder wants its own calibration.
     margin: float = Field(default=0.0, ge=0.0)  # a runner-up this close to the best is added
     min_share: float = Field(default=0.15, ge=0.0, le=1.0)  # ...if it has this share of votes
     mix: float = Field(default=0.5, ge=0.0, le=1.0)  # description vs chunk centroid
-    chunk_weight: float = Field(default=0.8, ge=0.0, le=1.0)  # best-matching chunk
+    chunk_weight: float = Field(default=0.7, ge=0.0, le=1.0)  # best-matching chunk
     vote_weight: float = Field(default=0.0, ge=0.0, le=1.0)  # share of the nearest chunks
     vote_k: int = Field(default=40, ge=1, le=200)  # nearest chunks searched across collections
     temperature: float = Field(default=0.05, gt=0.0)  # vote weight exp((cos - top) / t)
-    size_penalty: float = Field(default=0.03, ge=0.0)  # score - this * ln(chunks)
+    size_penalty: float = Field(default=0.06, ge=0.0)  # score - this * ln(chunks)
     keyword_share: float = Field(default=2.0, ge=0.0)  # > 1: off (measured: no gain)
     keyword_margin: float = Field(default=0.03, ge=0.0)
     clauses: bool = True  # a message asking two things: route each clause (an embedding each)
-    clause_score: float = 0.2  # ...and add a clause's best collection scoring at least this
+    clause_score: float = 0.1  # ...and add a clause's best collection scoring at least this
     floor: float = 0.0  # best chunk below this: unsure, search unsure_k collections
     unsure_k: int = Field(default=2, ge=1)
     chitchat_threshold: float = 0.4  # nearest small-talk exemplar at least this...
@@ -223,6 +224,17 @@ class ServerSettings(_Section):
     preload: bool = True  # load the users' collections into memory at start-up
     shutdown_grace_s: float = Field(default=30.0, ge=0)  # running turns may finish meanwhile
     ingest_workers: int = Field(default=1, ge=1)  # threads ingesting uploads, per replica
+    # Per user: uploads queued or ingesting (all replicas), turns running at once (per replica);
+    # past either, a 429 with Retry-After. 0: no limit.
+    max_jobs_per_user: int = Field(default=20, ge=0)
+    max_turns_per_user: int = Field(default=4, ge=0)
+    # Connections (uvicorn): a request's headers must arrive within header_timeout_s of the
+    # connection opening (or of the previous answer), its body must not pause for longer than
+    # body_timeout_s (408, then closed); a client address may hold max_connections_per_client
+    # connections (0: no limit; behind a reverse proxy every client has the proxy's address).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections_per_client: int = Field(default=32, ge=0)
     # Replicas (several `chatwright serve` on one database): a turn's events reach the store
     # within stream_flush_s (then any replica can resume the stream, and approvals or cancels
     # posted to another replica reach the turn); a replica that wrote nothing for
@@ -365,8 +377,14 @@ def find_config_file(explicit: str | Path | None = None) -> Path | None:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        # TOML is UTF-8; a byte order mark (Notepad writes one) is allowed.
+        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line})",
+            hint="save it as UTF-8 (TOML files are always UTF-8)",
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(
             f"{path} is not valid TOML: {e}",

@@ -309,6 +309,7 @@ def evaluate(
                 vector,
                 passages,
                 embedder,
+                question=task.question,
                 count=knowledge.extract_sentences,
                 min_score=knowledge.extract_min_score,
                 keyword_weight=knowledge.extract_keyword_weight,

@@ -2,9 +2,10 @@
 
 A dataset directory holds collections of Markdown documents and labelled questions
 (``questions.jsonl``: ``{"question", "expected": [names], "split"?: "train"|"test"}``; ``[]`` =
-no collection, small talk). Two layouts are read: ``collections.json`` (``[{"name",
-"description"}]``) + ``docs/<name>/`` (the shipped ``evals/routing``), or ``descriptions.json``
-(``{name: description}``) + ``collections/<name>/`` (routing-dev).
+no collection, small talk; a file without splits is halved by a hash of each question,
+:func:`halves`). Two layouts are read: ``collections.json`` (``[{"name", "description"}]``) +
+``docs/<name>/`` (the shipped ``evals/routing``), or ``descriptions.json`` (``{name:
+description}``) + ``collections/<name>/`` (routing-dev).
 
 ``python -m chatwright.evals.routing [DIR] [--split test] [--workdir W] [--json]`` ingests the
 documents with the local embedder (into ``W``, reused by later runs: unchanged documents are not
@@ -14,12 +15,15 @@ fallbacks, unsure routes and the routing time. Routing time includes the router'
 search across collections, given the query vector (which retrieval computes anyway); the query
 embedding's own time is reported apart (``embed_ms``). ``--tune DIR...`` grid-searches the
 semantic router's decision options on several datasets at once (the mean of their accuracies),
-from one search per question.
+from one search per question, on the ``train`` split only. ``--conversations TASKS
+--collection-map A=a,...`` also routes the last message of multi-turn tasks (MTRAG's format)
+alone and as a turn routes it (a follow-up with the previous user message in front).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import itertools
 import json
@@ -27,13 +31,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from chatwright.config import RoutingSettings
+from chatwright.retrieval.index import Nearest
 from chatwright.routing import (
     SEMANTIC_OPTIONS,
     AllRouter,
@@ -64,11 +69,28 @@ _SEARCH_K = 100  # one search per question in tuning, truncated to each vote_k t
 
 
 def load_questions(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    """The labelled questions of ``split`` (all of them when the file has no splits)."""
+    """The labelled questions of ``split`` (None or ``all``: every one). A file without
+    ``split`` fields is halved by :func:`halves`, so that tuning (``train``) and reporting
+    (``test``) never see the same question."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    if split in (None, "all") or not any("split" in r for r in rows):
+    if split in (None, "all"):
         return rows
+    if not any("split" in r for r in rows):
+        rows = halves(rows)
     return [r for r in rows if r.get("split") == split]
+
+
+def halves(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with a ``split``: within each expected set, ordered by a hash of the question,
+    alternately ``train`` and ``test`` (stable, balanced, independent of the file's order)."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(tuple(sorted(row["expected"])), []).append(i)
+    split: dict[int, str] = {}
+    for members in groups.values():
+        ranked = sorted(members, key=lambda i: hashlib.sha1(rows[i]["question"].encode()).digest())
+        split |= {i: ("train", "test")[n % 2] for n, i in enumerate(ranked)}
+    return [{**row, "split": split[i]} for i, row in enumerate(rows)]
 
 
 def strategies_for(
@@ -78,7 +100,8 @@ def strategies_for(
     collection whose chunk centroid is nearest the query, alone."""
     options = {**SEMANTIC_DEFAULTS, **semantic}
     sem = SemanticRouter(chitchat=embed_exemplars(embedder), **options)
-    plain = {"mix": 0.0, "chunk_weight": 0.0, "vote_weight": 0.0, "margin": 0.0, "floor": -1.0}
+    plain = {"mix": 0.0, "chunk_weight": 0.0, "vote_weight": 0.0, "size_penalty": 0.0}
+    plain |= {"margin": 0.0, "floor": -1.0}
     baseline = SemanticRouter(clauses=False, keyword_share=2.0, **plain)
     out: dict[str, list[Router]] = {
         "semantic": [ChitChatRouter(), sem],
@@ -116,6 +139,7 @@ def score(
         "n": len(questions),
         "accuracy": right / n,
         "per_collection": {k: round(sum(v) / len(v), 4) for k, v in sorted(by.items())},
+        "counts": {k: len(v) for k, v in sorted(by.items())},
         "small_talk": (
             sum(by["(small talk)"]) / len(by["(small talk)"]) if "(small talk)" in by else None
         ),
@@ -138,6 +162,29 @@ def _query_vectors(embedder: Any, texts: list[str], cache_dir: Path | None) -> l
     if path is not None:
         np.save(path, vectors)
     return list(vectors)
+
+
+def route_one(
+    index: Any,
+    profiles: Sequence[CollectionProfile],
+    routers: Sequence[Router],
+    text: str,
+    vector: np.ndarray,
+    vote_k: int = VOTE_K,
+) -> Route:
+    """``text`` routed as ``Chatbot.route`` does: the semantic router's one search across
+    the collections, the chain, then each clause of a message that asks several things
+    (clause embeddings included)."""
+    sem = next((r for r in routers if isinstance(r, SemanticRouter)), None)
+    seen = profiles
+    if sem is not None:
+        kw = sem.uses_keywords
+        seen = with_evidence(index, profiles, text, vector, vote_k, keywords=kw)
+    route = chain(routers, seen, text, vector)
+    if sem is not None and sem.clauses:
+        parts = route_clauses(index, sem, profiles, text, vote_k)
+        route = merge_clauses(route, parts, min_score=sem.clause_score)
+    return route
 
 
 def evaluate(
@@ -166,17 +213,9 @@ def evaluate(
     for name, routers in strategies.items():
         routes: list[Route] = []
         times: list[float] = []
-        sem = next((r for r in routers if isinstance(r, SemanticRouter)), None)
         for q, vec in zip(questions, vectors, strict=True):
             start = time.perf_counter()
-            seen = profiles
-            if sem is not None:  # timed: part of routing, as in Chatbot.route
-                kw = sem.uses_keywords
-                seen = with_evidence(index, profiles, q["question"], vec, vote_k, keywords=kw)
-            route = chain(routers, seen, q["question"], vec)
-            if sem is not None and sem.clauses:  # as in Chatbot.route; clause embeddings timed
-                parts = route_clauses(index, sem, profiles, q["question"], vote_k)
-                route = merge_clauses(route, parts, min_score=sem.clause_score)
+            route = route_one(index, profiles, routers, q["question"], vec, vote_k)
             times.append((time.perf_counter() - start) * 1000)
             routes.append(route)
             if errors is not None and set(route.collections) != set(q["expected"]):
@@ -191,6 +230,79 @@ def evaluate(
         results[name] = score(questions, routes, times)
     results["_embed"] = {"embed_ms": embed_ms}
     return results
+
+
+# -- conversations ----------------------------------------------------------------------------
+def load_conversations(path: str | Path, mapping: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Multi-turn tasks in MTRAG's format (``input``: ``[{speaker, text}]`` ending with the
+    user's message; ``Collection``): each as ``{"history": [Message], "question",
+    "expected": [mapping[Collection]]}``; tasks whose collection is not mapped are left out."""
+    from chatwright.types import Message
+
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        task = json.loads(line) if line.strip() else None
+        if not task or task.get("Collection") not in mapping or not task.get("input"):
+            continue
+        *before, last = task["input"]
+        history = [
+            Message.user(t["text"]) if t["speaker"] == "user" else Message.assistant(t["text"])
+            for t in before
+        ]
+        rows.append(
+            {
+                "history": history,
+                "question": last["text"],
+                "expected": [mapping[task["Collection"]]],
+            }
+        )
+    return rows
+
+
+def _as_a_turn(text: str, history: Sequence[Any]) -> str:
+    """The query a turn routes for ``text`` with the embedded model (``concat`` rewrite)."""
+    from chatwright.retrieval.rag import rewrite_query
+
+    query, _ = asyncio.run(
+        rewrite_query(text, history, mode="concat", model=None, timeout_s=1.0)  # type: ignore[arg-type]
+    )
+    return query
+
+
+def evaluate_conversations(
+    rows: Sequence[dict[str, Any]],
+    index: Any,
+    collections: Sequence[Any],
+    embedder: Any,
+    routers: Sequence[Router],
+    *,
+    cache_dir: Path | None = None,
+    vote_k: int = VOTE_K,
+) -> dict[str, dict[str, Any]]:
+    """The last message of each conversation routed alone, and as a turn routes it (a
+    follow-up, by :func:`~chatwright.retrieval.rag.is_follow_up`, searched with the previous
+    user message in front: the embedded model's rewrite); :func:`score` of each, over all the
+    conversations and over the follow-ups only."""
+    from chatwright.retrieval.rag import is_follow_up
+
+    profiles = build_profiles(index, collections, embedder)
+    follow = [is_follow_up(r["question"], r["history"]) for r in rows]
+    texts = {"alone": [r["question"] for r in rows]}
+    texts["as a turn"] = [_as_a_turn(r["question"], r["history"]) for r in rows]
+    out: dict[str, dict[str, Any]] = {}
+    for name, queries in texts.items():
+        vectors = _query_vectors(embedder, queries, cache_dir)
+        routes, times = [], []
+        for t, v in zip(queries, vectors, strict=True):
+            start = time.perf_counter()
+            routes.append(route_one(index, profiles, routers, t, v, vote_k))
+            times.append((time.perf_counter() - start) * 1000)
+        out[name] = score(rows, routes, times)
+        picked = [i for i, f in enumerate(follow) if f]
+        out[f"{name}, follow-ups"] = score(
+            [rows[i] for i in picked], [routes[i] for i in picked], [times[i] for i in picked]
+        )
+    return out
 
 
 def read_collections(root: Path) -> list[tuple[str, str, Path]]:
@@ -248,13 +360,7 @@ class _Prepared:
         self.vectors = _query_vectors(embedder, texts, workdir)
         namespaces = [p.namespace for p in self.profiles]
         self._seen: dict[int, list[list[CollectionProfile]]] = {}
-        self.hits = [
-            [
-                (h.namespace, float(h.scores["vector"]))
-                for h in index.search(t, namespaces, _SEARCH_K, mode="vector", query_vector=v)
-            ]
-            for t, v in zip(texts, self.vectors, strict=True)
-        ]
+        self.nearest = [index.nearest(v, namespaces, _SEARCH_K) for v in self.vectors]
         self.parts = [
             [(c, self._search(index, namespaces, c, embedder)) for c in clauses(t)] for t in texts
         ]
@@ -269,19 +375,21 @@ class _Prepared:
     @staticmethod
     def _search(index: Any, namespaces: list[str], text: str, embedder: Any) -> Any:
         v = np.asarray(embedder.embed([text]), dtype=np.float32)[0]
-        hits = index.search(text, namespaces, _SEARCH_K, mode="vector", query_vector=v)
         kw = index.search(text, namespaces, _SEARCH_K, mode="keyword")
         return (
             v,
-            [(h.namespace, float(h.scores["vector"])) for h in hits],
+            index.nearest(v, namespaces, _SEARCH_K),
             [(h.namespace, float(h.scores["keyword"])) for h in kw],
         )
+
+    def _evidence(self, nearest: Nearest, k: int, keywords: Any) -> list[CollectionProfile]:
+        return evidence_from_hits(self.profiles, nearest.top(k), k, keywords, best=nearest.best())
 
     def accuracy(self, routers: Sequence[Router], vote_k: int) -> tuple[float, list[Route]]:
         if vote_k not in self._seen:
             self._seen[vote_k] = [
-                evidence_from_hits(self.profiles, h, vote_k, kw)
-                for h, kw in zip(self.hits, self.keyword_hits, strict=True)
+                self._evidence(n, vote_k, kw)
+                for n, kw in zip(self.nearest, self.keyword_hits, strict=True)
             ]
         sem = next(r for r in routers if isinstance(r, SemanticRouter))
         routes = []
@@ -291,8 +399,7 @@ class _Prepared:
             route = chain(routers, seen, q["question"], v)
             if parts and sem.clauses:
                 routed = [
-                    (c, sem.route(c, pv, evidence_from_hits(self.profiles, h, vote_k, kw)))
-                    for c, (pv, h, kw) in parts
+                    (c, sem.route(c, pv, self._evidence(n, vote_k, kw))) for c, (pv, n, kw) in parts
                 ]
                 route = merge_clauses(route, routed, min_score=sem.clause_score)
             routes.append(route)
@@ -321,22 +428,83 @@ def tune(
     return out
 
 
-def _rows(results: dict[str, dict[str, Any]]) -> Iterable[str]:
-    yield (
-        f"{'strategy':<16}{'n':>5}{'accuracy':>10}{'small talk':>12}{'over':>7}{'under':>7}"
-        f"{'fallback':>10}{'unsure':>8}{'p50 ms':>9}{'p95 ms':>9}"
-    )
+#: The columns of :func:`summary_rows`.
+SUMMARY_COLUMNS = (
+    "strategy",
+    "n",
+    "exact set",
+    "small talk → none",
+    "over",
+    "under",
+    "fallbacks",
+    "unsure",
+    "p50 ms",
+    "p95 ms",
+)
+
+
+def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """One row per strategy (:data:`SUMMARY_COLUMNS`): exact-set accuracy, small talk routed
+    to no collection, the share of questions given an extra collection (over-inclusion) or
+    missing one (under-inclusion), fallbacks, unsure routes, routing time p50/p95."""
+    rows = []
     for name, r in results.items():
         if name.startswith("_"):
             continue
         talk = "-" if r["small_talk"] is None else f"{r['small_talk']:.1%}"
-        yield (
-            f"{name:<16}{r['n']:>5}{r['accuracy']:>10.1%}{talk:>12}{r['over']:>7.1%}"
-            f"{r['under']:>7.1%}{r['fallbacks']:>10}{r['unsure']:>8}"
-            f"{r['median_ms']:>9.3f}{r['p95_ms']:>9.3f}"
+        rows.append(
+            [
+                name,
+                str(r["n"]),
+                f"{r['accuracy']:.1%}",
+                talk,
+                f"{r['over']:.1%}",
+                f"{r['under']:.1%}",
+                str(r["fallbacks"]),
+                str(r["unsure"]),
+                f"{r['median_ms']:.2f}",
+                f"{r['p95_ms']:.2f}",
+            ]
         )
-        per = ", ".join(f"{k} {v:.0%}" for k, v in r["per_collection"].items())
-        yield f"{'':<16}  {per}"
+    return rows
+
+
+def collection_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): exact-set accuracy per expected collection (and small talk), a column
+    per strategy."""
+    names = [n for n in results if not n.startswith("_")]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts |= results[n].get("counts", {})
+    rows = [
+        [label, str(count)]
+        + [
+            f"{results[n]['per_collection'][label]:.1%}"
+            if label in results[n]["per_collection"]
+            else "-"
+            for n in names
+        ]
+        for label, count in sorted(counts.items())
+    ]
+    return ["expected", "n", *names], rows
+
+
+def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Iterable[str]:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    for i, row in enumerate([header, *rows]):
+        cells = [
+            c.ljust(w) if j == 0 else c.rjust(w)
+            for j, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        yield "  ".join(cells).rstrip()
+        if i == 0:
+            yield "  ".join("-" * w for w in widths)
+
+
+def _rows(results: dict[str, dict[str, Any]]) -> Iterable[str]:
+    yield from _aligned(SUMMARY_COLUMNS, summary_rows(results))
+    yield ""
+    yield from _aligned(*collection_rows(results))
 
 
 def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> int:
@@ -354,6 +522,16 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     parser.add_argument("--grid", help='with --tune: JSON {"option": [values]} to try instead')
     parser.add_argument(
         "--no-ingest", action="store_true", help="use the stores under --workdir as they are"
+    )
+    parser.add_argument(
+        "--conversations",
+        help="also route the last message of these multi-turn tasks (MTRAG format) alone and "
+        "as a turn does (a follow-up with the previous message), against each DIR's store",
+    )
+    parser.add_argument(
+        "--collection-map",
+        default="",
+        help="with --conversations: TASK_COLLECTION=NAME,... (which collection each is)",
     )
     parser.add_argument("--errors", action="store_true", help="print misrouted questions")
     parser.add_argument("--json", action="store_true")
@@ -399,6 +577,13 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
                 errors=errors if args.errors else None,
                 cache_dir=workdir,
             )
+            if args.conversations:
+                mapping = dict(p.split("=", 1) for p in args.collection_map.split(",") if p)
+                rows = load_conversations(args.conversations, mapping)
+                sem = strategies_for(embedder)["semantic"]
+                results["_conversations"] = evaluate_conversations(
+                    rows, index, collections, embedder, sem, cache_dir=workdir
+                )
             store.close()
             if args.json:
                 out(json.dumps({"dataset": str(root), **results}, indent=2))
@@ -409,6 +594,10 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
                 )
                 for line in _rows(results):
                     out(line)
+                if "_conversations" in results:
+                    out(f"\nthe last message of {args.conversations} (semantic):")
+                    for line in _aligned(SUMMARY_COLUMNS, summary_rows(results["_conversations"])):
+                        out(line)
             for e in errors:
                 out(json.dumps(e))
     return 0

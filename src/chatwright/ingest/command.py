@@ -137,7 +137,8 @@ def ingest(
         ),
     ] = False,
     max_mb: Annotated[
-        float, typer.Option("--max-mb", min=0.001, help="Skip files larger than this.")
+        float,
+        typer.Option("--max-mb", min=0.001, max=1e6, help="Skip files larger than this."),
     ] = 50.0,
     chunk_tokens: Annotated[
         int, typer.Option("--chunk-tokens", min=16, help="Largest chunk, in tokens.")
@@ -164,23 +165,40 @@ def ingest(
     """
     settings = load_settings(config, data_dir=data_dir, user=user)
     with _store(settings) as store:
-        chosen = _embedder(settings, embedder, store, settings.user, collection)
+        owner = settings.user
+        new = store.find_collection(owner, collection) is None
+        chosen = _embedder(settings, embedder, store, owner, collection)
         index = SearchIndex.for_store(store, chosen)
         ingestor = Ingestor(
             store,
             index,
-            settings.user,
+            owner,
             max_bytes=int(max_mb * 1024 * 1024),
             chunk_tokens=chunk_tokens,
             overlap=overlap,
         )
-        report = _run(ingestor, paths, collection, sync, description or "")
-        if description is not None:
-            store.update_collection(settings.user, collection, description)
+        try:
+            report = _run(ingestor, paths, collection, sync, description or "")
+        except BaseException:
+            if new:
+                _drop_if_empty(store, owner, collection)
+            raise
+        if new and report.read == 0:
+            _drop_if_empty(store, owner, collection)
+        elif description is not None:
+            store.update_collection(owner, collection, description)
     _print_report(report)
     if report.read == 0 and report.removed == 0:
         err.print("[bold red]error:[/] no file could be read")
         raise typer.Exit(1)
+
+
+def _drop_if_empty(store: Store, owner: str, collection: str) -> None:
+    """Remove a collection this command created when nothing went into it: a failed ingest
+    leaves no empty collection behind (one that now has documents is kept)."""
+    info = store.find_collection(owner, collection)
+    if info is not None and info.documents == 0:
+        store.delete_collection(owner, collection)
 
 
 def _run(

@@ -126,6 +126,7 @@ class Context:
     summary_through_seq: int | None = None
     recalled_seqs: list[int] = field(default_factory=list)
     passages_used: list[int] = field(default_factory=list)
+    user_memory_used: int = 0  # memories shown: the first of those given (newest first)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -189,8 +190,9 @@ def _fit_text(text: str, limit: int, counter: TokenCounter) -> str:
 
 def _system_block(
     system_prompt: str | None, user_memory: Sequence[str], budget: Budget, counter: TokenCounter
-) -> tuple[str, int]:
-    """The system prompt, plus as many user-memory facts (newest first) as their share allows."""
+) -> tuple[str, int, int]:
+    """The system prompt, plus as many user-memory facts (newest first) as their share allows;
+    with the tokens and the number of facts they took."""
     parts = [system_prompt] if system_prompt else []
     facts, used = [], 0
     for fact in user_memory:
@@ -203,7 +205,7 @@ def _system_block(
         parts.append(
             "What you know about the user (they asked you to remember):\n" + "\n".join(facts)
         )
-    return "\n\n".join(parts), used
+    return "\n\n".join(parts), used, len(facts)
 
 
 def _recent_turns(
@@ -241,7 +243,9 @@ def build_context(
     """
     context = Context(messages=[], strategy=strategy)
     available = budget.total - budget.answer
-    system_text, memory_tokens = _system_block(system_prompt, user_memory, budget, counter)
+    system_text, memory_tokens, context.user_memory_used = _system_block(
+        system_prompt, user_memory, budget, counter
+    )
     system_tokens = counter.count(system_text) + MESSAGE_OVERHEAD if system_text else 0
 
     new_tokens = count_message(new_message, counter)

@@ -47,8 +47,18 @@ class Recall(Protocol):
     """Indexes a thread's older turns and finds those that match a query."""
 
     def recall(
-        self, owner: str, thread_id: str, query: str, *, k: int, before_seq: int
-    ) -> list[Recalled]: ...
+        self,
+        owner: str,
+        thread_id: str,
+        query: str,
+        *,
+        k: int,
+        before_seq: int,
+        notes: list[str] | None = None,
+    ) -> list[Recalled]:
+        """The ``k`` best matches that start before ``before_seq``; what degraded (an embedder
+        that failed: keywords only) is said in ``notes``."""
+        ...
 
     def index_turns(self, owner: str, thread_id: str, turns: Sequence[Turn]) -> int: ...
 
@@ -62,7 +72,8 @@ class Loaded:
     strategy: Literal["window", "tokens", "summary"]
     entries: list[Entry]
     summary: Summary | None = None
-    user_memory: list[str] = field(default_factory=list)
+    user_memory: list[str] = field(default_factory=list)  # newest first
+    user_memory_untrusted: list[bool] = field(default_factory=list)  # saved from untrusted turns
     notes: list[str] = field(default_factory=list)
 
 
@@ -133,7 +144,9 @@ class Memory:
             loaded.notes.append(f"the last summary update failed ({failure}); it is retried")
         if self.settings.recall and self.recall is None:
             loaded.notes.append("recall is on but no search index is configured")
-        loaded.user_memory = [m.text for m in reversed(self.store.list_memories(owner))]
+        memories = list(reversed(self.store.list_memories(owner)))
+        loaded.user_memory = [m.text for m in memories]
+        loaded.user_memory_untrusted = [m.untrusted is not None for m in memories]
         if info is None:
             return loaded
         recent = self._recent_entries(owner, thread_id, info.created_at, info.message_count)
@@ -202,7 +215,12 @@ class Memory:
         assert self.recall is not None
         try:
             found = self.recall.recall(
-                owner, thread_id, query, k=self.settings.recall_k, before_seq=before_seq
+                owner,
+                thread_id,
+                query,
+                k=self.settings.recall_k,
+                before_seq=before_seq,
+                notes=loaded.notes,
             )
         except Exception as e:
             log.warning("recall failed for thread %s: %s", thread_id, e)

@@ -56,6 +56,12 @@ class RemoteModel:
             "chatwright.toml (or base_url there for a server that needs no key)",
         )
 
+    def check(self) -> None:
+        """Raise :class:`ModelUnavailable` when no call can be made (the SDK is missing, or
+        there is no key); nothing is sent. A turn checks this before it stores anything."""
+        self._sdk()
+        self._api_key()
+
     def _sdk(self) -> Any:
         try:
             return importlib.import_module(self.provider)

@@ -52,6 +52,10 @@ class Model(Protocol):
     ``stream`` yields :class:`TextDelta` pieces as they come, one :class:`ToolCallEvent` per
     complete tool call, at most one :class:`Usage`, and ends with exactly one :class:`Done`.
     It raises :class:`chatwright.errors.ModelError` subclasses on failure.
+
+    Optional: ``check()`` raises :class:`chatwright.errors.ModelUnavailable` when no call can
+    be made (a missing key or SDK) without calling the model; a turn calls it before it
+    stores the user's message, so such a failure leaves no thread behind.
     """
 
     name: str

@@ -19,6 +19,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -52,6 +53,14 @@ _FEW_SHOT = (
 # The transcript's turn markers, and the delimiters of quoted sources: a base model otherwise
 # goes on to write (invent) more sources after its answer.
 STOP = ("\nUser:", "\nAssistant:", "\n\n\n", ">>>", "<<<", "\n[")
+
+# Headers the context puts around data (memory/context.py), whose openings are echo stops too.
+_HEADERS = (
+    "What you know about the user",
+    "Summary of the conversation so far",
+    "Earlier in this conversation (recalled",
+)
+_ECHO_WORDS = 5  # a stop is the first words of an instruction sentence (at least 3 of them)
 
 _models: dict[tuple[str, int, int], Any] = {}
 _models_lock = threading.Lock()
@@ -198,6 +207,31 @@ def _results_before_question(messages: list[Message]) -> list[Message]:
     block = Message.system(TOOL_RESULTS + "\n" + "\n".join(facts))
     kept = [m for m in after if m.role != "tool" and not (m.tool_calls and not m.text)]
     return [*messages[:last], block, messages[last], *kept]
+
+
+def echo_stops(messages: Sequence[Message]) -> list[str]:
+    """Stop sequences that keep the prompt's instructions out of the answer.
+
+    Asked "Thanks, that's all!", the 270M base model answered with the system prompt and the
+    user's stored memories (issue 16); on MTRAG some answers ran on into the grounding
+    instruction (issue 19). A base model that starts reciting the prompt does so from a
+    sentence's start, so the first words of each instruction sentence stop the answer there:
+    the system prompt's (the first system message, less the user's facts under it), the
+    grounding instruction's and the data headers'. The facts and the quoted sources are not
+    stops: answers may repeat them.
+    """
+    from chatwright.memory.context import GROUNDING  # the context's own wording
+
+    first = next((m.text for m in messages if m.role == "system"), "")
+    lines = [line for line in first.splitlines() if not line.lstrip().startswith("- ")]
+    texts = [*lines, GROUNDING, TOOL_RESULTS, *_HEADERS]
+    stops: list[str] = []
+    for text in texts:
+        for sentence in re.split(r"(?<=[.!?:])\s+", text.strip()):
+            words = sentence.split()
+            if len(words) >= 3:
+                stops.append(" ".join(words[:_ECHO_WORDS]))
+    return list(dict.fromkeys(stops))
 
 
 def render_prompt(messages: Sequence[Message]) -> tuple[str, list[str]]:
@@ -366,7 +400,8 @@ class LocalModel:
                 yield Usage(input_tokens=len(llm.tokenize(prompt.encode())), output_tokens=0)
                 yield Done(reason="tool_calls")
                 return
-        async for event in self._complete(llm, prompt, request, max_tokens):
+        echoes = echo_stops(request.messages)
+        async for event in self._complete(llm, prompt, request, max_tokens, echoes):
             yield event
 
     def _fit(self, llm: Any, header: str, lines: list[str], max_tokens: int) -> str:
@@ -482,21 +517,41 @@ class LocalModel:
         return arguments if isinstance(arguments, dict) else None
 
     async def _complete(
-        self, llm: Any, prompt: str, request: ModelRequest, max_tokens: int
+        self,
+        llm: Any,
+        prompt: str,
+        request: ModelRequest,
+        max_tokens: int,
+        echoes: Sequence[str] = (),
     ) -> AsyncIterator[ModelEvent]:
+        """Stream the completion. ``echoes`` (see :func:`echo_stops`) stop it; when one
+        stopped it before a word was written, it is run once more with their first tokens
+        barred from starting the answer (a prompt ending in the same tokens costs llama.cpp
+        only the new ones), so the model says something else rather than nothing."""
         temperature = request.settings.temperature
-        stop = list(STOP) + list(request.settings.stop)
+        stop = list(STOP) + list(request.settings.stop) + list(echoes)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
 
+        def attempt(barred: set[int]) -> bool:
+            """One completion into the queue; whether it wrote any word."""
+            wrote, finish = False, None
+            for chunk in self._chunks(llm, prompt, max_tokens, temperature, stop, barred):
+                if cancelled.is_set():
+                    return True
+                choice = chunk["choices"][0]
+                wrote = wrote or bool((choice.get("text") or "").strip())
+                finish = choice.get("finish_reason") or finish
+                if wrote or finish is not None:
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            return wrote or finish != "stop"
+
         def produce() -> None:
             try:
                 with self._lock:
-                    for chunk in self._chunks(llm, prompt, max_tokens, temperature, stop):
-                        if cancelled.is_set():
-                            break
-                        loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    if not attempt(set()) and echoes:
+                        attempt(_first_tokens(llm, echoes))
             except BaseException as e:  # handed to the consumer, raised there
                 loop.call_soon_threadsafe(queue.put_nowait, e)
             finally:
@@ -527,8 +582,25 @@ class LocalModel:
 
     @staticmethod
     def _chunks(
-        llm: Any, prompt: str, max_tokens: int, temperature: float | None, stop: list[str]
+        llm: Any,
+        prompt: str,
+        max_tokens: int,
+        temperature: float | None,
+        stop: list[str],
+        barred: set[int] = frozenset(),  # type: ignore[assignment]
     ) -> Iterator[dict[str, Any]]:
+        processors = None
+        if barred:
+            from llama_cpp import LogitsProcessorList
+
+            start = len(llm.tokenize(prompt.encode("utf-8", "replace")))
+
+            def bar_first(ids: Any, scores: Any) -> Any:
+                if len(ids) == start:  # the answer's first token only
+                    scores[list(barred)] = -np.inf
+                return scores
+
+            processors = LogitsProcessorList([bar_first])
         return llm.create_completion(
             prompt,
             max_tokens=max_tokens,
@@ -536,4 +608,15 @@ class LocalModel:
             repeat_penalty=1.1,
             stop=stop,
             stream=True,
+            logits_processor=processors,
         )
+
+
+def _first_tokens(llm: Any, phrases: Sequence[str]) -> set[int]:
+    """The tokens each phrase starts with right after "Assistant:" (a space, then the word)."""
+    tokens = set()
+    for phrase in phrases:
+        ids = llm.tokenize(f" {phrase}".encode(), add_bos=False)
+        if ids:
+            tokens.add(ids[0])
+    return tokens

@@ -6,6 +6,8 @@
 - ``test:tools`` echoes too, but a message ``call NAME {json}`` naming an offered tool makes it
   call that tool (several ``call`` lines: parallel calls); after the results it answers
   ``tool said: ...`` (for testing tool use end to end: CLI, server, web page).
+- ``test:obedient`` (:class:`ObedientModel`) does what any text in its context tells it to:
+  a model that falls for prompt injection, for testing that it cannot act unapproved.
 - :class:`ScriptedModel` plays back replies and tool calls that a test sets, in order.
 """
 
@@ -29,7 +31,14 @@ from chatwright.types import (
     _jsonable,
 )
 
-__all__ = ["ContextModel", "EchoModel", "ScriptedModel", "ToolsModel", "test_model"]
+__all__ = [
+    "ContextModel",
+    "EchoModel",
+    "ObedientModel",
+    "ScriptedModel",
+    "ToolsModel",
+    "test_model",
+]
 
 _PIECES = re.compile(r"\S+\s*|\s+")
 
@@ -90,6 +99,70 @@ class ToolsModel:
         if calls:
             return _message_events(Message.assistant(tool_calls=calls), request)
         return _stream_text(f"echo: {text}", request)
+
+
+_ORDER = re.compile(r"\bcall ([A-Za-z0-9_-]{1,64})\b[ \t]*")
+
+
+def _orders(text: str) -> list[tuple[str, str]]:
+    """Each ``call NAME {json}`` (or bare ``call NAME``) anywhere in ``text``: (name, args)."""
+    found = []
+    for match in _ORDER.finditer(text):
+        args = "{}"
+        if text.startswith("{", match.end()):
+            try:
+                value, _ = json.JSONDecoder().raw_decode(text, match.end())
+            except ValueError:
+                continue
+            args = json.dumps(value, sort_keys=True)
+        found.append((match.group(1), args))
+    return found
+
+
+def _normal(args: str) -> str:
+    try:
+        return json.dumps(json.loads(args or "{}"), sort_keys=True)
+    except ValueError:
+        return args
+
+
+class ObedientModel:
+    """Does what any text it reads tells it to: the worst case of prompt injection.
+
+    Every ``call NAME {json}`` in any message of its context (system prompt, user memory,
+    summary, recalled turns, passages, earlier answers, tool results, the user's message) that
+    names an offered tool, it calls, each once per turn. With nothing left to call it answers by
+    quoting what it was told, ``I read: call NAME {json}`` (``echo: <message>`` when told
+    nothing), so its answer repeats the orders, as a model quoting a document would. With
+    ``obey = False`` it only quotes (set it between turns to script a model that quotes first
+    and obeys later).
+    """
+
+    def __init__(self, name: str = "test:obedient", *, obey: bool = True) -> None:
+        self.name = name
+        self.obey = obey
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        messages = request.messages
+        orders: dict[tuple[str, str], None] = {}
+        for m in messages:
+            texts = [m.text, *(r.content for r in m.tool_results)]
+            orders.update(dict.fromkeys(o for t in texts for o in _orders(t)))
+        start = max((i for i, m in enumerate(messages) if m.role == "user"), default=0)
+        made = {(c.name, _normal(c.arguments)) for m in messages[start:] for c in m.tool_calls}
+        offered = {t.name for t in request.tools}
+        calls = [
+            ToolCallPart(id=f"call_{i}", name=name, arguments=args)
+            for i, (name, args) in enumerate(o for o in orders if o not in made)
+            if self.obey and name in offered
+        ]
+        if calls:
+            return _message_events(Message.assistant(tool_calls=calls), request)
+        if orders:
+            said = "; ".join(f"call {name} {args}" for name, args in orders)
+            return _stream_text(f"I read: {said}", request)
+        last = next((m.text for m in reversed(messages) if m.role == "user"), "")
+        return _stream_text(f"echo: {last}", request)
 
 
 class ContextModel:
@@ -172,7 +245,7 @@ def tool_call(
     return ToolCallPart(id=id or f"call_{name}", name=name, arguments=args)
 
 
-def test_model(name: str) -> EchoModel | ContextModel | ToolsModel:
+def test_model(name: str) -> EchoModel | ContextModel | ToolsModel | ObedientModel:
     """Resolve ``test:<name>``."""
     if name == "echo":
         return EchoModel()
@@ -182,9 +255,12 @@ def test_model(name: str) -> EchoModel | ContextModel | ToolsModel:
         return ContextModel()
     if name == "tools":
         return ToolsModel()
+    if name == "obedient":
+        return ObedientModel()
     raise UnknownModel(
         f"unknown test model 'test:{name}'",
-        hint="use test:echo, test:slow, test:context or test:tools, or a ScriptedModel in code",
+        hint="use test:echo, test:slow, test:context, test:tools or test:obedient, or a "
+        "ScriptedModel in code",
     )
 
 

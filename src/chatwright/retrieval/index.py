@@ -13,6 +13,7 @@ computed is the backend's business: SQLite holds searched namespaces in memory
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ from chatwright.store.base import ChunkIndex, IndexedChunk, Store
 if TYPE_CHECKING:
     from chatwright.models.embeddings import Embedder
 
-__all__ = ["DEFAULT_FUSION", "FLOORS", "Chunk", "Hit", "SearchIndex", "default_weights"]
+__all__ = ["DEFAULT_FUSION", "FLOORS", "Chunk", "Hit", "Nearest", "SearchIndex", "default_weights"]
 
 Mode = Literal["hybrid", "keyword", "vector"]
 Fusion = Literal["convex", "rrf"]
@@ -48,6 +49,7 @@ FLOORS = {"keyword": 0.0, "vector": -1.0}
 
 _EMBED_BATCH = 64
 _QUERY_CACHE = 64  # recent query embeddings kept
+_TEXT_CACHE = 2048  # recent embeddings of quoted sentences (see embed_texts)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,58 @@ class Hit:
     score: float
     ranks: dict[str, int] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """One exact vector search of several namespaces for one query vector
+    (:meth:`SearchIndex.nearest`), kept per namespace: ``scores`` maps a namespace to
+    (chunk ids, cosines), of all its chunks where the backend scores them in one pass
+    (``depth`` None), else of its ``depth`` best. A turn's router makes it across all the
+    user's collections; retrieval then ranks any of them from it
+    (``SearchIndex.search(nearest=...)``) instead of passing over the vectors again."""
+
+    vector: np.ndarray  # the unit query vector
+    scores: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    depth: int | None = None
+
+    def _top(self, namespaces: Sequence[str], k: int) -> list[tuple[str, int, float]]:
+        """(namespace, id, cosine) of the ``k`` best over ``namespaces``, best first, ties
+        by id (as ``ChunkIndex.vector``); -inf (no vector) left out."""
+        parts = [self.scores[n] for n in namespaces]
+        if not parts or k <= 0:
+            return []
+        flat = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        take = np.arange(len(flat)) if k >= len(flat) else np.argpartition(-flat, k - 1)[:k]
+        take = take[np.isfinite(flat[take])]
+        ends = np.cumsum([len(p[1]) for p in parts])
+        where = np.searchsorted(ends, take, side="right")
+        starts = np.concatenate(([0], ends[:-1]))
+        ids = np.array([parts[w][0][i - starts[w]] for w, i in zip(where, take, strict=True)])
+        order = np.lexsort((ids, -flat[take])) if len(take) else take
+        return [(namespaces[where[j]], int(ids[j]), float(flat[take[j]])) for j in order]
+
+    def ranking(self, namespaces: Sequence[str], depth: int) -> list[tuple[int, float]] | None:
+        """The exact ``depth`` best over ``namespaces``, as ``ChunkIndex.vector`` would rank
+        them; None when this search did not cover them (that deep)."""
+        if any(n not in self.scores for n in namespaces):
+            return None
+        if self.depth is not None and depth > self.depth:
+            return None
+        return [(pk, s) for _, pk, s in self._top(list(dict.fromkeys(namespaces)), depth)]
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` nearest chunks over all the namespaces: (namespace, cosine), best first."""
+        return [(n, s) for n, _, s in self._top(list(self.scores), k)]
+
+    def best(self) -> dict[str, float]:
+        """Each namespace's best cosine (namespaces without vectors left out)."""
+        out = {}
+        for namespace, (_, cosines) in self.scores.items():
+            best = float(cosines.max()) if len(cosines) else -math.inf
+            if best > -math.inf:
+                out[namespace] = best
+        return out
 
 
 def _as_chunk(item: Chunk | Mapping[str, Any]) -> Chunk:
@@ -136,6 +190,7 @@ class SearchIndex:
         self.embedder = embedder
         self.depth = depth
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()  # see embed_query
+        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()  # see embed_texts
         self._queries_lock = threading.Lock()
 
     @classmethod
@@ -208,6 +263,7 @@ class SearchIndex:
         fusion: Fusion = DEFAULT_FUSION,
         weights: Mapping[str, float] | None = None,
         rrf_k: float = DEFAULT_RRF_K,
+        nearest: Nearest | None = None,
     ) -> list[Hit]:
         """The ``k`` best chunks of ``namespaces`` for ``query``, best first.
 
@@ -216,7 +272,9 @@ class SearchIndex:
         or ``rrf`` (reciprocal rank fusion with constant ``rrf_k``), with per-retriever
         ``weights`` (default: ``default_weights(fusion)``). ``filters`` keeps chunks whose
         metadata equals each given value (a list value: any of them). Hybrid search without
-        an embedder or ``query_vector`` is keyword search.
+        an embedder or ``query_vector`` is keyword search. ``nearest``: an earlier vector
+        search with the same query vector (:meth:`nearest`); where it covers ``namespaces``
+        deep enough and no filter is given, its ranking is reused, not searched again.
         """
         if mode not in ("hybrid", "keyword", "vector"):
             raise UserError(f"unknown search mode {mode!r}", hint="use hybrid, keyword or vector")
@@ -237,8 +295,37 @@ class SearchIndex:
         if mode != "vector":
             rankings["keyword"] = self.chunks.keyword(query, namespaces, checked, depth)
         if mode != "keyword" and qvec is not None:
-            rankings["vector"] = self.chunks.vector(qvec, namespaces, checked, depth)
+            reused = None
+            if nearest is not None and not checked and np.array_equal(nearest.vector, qvec):
+                reused = nearest.ranking(namespaces, depth)
+            rankings["vector"] = (
+                reused
+                if reused is not None
+                else self.chunks.vector(qvec, namespaces, checked, depth)
+            )
         return self._hits(rankings, fusion, weights, rrf_k, k)
+
+    def nearest(
+        self, query_vector: Sequence[float] | np.ndarray, namespaces: Sequence[str], k: int = 0
+    ) -> Nearest:
+        """One exact vector search of ``namespaces`` (:class:`Nearest`): what a router needs
+        (each namespace's best chunk, the nearest chunks over all), and what a later
+        :meth:`search` of any of them reuses. One pass over the vectors where the backend
+        scores them all (``similarities``); elsewhere one search per namespace, kept to the
+        search depth (at least ``k``)."""
+        qvec = self._query_vector("", query_vector, required=True)
+        assert qvec is not None
+        wanted = list(dict.fromkeys(map(_check_namespace, namespaces)))
+        similarities = getattr(self.chunks, "similarities", None)
+        if similarities is not None:
+            return Nearest(qvec, similarities(qvec, wanted))
+        depth = max(k, self.depth)
+        scores = {}
+        for n in wanted:
+            found = self.chunks.vector(qvec, [n], None, depth)
+            ids = np.array([pk for pk, _ in found], dtype=np.int64)
+            scores[n] = (ids, np.array([s for _, s in found], dtype=np.float32))
+        return Nearest(qvec, scores, depth)
 
     def _query_vector(
         self, query: str, given: Sequence[float] | np.ndarray | None, *, required: bool
@@ -275,6 +362,33 @@ class SearchIndex:
                 self._queries.popitem(last=False)
         return vector
 
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of short texts (the sentences an answer may quote), memoized: the
+        follow-ups of a thread keep quoting from the same passages. Misses go in one batch."""
+        if self.embedder is None:
+            raise UserError("embedding needs an embedder")
+        with self._queries_lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._texts]
+        if missing:
+            vectors = np.asarray(self.embedder.embed(missing), dtype=np.float32)
+            with self._queries_lock:
+                self._texts.update(zip(missing, vectors, strict=True))
+                while len(self._texts) > _TEXT_CACHE:
+                    self._texts.popitem(last=False)
+        with self._queries_lock:
+            found = {t: self._texts.get(t) for t in texts}
+        gone = [t for t, v in found.items() if v is None]  # evicted meanwhile: rare
+        if gone:
+            found.update(zip(gone, np.asarray(self.embedder.embed(gone), np.float32), strict=True))
+        if not texts:
+            return np.zeros((0, getattr(self.embedder, "dim", 0)), dtype=np.float32)
+        return np.stack([found[t] for t in texts])
+
+    @property
+    def memoized(self) -> Any:
+        """An embedder (``.embed(texts)``) over :meth:`embed_texts`."""
+        return _Memoized(self)
+
     def _hits(
         self,
         rankings: Mapping[str, list[tuple[int, float]]],
@@ -308,3 +422,11 @@ class SearchIndex:
             for pk, score, ranks in chosen
             if pk in rows
         ]
+
+
+@dataclass(frozen=True)
+class _Memoized:
+    index: SearchIndex
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.index.embed_texts(texts)

@@ -15,7 +15,7 @@ from typing import Any
 from chatwright.memory.context import Passage
 from chatwright.memory.tokens import TokenCounter
 from chatwright.models.base import Model, ModelRequest, ModelSettings
-from chatwright.retrieval.index import Hit, SearchIndex
+from chatwright.retrieval.index import Hit, Nearest, SearchIndex
 from chatwright.types import CitationPart, Message, TextDelta
 
 __all__ = ["Retrieved", "is_follow_up", "passages_from", "retrieve", "rewrite_query"]
@@ -139,10 +139,33 @@ def retrieve(
     counter: TokenCounter,
     *,
     query_vector: Any = None,
+    nearest: Nearest | None = None,
 ) -> list[Retrieved]:
     """The ``k`` best passages for ``query`` across ``namespaces`` (hybrid when possible;
-    ``query_vector``: the query's embedding, when the caller already has it)."""
+    ``query_vector``: the query's embedding, when the caller already has it; ``nearest``: the
+    router's vector search with it, reused instead of searching the vectors again). A chunk
+    found again in another collection (the same file ingested into both) is cited once."""
     if not namespaces or not query.strip():
         return []
-    hits = index.search(query, list(namespaces), k=k, mode="hybrid", query_vector=query_vector)
-    return passages_from(hits, counter)
+    many = len(set(namespaces)) > 1  # duplicates come from several collections: ask for more
+    hits = index.search(
+        query,
+        list(namespaces),
+        k=2 * k if many else k,
+        mode="hybrid",
+        query_vector=query_vector,
+        nearest=nearest,
+    )
+    return passages_from(_unique(hits)[:k] if many else hits, counter)
+
+
+def _unique(hits: Sequence[Hit]) -> list[Hit]:
+    """``hits`` without repeats of a chunk (same source, same text), the best kept."""
+    seen: set[tuple[Any, str]] = set()
+    out = []
+    for hit in hits:
+        key = (hit.metadata.get("source"), hit.text)
+        if key not in seen:
+            seen.add(key)
+            out.append(hit)
+    return out

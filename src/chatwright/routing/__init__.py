@@ -6,6 +6,7 @@ from chatwright.routing.profiles import (
     build_profiles,
     evidence_from_hits,
     route_clauses,
+    searched,
     with_evidence,
 )
 from chatwright.routing.router import (
@@ -51,5 +52,6 @@ __all__ = [
     "is_chitchat",
     "merge_clauses",
     "route_clauses",
+    "searched",
     "with_evidence",
 ]

@@ -4,8 +4,10 @@ A profile holds the embedding of the collection's description (cached by text) a
 normalized mean of its chunks' stored vectors (``ChunkIndex.centroid``: the store caches it per
 namespace and recomputes it only after a write), so unchanged collections cost one small query.
 Per query, :func:`with_evidence` adds what the collections' contents say: ONE vector search of
-the query's nearest chunks across all collections (the best match per collection, the votes),
-and :func:`route_clauses` routes each clause of a message that asks several things.
+the query's nearest chunks across all collections (``SearchIndex.nearest``: each collection's
+best match, the votes of the nearest chunks over all), which the turn's retrieval then reuses
+instead of searching the vectors again; :func:`route_clauses` routes each clause of a message
+that asks several things.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +24,7 @@ from chatwright.routing.router import CollectionProfile, Route, SemanticRouter, 
 
 if TYPE_CHECKING:
     from chatwright.models.embeddings import Embedder
-    from chatwright.retrieval.index import SearchIndex
+    from chatwright.retrieval.index import Nearest, SearchIndex
     from chatwright.store.base import CollectionInfo
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "build_profiles",
     "evidence_from_hits",
     "route_clauses",
+    "searched",
     "with_evidence",
 ]
 
@@ -102,6 +105,11 @@ DEFAULT_VOTE_K = 40
 _KEYWORD_CHARS = 1000
 
 
+def searched(profiles: Sequence[CollectionProfile]) -> list[str]:
+    """The namespaces a router's vector search covers: the collections with chunks."""
+    return [p.namespace for p in profiles if p.chunks]
+
+
 def with_evidence(
     index: SearchIndex,
     profiles: Sequence[CollectionProfile],
@@ -110,22 +118,25 @@ def with_evidence(
     k: int = DEFAULT_VOTE_K,
     *,
     keywords: bool = True,
+    nearest: Nearest | None = None,
 ) -> list[CollectionProfile]:
-    """``profiles`` carrying this query's evidence, from ONE exact vector search of the ``k``
-    nearest chunks across all the collections and (``keywords``) one keyword search of the
-    ``k`` best matches (see :class:`CollectionProfile`)."""
-    namespaces = [p.namespace for p in profiles if p.chunks]
+    """``profiles`` carrying this query's evidence, from ONE exact vector search across all
+    the collections (``nearest``, made here when not given: ``SearchIndex.nearest`` over
+    :func:`searched`; retrieval reuses it): each collection's best chunk and the ``k``
+    nearest chunks over all; and (``keywords``) one keyword search of the ``k`` best matches
+    (see :class:`CollectionProfile`)."""
+    namespaces = searched(profiles)
     if not namespaces:
         return list(profiles)
-    hits = index.search(query, namespaces, k=k, mode="vector", query_vector=query_vector)
-    found = [(h.namespace, float(h.scores.get("vector", h.score))) for h in hits]
+    if nearest is None:
+        nearest = index.nearest(query_vector, namespaces, k)
     matched = None
     if keywords:
         # a message's first words say what it is about; a 30,000-character paste must not
         # cost a BM25 pass over thousands of terms
         hits = index.search(query[:_KEYWORD_CHARS], namespaces, k=k, mode="keyword")
         matched = [(h.namespace, float(h.scores.get("keyword", h.score))) for h in hits]
-    return evidence_from_hits(profiles, found, k, matched)
+    return evidence_from_hits(profiles, nearest.top(k), k, matched, best=nearest.best())
 
 
 def evidence_from_hits(
@@ -133,9 +144,12 @@ def evidence_from_hits(
     hits: Sequence[tuple[str, float]],
     k: int,
     keyword_hits: Sequence[tuple[str, float]] | None = None,
+    *,
+    best: Mapping[str, float] | None = None,
 ) -> list[CollectionProfile]:
     """``profiles`` with the evidence of ``hits`` ((namespace, cosine), best first) and
-    ``keyword_hits`` ((namespace, BM25)), of which the first ``k`` count. Pure: the evaluation
+    ``keyword_hits`` ((namespace, BM25)), of which the first ``k`` count; ``best``: each
+    namespace's best cosine where known (else bounded by the k-th hit). Pure: the evaluation
     reuses one search for several ``k``."""
     hits = list(hits)[:k]
     shares: dict[str, float] | None = None
@@ -157,11 +171,14 @@ def evidence_from_hits(
     out = []
     for p in profiles:
         mine = tuple(by_namespace.get(p.namespace, ()))
-        best = mine[0] if mine else (bound if p.chunks else None)
+        if best is not None and p.namespace in best:
+            nearest = best[p.namespace]
+        else:
+            nearest = mine[0] if mine else (bound if p.chunks else None)
         share = None if shares is None else shares.get(p.namespace, 0.0)
         out.append(
             dataclasses.replace(
-                p, best_chunk=best, top_chunks=mine, top_best=top, keyword_share=share
+                p, best_chunk=nearest, top_chunks=mine, top_best=top, keyword_share=share
             )
         )
     return out

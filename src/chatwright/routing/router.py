@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
@@ -35,6 +35,7 @@ import numpy as np
 if TYPE_CHECKING:
     from chatwright.models.base import Model
     from chatwright.models.embeddings import Embedder
+    from chatwright.retrieval.index import Nearest
 
 __all__ = [
     "CHITCHAT_EXEMPLARS",
@@ -94,7 +95,9 @@ class Route:
 
     ``why``: per collection, why it was or was not taken (the semantic router fills it in).
     ``unsure``: the evidence did not single out one collection, so several are searched and
-    fused ranking decides.
+    fused ranking decides. ``search``: the route's one vector search across the collections
+    (:class:`~chatwright.retrieval.index.Nearest`), which retrieval reuses; not in
+    :meth:`to_dict`.
     """
 
     collections: list[str]
@@ -106,6 +109,7 @@ class Route:
     ms: float = 0.0  # time the chain took
     why: dict[str, str] = field(default_factory=dict)
     unsure: bool = False
+    search: Nearest | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         """One line for logs and traces: ``route hr, devices [semantic] why (scores)``."""
@@ -122,7 +126,9 @@ class Route:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(replace(self, search=None))
+        del out["search"]
+        return out
 
 
 class Router(Protocol):
@@ -362,16 +368,16 @@ class SemanticRouter:
         margin: float = 0.0,
         min_share: float = 0.15,
         mix: float = 0.5,
-        chunk_weight: float = 0.8,
+        chunk_weight: float = 0.7,
         vote_weight: float = 0.0,
         temperature: float = 0.05,
         keyword_share: float = 2.0,
         keyword_margin: float = 0.03,
-        size_penalty: float = 0.03,
+        size_penalty: float = 0.06,
         floor: float = 0.0,
         unsure_k: int = 2,
         clauses: bool = True,
-        clause_score: float = 0.2,
+        clause_score: float = 0.1,
         max_collections: int = 3,
         chitchat: np.ndarray | None = None,
         chitchat_threshold: float = 0.4,
@@ -401,6 +407,7 @@ class SemanticRouter:
         self.chitchat = None if chitchat is None else np.asarray(chitchat, dtype=np.float32)
         self.chitchat_threshold = chitchat_threshold
         self.chitchat_margin = chitchat_margin
+        self._vectors: dict[tuple[int, int], tuple[Any, Any, np.ndarray | None]] = {}
 
     @property
     def uses_keywords(self) -> bool:
@@ -408,6 +415,21 @@ class SemanticRouter:
         return self.keyword_share <= 1.0
 
     def vector(self, profile: CollectionProfile) -> np.ndarray | None:
+        """``normalize(mix * description + (1 - mix) * centroid)``, remembered while the
+        profile's vectors are the same objects (profiles are rebuilt each turn from cached
+        vectors, so fifty collections cost no renormalizing per query)."""
+        key = (id(profile.description_vector), id(profile.centroid))
+        known = self._vectors.get(key)
+        same = known is not None and known[0] is profile.description_vector
+        if known is not None and same and known[1] is profile.centroid:
+            return known[2]
+        if len(self._vectors) > 4096:
+            self._vectors.clear()
+        vector = self._vector(profile)
+        self._vectors[key] = (profile.description_vector, profile.centroid, vector)
+        return vector
+
+    def _vector(self, profile: CollectionProfile) -> np.ndarray | None:
         parts: list[tuple[float, np.ndarray]] = []
         if profile.description_vector is not None:
             parts.append((self.mix, _unit(profile.description_vector)))

@@ -68,6 +68,8 @@ def me(user: CurrentUser, state: State) -> dict[str, Any]:
             "max_message_chars": state.default.settings.max_message_chars,
             "max_body_bytes": settings.server.max_body_bytes,
             "max_upload_bytes": settings.server.max_upload_bytes,
+            "max_jobs_per_user": settings.server.max_jobs_per_user,
+            "max_turns_per_user": settings.server.max_turns_per_user,
         },
     }
 

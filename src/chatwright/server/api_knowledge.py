@@ -131,7 +131,7 @@ def delete_collection(name: Name, user: CurrentUser, state: State) -> Response:
     "/collections/{name}/documents",
     status_code=202,
     response_model=JobAccepted,
-    responses=errors(*BODY_ERRORS, 404),
+    responses=errors(*BODY_ERRORS, 404, 429),
 )
 def upload_documents(
     name: Name,
@@ -141,9 +141,11 @@ def upload_documents(
     response: Response,
 ) -> Any:
     """Upload files (txt, md, html, pdf, docx) to ingest in the background: 202 and a job to
-    poll at ``GET /api/jobs/{job_id}``."""
+    poll at ``GET /api/jobs/{job_id}``. A user with ``max_jobs_per_user`` uploads queued or
+    being ingested gets a 429."""
     _collection(state, user.user, name)
     state.ingestor(user.user)  # before anything is staged: it may refuse
+    state.jobs.admit(user.user)
     staged = stage_files([(f.filename, f.file) for f in files])
     job = state.jobs.submit(user.user, name, staged)  # deletes the staged files, come what may
     response.headers["Location"] = f"/api/jobs/{job.id}"

@@ -1,7 +1,9 @@
 """``/api/threads``: threads, their history, traces, pins, and turns (streamed or not).
 
 A turn (``POST /api/threads/{id}/messages``) is validated first (message, thread id, bot), so
-a mistake is a plain 4xx JSON error; then it runs as a background task (``turns.py``) and the
+a mistake is a plain 4xx JSON error; a thread waiting for an approval is a 409 that names the
+call, and a user running ``max_turns_per_user`` turns gets a 429
+(``ServerState.start_turn``). Then it runs as a background task (``turns.py``) and the
 response waits for its first event: a turn that fails before producing anything is answered
 with an error status too. After that the stream is Server-Sent Events (``events.py``) and a
 failure is an ``error`` event. A thread id not seen before starts that thread; thread ids are
@@ -11,7 +13,6 @@ per user, so another user's thread of the same id is simply a different thread.
 from __future__ import annotations
 
 import asyncio
-import json
 from itertools import islice
 from typing import Annotated, Any, Literal
 
@@ -47,9 +48,9 @@ from chatwright.server.schemas import (
     TraceOut,
     errors,
 )
+from chatwright.server.state import ServerState, waiting_calls
 from chatwright.server.turns import TurnRun
-from chatwright.store import Store, StoredMessage, ThreadInfo
-from chatwright.store.base import StreamInfo
+from chatwright.store import StoredMessage, ThreadInfo
 from chatwright.store.sqlite import check_thread_id
 from chatwright.types import TurnEnd, _jsonable
 
@@ -223,18 +224,19 @@ def pin_collections(thread_id: ThreadId, body: Pins, user: CurrentUser, state: S
     response_model=AnswerOut,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "see docs/api.md"},
-        **errors(*BODY_ERRORS, 404, 502, 503),
+        **errors(*BODY_ERRORS, 404, 409, 429, 502, 503),
     },
 )
 async def send_message(
     thread_id: ThreadId, body: NewMessage, user: CurrentUser, state: State
 ) -> Any:
     """Send a message and get the answer: streamed as Server-Sent Events (``stream: true``,
-    the default) or as one JSON answer."""
+    the default) or as one JSON answer. A thread waiting for your approval of a tool call is
+    a 409 naming it (``pending``, ``calls``); too many turns of yours running, a 429."""
     bot = state.bot(body.bot)
     bot.check_message(body.text)
     check_thread_id(thread_id)
-    run = state.turns.start(
+    run = await state.start_turn(
         bot,
         user.user,
         thread_id,
@@ -276,44 +278,9 @@ def _as_error(failed: TurnFailed) -> ApiError:
 async def pending_approvals(thread_id: ThreadId, user: CurrentUser, state: State) -> dict[str, Any]:
     """Tool calls of a running turn waiting for your answer (with what each asks), whichever
     replica runs it."""
-    calls = [
-        {
-            **r.call.model_dump(include={"id", "name", "arguments"}),
-            "reason": r.reason,
-            "description": r.description,
-        }
-        for r in state.approvals.requests(user.user, thread_id)
-    ]
-    pending = state.approvals.pending(user.user, thread_id)
-    for stream in await _remote_streams(state, user.user, thread_id):
-        waiting = await asyncio.to_thread(_waiting_calls, state.store, stream.id)
-        pending += list(waiting)
-        calls += [
-            {**data["call"], "reason": data.get("reason"), "description": data.get("description")}
-            for data in waiting.values()
-        ]
-    return {"thread_id": thread_id, "pending": pending, "calls": calls}
-
-
-async def _remote_streams(state: Any, owner: str, thread_id: str) -> list[StreamInfo]:
-    """The thread's running turns on other replicas (from the store)."""
-    streams = await asyncio.to_thread(state.store.streams.running, owner, thread_id)
-    return [s for s in streams if s.replica != state.turns.replica]
-
-
-def _waiting_calls(store: Store, stream_id: str) -> dict[str, dict[str, Any]]:
-    """The calls of a recorded stream that asked for approval and have no result yet."""
-    waiting: dict[str, dict[str, Any]] = {}
-    after = 0
-    while rows := store.streams.events(stream_id, after):
-        after = rows[-1][0]
-        for _, name, data in rows:
-            if name == "approval_needed":
-                payload = json.loads(data)
-                waiting[payload["call"]["id"]] = payload
-            elif name == "tool_result":
-                waiting.pop(json.loads(data)["result"]["tool_call_id"], None)
-    return waiting
+    calls = await state.pending_calls(user.user, thread_id)
+    ids = [*state.approvals.pending(user.user, thread_id), *(c["id"] for c in calls)]
+    return {"thread_id": thread_id, "pending": list(dict.fromkeys(ids)), "calls": calls}
 
 
 @router.post("/threads/{thread_id}/cancel", response_model=Cancelled)
@@ -322,7 +289,7 @@ async def cancel_turn(thread_id: ThreadId, user: CurrentUser, state: State) -> d
     streamed so far is stored, marked interrupted. (A client that only disconnects does not
     stop a turn.)"""
     cancelled = state.turns.cancel(user.user, thread_id)
-    for stream in await _remote_streams(state, user.user, thread_id):
+    for stream in await state.remote_streams(user.user, thread_id):
         await asyncio.to_thread(state.store.streams.signal, stream.id, "cancel")
         cancelled += 1
     return {"thread_id": thread_id, "cancelled": cancelled}
@@ -351,11 +318,11 @@ async def answer_approval(
 
 
 async def _signal_approval(
-    state: Any, owner: str, thread_id: str, call_id: str, approved: bool
+    state: ServerState, owner: str, thread_id: str, call_id: str, approved: bool
 ) -> bool:
     """Leave the answer for the replica whose turn waits on ``call_id``; False if none does."""
-    for stream in await _remote_streams(state, owner, thread_id):
-        if call_id in await asyncio.to_thread(_waiting_calls, state.store, stream.id):
+    for stream in await state.remote_streams(owner, thread_id):
+        if call_id in await asyncio.to_thread(waiting_calls, state.store, stream.id):
             await asyncio.to_thread(
                 state.store.streams.signal, stream.id, "approval", call_id, approved
             )

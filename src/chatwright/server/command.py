@@ -117,6 +117,7 @@ def serve(
 
     from chatwright.server.app import create_app
     from chatwright.server.auth import check_exposure
+    from chatwright.server.connections import uvicorn_options
 
     settings = load_settings(config, model=model, data_dir=data_dir, user=user)
     host = host or settings.server.host
@@ -142,6 +143,7 @@ def serve(
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) + 5,
+        **uvicorn_options(settings.server),  # header and body timeouts, connections per client
     )
 
 

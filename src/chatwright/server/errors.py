@@ -10,7 +10,8 @@ Statuses follow the chatwright error tree (``errors.py``): a caller's mistake is
 (``ThreadNotFound`` and other "not found" → 404, "already exists" → 409, the rest → 400), a
 model that cannot answer is 502 (503 when unavailable), a store failure is 500 with its
 message. Request validation is 422 (400 for a body that is not JSON at all). Anything
-unexpected is logged with its traceback and answered 500 without details.
+unexpected is logged with its traceback and answered 500 without details. Under ``/v1``
+request validation is 400, as OpenAI answers it.
 
 Responses escape lone surrogates (``\\ud800``) instead of failing: a message stored with one
 (the store keeps any string) can always be read back over HTTP.
@@ -45,6 +46,7 @@ __all__ = [
     "error_body",
     "http_hint",
     "install_error_handlers",
+    "is_openai",
     "status_of",
     "to_json",
     "type_of",
@@ -83,6 +85,7 @@ class ApiError(Exception):
         type: str = "error",
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -91,6 +94,7 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.headers = headers
+        self.extra = extra  # more fields of the error object (``/api`` only)
 
 
 def type_of(exc: ChatwrightError) -> str:
@@ -126,6 +130,7 @@ _OPENAI_TYPES = {
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
+    429: "requests",  # OpenAI's type for a request rate limit
 }
 
 
@@ -136,13 +141,20 @@ def error_body(
     hint: str | None,
     type: str,
     param: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON of an error, in the shape the path's clients expect (see the module)."""
-    if path.startswith("/v1/") or path == "/v1":
+    """The JSON of an error, in the shape the path's clients expect (see the module);
+    ``extra`` fields are added to the ``/api`` shape (OpenAI's has exactly its four)."""
+    if is_openai(path):
         text = f"{message} (hint: {hint})" if hint else message
         kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request")
         return {"error": {"message": text, "type": kind, "param": param, "code": type}}
-    return {"error": {"message": message, "hint": hint, "type": type}}
+    return {"error": {"message": message, "hint": hint, "type": type, **(extra or {})}}
+
+
+def is_openai(path: str) -> bool:
+    """Whether ``path`` is the OpenAI-compatible endpoint's (errors in OpenAI's shape)."""
+    return path.startswith("/v1/") or path == "/v1"
 
 
 def _respond(
@@ -154,8 +166,9 @@ def _respond(
     *,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> SafeJSONResponse:
-    body = error_body(request.url.path, status, message, hint, type, param)
+    body = error_body(request.url.path, status, message, hint, type, param, extra)
     return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
@@ -186,6 +199,7 @@ async def _api_error(request: Request, exc: Exception) -> SafeJSONResponse:
         exc.type,
         param=exc.param,
         headers=exc.headers,
+        extra=exc.extra,
     )
 
 
@@ -226,7 +240,8 @@ async def _validation_error(request: Request, exc: Exception) -> SafeJSONRespons
             "invalid_json",
         )
     message, hint, param = describe_validation(errors)
-    return _respond(request, 422, message, hint, "validation_error", param=param)
+    status = 400 if is_openai(request.url.path) else 422  # OpenAI answers 400 to any of them
+    return _respond(request, status, message, hint, "validation_error", param=param)
 
 
 _HTTP_MESSAGES = {

@@ -4,10 +4,16 @@ replica ingests it.
 ``POST /api/collections/{name}/documents`` stages the uploaded files (:func:`stage_files`:
 usable names only, each once), then :meth:`Jobs.submit` stores them with the job in the
 store's job queue (``store.jobs``, :class:`~chatwright.store.base.JobQueue`) and deletes the
-staging directory: replicas share the database, not a disk. Each server process runs
-``[server] ingest_workers`` worker threads. A worker claims the next job (fair between users:
-the oldest queued job of the user with the fewest running jobs, so one user's twenty uploads
-do not hold up another's one), writes its files into a temporary ``uploads/`` directory (a
+staging directory: replicas share the database, not a disk. A user may have
+``[server] max_jobs_per_user`` jobs queued or running (on all replicas together); past that
+an upload is a 429 with ``Retry-After``. Each server process runs ``[server] ingest_workers``
+worker threads. A worker claims the next job, fair between users: the oldest queued job of
+the user with the fewest running jobs, and of those users the one served longest ago, so
+users take turns and one user's twenty uploads do not hold up another's one. A job that has
+run for ``slice_s`` gives way after its current document when another user's job waits that
+would be claimed first: it goes back in the queue and resumes later where it stopped, so
+even one upload of twenty large files, on one worker, holds up no one for long. A worker
+writes the job's files into a temporary ``uploads/`` directory (a
 document's source is ``uploads/report.pdf``: uploading a file of that name again updates that
 document) and runs the ordinary :class:`~chatwright.ingest.Ingestor`, one transaction per
 document; the event loop never waits for parsing or embedding. A heartbeat thread writes the
@@ -33,6 +39,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +49,7 @@ from typing import Any, BinaryIO
 
 from chatwright.errors import ChatwrightError, UserError
 from chatwright.ingest.pipeline import Ingestor, IngestReport, Progress
+from chatwright.server.errors import ApiError
 from chatwright.store.base import JobInfo, JobQueue, Store
 
 __all__ = ["Jobs", "Staged", "job_json", "safe_file_name", "stage_files"]
@@ -51,6 +59,7 @@ log = logging.getLogger("chatwright.server")
 UPLOAD_DIR = "uploads"  # the staged files' parent: sources are "uploads/<file name>"
 INGEST = "ingest"  # the kind of job this module queues and runs
 _COALESCE_S = 0.2  # progress written at most this often (a burst of small files)
+JOBS_RETRY_S = 10  # Retry-After of a 429 for too many jobs: an upload takes a while
 # How a job ended: (state, report, errors). A module-level alias: inside `Jobs`, whose method
 # `list` shadows the builtin, `list[...]` would not name the type.
 Outcome = tuple[str, dict[str, Any], list[dict[str, str]]]
@@ -62,6 +71,10 @@ class _Stopped(Exception):
 
 class _Lost(Exception):
     """Raised from the progress callback when the job is no longer this worker's."""
+
+
+class _GiveWay(Exception):
+    """Raised from the progress callback when another user's job should run first."""
 
 
 def safe_file_name(name: str | None) -> str | None:
@@ -157,23 +170,32 @@ def report_json(report: IngestReport) -> dict[str, Any]:
 class Jobs:
     """Queues uploads in the store and runs this process's worker threads.
 
-    ``ingestor(owner)`` gives the :class:`Ingestor` for a job's owner. The timings are class
+    ``ingestor(owner)`` gives the :class:`Ingestor` for a job's owner; an owner may have
+    ``max_per_owner`` jobs queued or running (0: any number). The timings are class
     attributes (tests shorten them): a worker beats every ``heartbeat_s``; a job whose worker
     has not beaten for ``stale_after_s`` is taken over; an idle worker looks for work every
-    ``poll_s`` (at once for jobs submitted here).
+    ``poll_s`` (at once for jobs submitted here); a job looks whether to give way every
+    ``slice_s``.
     """
 
     heartbeat_s = 2.0
     stale_after_s = 30.0
     poll_s = 0.5
+    slice_s = 5.0
     max_attempts = 3
 
     def __init__(
-        self, store: Store, ingestor: Callable[[str], Ingestor], *, workers: int = 1
+        self,
+        store: Store,
+        ingestor: Callable[[str], Ingestor],
+        *,
+        workers: int = 1,
+        max_per_owner: int = 0,
     ) -> None:
         self.store = store
         self._ingestor = ingestor
         self.workers = workers
+        self.max_per_owner = max_per_owner
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -196,6 +218,22 @@ class Jobs:
                 )
                 self._threads.append(thread)
                 thread.start()
+
+    def admit(self, owner: str) -> None:
+        """Raise the 429 when ``owner`` has as many jobs queued or running as allowed."""
+        if not self.max_per_owner:
+            return
+        queued, running = self.queue.backlog(owner).get(owner, (0, 0))
+        if queued + running >= self.max_per_owner:
+            raise ApiError(
+                429,
+                f"you have {queued + running} uploads queued or being ingested, the most one"
+                " user may have",
+                hint="upload again once one has finished (GET /api/jobs); the limit is"
+                " max_jobs_per_user in [server]",
+                type="too_many_jobs",
+                headers={"Retry-After": str(JOBS_RETRY_S)},
+            )
 
     def submit(self, owner: str, collection: str, staged: Staged) -> JobInfo:
         """Queue the staged files (stored with the job; the staging directory is deleted)."""
@@ -248,7 +286,7 @@ class Jobs:
                     self._wake.clear()
                 continue
             if self._stopping.is_set():  # claimed as the shutdown began
-                self._release(job, worker)
+                self._release(job, worker, "stopped by the shutdown")
                 return
             if job.attempts > 1:
                 log.info("taking over ingest job %s (attempt %d)", job.id, job.attempts)
@@ -260,7 +298,10 @@ class Jobs:
             with beat, tempfile.TemporaryDirectory(prefix="chatwright-job-") as root:
                 outcome = self._ingest(job, Path(root), beat)
         except _Stopped:
-            self._release(job, worker)
+            self._release(job, worker, "stopped by the shutdown")
+            return
+        except _GiveWay:
+            self._release(job, worker, "gave way to another user's job")
             return
         except _Lost:
             log.warning("ingest job %s was taken over by another worker", job.id)
@@ -273,10 +314,10 @@ class Jobs:
         except Exception as e:  # it goes stale, and is run again (ingest is idempotent)
             log.error("cannot record the end of ingest job %s: %s", job.id, e)
 
-    def _release(self, job: JobInfo, worker: str) -> None:
+    def _release(self, job: JobInfo, worker: str, why: str) -> None:
         try:
             self.queue.release(job.id, worker)
-            log.info("ingest job %s stopped by the shutdown; queued again", job.id)
+            log.info("ingest job %s %s; queued again", job.id, why)
         except Exception as e:  # it goes stale, and is taken over
             log.warning("cannot queue ingest job %s again: %s", job.id, e)
 
@@ -298,14 +339,17 @@ class Jobs:
         report = self._ingestor(job.owner).ingest(
             [str(p) for p in paths],
             job.payload["collection"],
-            progress=self._progress(beat, len(paths)),
+            progress=self._progress(beat, len(paths), job.owner),
             literal=True,  # uploaded names are names, not patterns
         )
         errors = [{"file": Path(s.path).name, "reason": s.reason} for s in report.skipped]
         return ("done" if report.read else "failed"), report_json(report), errors
 
-    def _progress(self, beat: _Heartbeat, total: int) -> Callable[[Progress], None]:
+    def _progress(self, beat: _Heartbeat, total: int, owner: str) -> Callable[[Progress], None]:
+        looked = time.monotonic()
+
         def tell(event: Progress) -> None:
+            nonlocal looked
             # files refused before reading (unsupported type) count as handled from the start
             done = event.done + max(0, total - event.total)
             beat.update(done=done, chunks=event.chunks, current=Path(event.path).name)
@@ -313,8 +357,26 @@ class Jobs:
                 raise _Stopped
             if beat.lost:
                 raise _Lost
+            if done < total and time.monotonic() - looked >= self.slice_s:
+                looked = time.monotonic()
+                if self._others_first(owner):
+                    raise _GiveWay
 
         return tell
+
+    def _others_first(self, owner: str) -> bool:
+        """Whether a queued job of another owner would be claimed before this owner's, were
+        this job back in the queue: that owner runs fewer jobs than this one does."""
+        try:
+            backlog = self.queue.backlog()
+        except Exception:  # the database is away: go on
+            return False
+        mine = backlog.get(owner, (0, 0))[1]
+        return any(
+            queued and running < mine
+            for other, (queued, running) in backlog.items()
+            if other != owner
+        )
 
 
 def _failure(job_id: str, file: str, error: Exception) -> Outcome:

@@ -17,6 +17,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -246,9 +247,24 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _utf8_path(scope: Scope) -> bool:
+    """Whether the path's percent-escapes decode as UTF-8 (``/api/threads/a%ff`` does not)."""
+    raw = scope.get("raw_path")
+    if not raw or b"%" not in raw:
+        return True
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class Guard:
     """Who may talk to the API, decided before any body is read.
 
+    - **Path**: one whose percent-escapes are not UTF-8 is refused (400). The server decodes
+      them with U+FFFD for each bad byte, so ``/api/threads/a%ff`` and ``a%fe`` would name the
+      same thread.
     - **Host** (a server listening on loopback): only ``localhost``, ``127.0.0.1`` or ``[::1]``.
       A web page that rebinds its own domain to 127.0.0.1 (DNS rebinding) sends its own name
       and is refused: without this, any site could read and drive a key-less local server.
@@ -278,6 +294,16 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        if not _utf8_path(scope):
+            await _send_error(
+                send,
+                path,
+                400,
+                "the path is not valid UTF-8 once its %-escapes are decoded",
+                "percent-encode names as UTF-8 (a%C3%A9 for aé); %ff alone is no character",
+                "invalid_path",
+            )
+            return
         host = _header(scope, b"host") or ""
         peer = (scope.get("client") or ("",))[0]
         if self.loopback and peer and not _local_peer(peer):

@@ -17,6 +17,11 @@ Two ways to talk:
 
 Streaming sends ``chat.completion.chunk`` objects as ``data:`` lines and ends with
 ``data: [DONE]``; an error after the stream began is one ``data: {"error": {...}}`` line.
+
+The body is checked strictly, as OpenAI does, and a mistake is a 400: ``"stream": "yes"`` is
+not a boolean, and a message's ``content`` may be null (or missing) only in an assistant
+message that calls tools. A user's turns running at once count against ``max_turns_per_user``
+either way (429).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse
 
 from chatwright.agent import Generation, generate
@@ -57,16 +62,16 @@ router = APIRouter(
     prefix="/v1",
     tags=["openai"],
     default_response_class=SafeJSONResponse,
-    responses=errors(401, 422, 500, model=OpenAIErrorOut),
+    responses=errors(400, 401, 500, model=OpenAIErrorOut),
 )
 STARTED = int(time.time())
 THREAD_HEADER = "X-Chatwright-Thread"
 
 
 class ChatRequest(BaseModel):
-    """The fields read; others OpenAI defines are accepted and ignored."""
+    """The fields read, strictly typed; others OpenAI defines are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str
     messages: list[dict[str, Any]] = Field(min_length=1)
@@ -80,6 +85,24 @@ class ChatRequest(BaseModel):
     tools: list[Any] | None = None
     # chatwright's extension, for a turn of a thread (X-Chatwright-Thread): see [knowledge]
     answer_mode: Literal["auto", "generate", "extract"] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _contents(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Content is text or a list of parts; null only beside an assistant's tool calls."""
+        for i, message in enumerate(messages):
+            content = message.get("content")
+            calls = message.get("role") == "assistant" and (
+                message.get("tool_calls") or message.get("function_call")
+            )
+            if content is None and not calls:
+                raise ValueError(
+                    f"messages[{i}].content is null or missing: only an assistant message"
+                    " with tool_calls may leave it out"
+                )
+            if content is not None and not isinstance(content, str | list):
+                raise ValueError(f"messages[{i}].content must be a string or a list of parts")
+        return messages
 
 
 @dataclass
@@ -128,7 +151,7 @@ def _model_entry(name: str, info: dict[str, Any]) -> dict[str, Any]:
 @router.post(
     "/chat/completions",
     response_model=None,
-    responses=errors(*BODY_ERRORS, 404, 502, 503, model=OpenAIErrorOut),
+    responses=errors(*BODY_ERRORS, 404, 409, 429, 502, 503, model=OpenAIErrorOut),
 )
 async def chat_completions(
     body: ChatRequest,
@@ -152,9 +175,9 @@ async def chat_completions(
             param="tools",
         )
     if thread is not None:
-        source = _thread_turn(state, bot, user.user, thread, body)
+        source = await _thread_turn(state, bot, user.user, thread, body)
     else:
-        source = _stateless(bot, body)
+        source = _stateless(state, user.user, bot, body)
     completion = _Completion(body, thread)
     if not body.stream:
         return await completion.collect(source)
@@ -181,7 +204,7 @@ def _bot(state: ServerState, model: str) -> Chatbot:
     return bot
 
 
-def _thread_turn(
+async def _thread_turn(
     state: ServerState, bot: Chatbot, owner: str, thread: str, body: ChatRequest
 ) -> AsyncIterator[str | _Finish]:
     """The last user message as a new turn of ``thread``, through the whole engine."""
@@ -196,7 +219,7 @@ def _thread_turn(
             param="messages",
         )
     text = bot.check_message(messages[-1].text)
-    run = state.turns.start(
+    run = await state.start_turn(
         bot, owner, thread, text, interactive=False, answer_mode=body.answer_mode
     )
 
@@ -248,8 +271,16 @@ def _parse(items: list[dict[str, Any]]) -> list[Message]:
         ) from None
 
 
-async def _stateless(bot: Chatbot, body: ChatRequest) -> AsyncIterator[str | _Finish]:
+async def _stateless(
+    state: ServerState, owner: str, bot: Chatbot, body: ChatRequest
+) -> AsyncIterator[str | _Finish]:
     """The messages as given, to the bot's model; nothing stored."""
+    async with state.turn_slot(owner):
+        async for item in _generate(bot, body):
+            yield item
+
+
+async def _generate(bot: Chatbot, body: ChatRequest) -> AsyncIterator[str | _Finish]:
     messages = _parse(body.messages)
     if not any(m.role == "system" for m in messages) and bot.system_prompt:
         messages.insert(0, Message.system(bot.system_prompt))
@@ -352,6 +383,10 @@ class _Completion:
         except (ChatwrightError, ApiError) as e:
             yield {"data": to_json(_error_payload(e))}
             return
+        finally:  # a client gone mid-stream: the source ends now (its turn slot with it)
+            aclose = getattr(rest, "aclose", None)
+            if aclose is not None:
+                await aclose()
         yield {"data": "[DONE]"}
 
     def _usage_chunk(self, finish: _Finish) -> dict[str, str]:

@@ -198,6 +198,8 @@ class Limits(BaseModel):
     max_message_chars: int
     max_body_bytes: int
     max_upload_bytes: int
+    max_jobs_per_user: int = Field(description="uploads queued or ingesting at once; 0: any")
+    max_turns_per_user: int = Field(description="turns running at once; 0: any")
 
 
 class MeOut(BaseModel):
@@ -268,10 +270,12 @@ _STATUS = {
     "that is not JSON",
     401: "No key, or an unknown or revoked one",
     404: "No such thing (or another user's)",
-    409: "The id or name is taken",
+    409: "The id or name is taken; or the thread waits for your approval of a tool call "
+    "(the error's pending and calls name it)",
     413: "The body is over the limit",
     415: "The body is not JSON (uploads: not multipart/form-data)",
     422: "A parameter or the body has the wrong shape or type",
+    429: "Too many of your turns running, or uploads queued (see Retry-After)",
     500: "The store failed, or a bug",
     502: "The model answered with an error",
     503: "The model is unavailable or timed out",

@@ -30,10 +30,11 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from chatwright.bot import Chatbot
 from chatwright.errors import ChatwrightError
@@ -41,11 +42,12 @@ from chatwright.server.events import Frame, Framed, TurnFailed, frames_of
 from chatwright.store.base import Signal, Store, StreamWrite
 from chatwright.types import ApprovalRequest
 
-__all__ = ["Approvals", "Recorder", "TurnFailed", "TurnRun", "Turns"]
+__all__ = ["Approvals", "FirstEvents", "Recorder", "TurnFailed", "TurnRun", "Turns", "read_store"]
 
 log = logging.getLogger("chatwright.server")
 
 Key = tuple[str, str, str]  # (owner, thread id, tool call id)
+T = TypeVar("T")
 
 
 class _End:
@@ -118,6 +120,20 @@ class Approvals:
                 self.discard(key)
 
         return ask
+
+
+async def read_store(store: Store, read: Callable[..., T], *args: Any) -> T:
+    """``read(*args)``, a short read of ``store``: inline while no other thread holds the
+    store's lock (it takes microseconds; a worker thread costs more, and under load waits
+    behind the others), else in a worker thread, so the loop never waits for another
+    thread's transaction. Stores without such a lock (PostgreSQL) always read in a thread."""
+    lock = getattr(store, "lock", None)
+    if lock is not None and lock.acquire(blocking=False):
+        try:
+            return read(*args)
+        finally:
+            lock.release()
+    return await asyncio.to_thread(read, *args)
 
 
 def _stream_id() -> str:
@@ -243,7 +259,7 @@ class Recorder:
             return
         writes = [run.take() for run in runs]
         try:
-            await asyncio.to_thread(self.store.streams.record, self.replica, writes)
+            await self.store.streams.record_async(self.replica, writes)
         except Exception as e:  # the turns go on; their events are written next time
             log.warning("could not record turn events: %s", e)
             for run, write in zip(runs, writes, strict=True):
@@ -279,10 +295,57 @@ class Recorder:
                 await self._task
 
 
+class FirstEvents:
+    """First events before later work: the turns started and not yet at their first event
+    (the user's message stored, ``start`` sent), and a wait for them.
+
+    The event loop runs ready tasks in turn, so when a burst of turns arrives at once, every
+    turn's every step (its model call, its answer, its ``done``) would queue among the
+    others' first steps, and the last ``start`` would go out when nearly all the burst's work
+    is done. A turn past its first event therefore waits (at most ``max_wait_s``) until the
+    turns started before that moment have theirs: the burst is acknowledged first, then
+    answered. Turns started later do not make it wait longer, and a turn queued behind
+    another turn of its thread here does not count: it waits for that one.
+    """
+
+    def __init__(self, max_wait_s: float = 0.25) -> None:
+        self.max_wait_s = max_wait_s
+        self.runs: dict[TurnRun, int] = {}  # each counted turn's number, in start order
+        self._started = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()  # (cut, waiter)
+
+    def add(self, run: TurnRun) -> None:
+        self._started += 1
+        self.runs[run] = self._started
+
+    def reached(self, run: TurnRun) -> None:
+        """``run`` has its first event (or ended without one)."""
+        if self.runs.pop(run, None) is None:
+            return
+        oldest = next(iter(self.runs.values()), None)
+        while self._waiters and (oldest is None or self._waiters[0][0] < oldest):
+            waiter = self._waiters.popleft()[1]
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until every turn started so far has its first event, at most ``max_wait_s``; at
+        least one pass of the loop (the response sends the first event meanwhile)."""
+        if not self.runs:
+            await asyncio.sleep(0)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._started, waiter))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.max_wait_s):
+                await waiter
+
+
 class Turns:
     """Starts turns as tasks, keeps them alive, and lets them finish at shutdown. With a
     ``store``, their events are recorded (resumable from any replica) and signals from other
-    replicas reach them."""
+    replicas reach them. Turns' first events go before other turns' later work
+    (:class:`FirstEvents`)."""
 
     def __init__(
         self,
@@ -293,6 +356,7 @@ class Turns:
         heartbeat_s: float = 2.0,
     ) -> None:
         self.approvals = approvals
+        self.first_events = FirstEvents()
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_thread: dict[tuple[str, str], set[TurnRun]] = {}
         self.recorder = (
@@ -335,15 +399,18 @@ class Turns:
         run = TurnRun(owner, thread_id)
         if self.recorder is not None:
             self.recorder.add(run)
+        key = (owner, thread_id)
+        if not self._by_thread.get(key):  # else it waits for the thread's running turn
+            self.first_events.add(run)
         task = asyncio.create_task(self._drive(bot, run, text, interactive, answer_mode))
         run.task = task
         self._tasks.add(task)
-        key = (owner, thread_id)
         self._by_thread.setdefault(key, set()).add(run)
         task.add_done_callback(lambda t: self._forget(key, run))
         return run
 
     def _forget(self, key: tuple[str, str], run: TurnRun) -> None:
+        self.first_events.reached(run)  # a task cancelled before it ran did not say so
         if run.task is not None:
             self._tasks.discard(run.task)
         runs = self._by_thread.get(key)
@@ -393,12 +460,14 @@ class Turns:
                     if isinstance(event, ApprovalRequest):
                         self._wake()  # another replica may be asked to answer it
                     if first:
-                        # Let the response send its headers and this event now: a model that
-                        # answers without waiting (test:echo, a cache) would otherwise run the
-                        # whole turn, its final commit included, before anything is sent.
-                        # Later events go out in batches of what is ready.
+                        # Let the response send its headers and this event now, and other
+                        # turns theirs: a model that answers without waiting (test:echo, a
+                        # cache) would otherwise run the whole turn, its final commit
+                        # included, before anything is sent. Later events go out in batches
+                        # of what is ready.
                         first = False
-                        await asyncio.sleep(0)
+                        self.first_events.reached(run)
+                        await self.first_events.wait()
             run.status = "done"
         except asyncio.CancelledError as e:
             if run.stopped:
@@ -414,6 +483,7 @@ class Turns:
             run.status = "failed"
             run.queue.put_nowait(run.record(TurnFailed.of(e)))
         finally:
+            self.first_events.reached(run)
             for key in keys:
                 self.approvals.discard(key)
             if run.status == "running":  # ended some other way (GeneratorExit)

@@ -147,12 +147,15 @@ class DocumentInfo:
 
 @dataclass(frozen=True, slots=True)
 class MemoryItem:
-    """A fact a user asked to be remembered across their threads."""
+    """A fact a user asked to be remembered across their threads. ``untrusted``: why it may
+    not be the user's own words (it was saved in a turn whose context held text the user did
+    not write: ``chatwright.trust``); None for what the user wrote or edited."""
 
     id: int
     text: str
     created_at: float
     updated_at: float
+    untrusted: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +327,10 @@ class StreamLog(Protocol):
         events and status, and mark every running stream of ``replica`` alive (heartbeat)."""
         ...
 
+    async def record_async(self, replica: str, writes: Sequence[StreamWrite]) -> None:
+        """:meth:`record` for the event loop (SQLite: in the store's group commit)."""
+        ...
+
     def get(self, owner: str, thread_id: str, stream_id: str) -> StreamInfo | None: ...
 
     def latest(self, owner: str, thread_id: str) -> StreamInfo | None:
@@ -405,6 +412,21 @@ class ThreadStore(Protocol):
         transaction, durably: when this returns, they survive a crash."""
         ...
 
+    async def append_async(
+        self,
+        owner: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        *,
+        trace: Trace | None = None,
+        create: bool = False,
+        tokens: Sequence[int | None] | None = None,
+    ) -> list[StoredMessage]:
+        """:meth:`append` for the event loop: as durable when it returns, and the loop does
+        not wait for the database meanwhile. Concurrent calls may share one commit (SQLite's
+        group commit); each still succeeds or fails alone."""
+        ...
+
     def update_thread_metadata(
         self, owner: str, thread_id: str, metadata: dict[str, Any]
     ) -> ThreadInfo: ...
@@ -437,11 +459,13 @@ class ThreadStore(Protocol):
 class MemoryStore(Protocol):
     """Facts a user asked to be remembered across their threads."""
 
-    def add_memory(self, owner: str, text: str) -> MemoryItem: ...
+    def add_memory(self, owner: str, text: str, *, untrusted: str | None = None) -> MemoryItem: ...
 
     def list_memories(self, owner: str) -> list[MemoryItem]: ...
 
-    def update_memory(self, owner: str, memory_id: int, text: str) -> MemoryItem: ...
+    def update_memory(self, owner: str, memory_id: int, text: str) -> MemoryItem:
+        """Replace the text: the user's own words now, so no longer untrusted."""
+        ...
 
     def delete_memory(self, owner: str, memory_id: int) -> None: ...
 
@@ -553,7 +577,8 @@ class JobQueue(Protocol):
     any worker of any process :meth:`claim`\\ s it, proves it is alive with :meth:`heartbeat`
     and ends it with :meth:`finish` (or :meth:`release` at a graceful shutdown). A running job
     whose worker stopped beating (a crash) is claimed again by another. Claims are fair: the
-    next job is the oldest queued one of the owner with the fewest running jobs. Reads are
+    next job is the oldest queued one of the owner with the fewest running jobs and, of those,
+    the one whose jobs last ran longest ago (never: first), so owners take turns. Reads are
     owner-scoped like everything else; only the newest finished jobs of each owner are kept.
     """
 
@@ -597,8 +622,13 @@ class JobQueue(Protocol):
         ...
 
     def release(self, job_id: str, worker: str) -> bool:
-        """Put the job back in the queue, not counting this attempt (a graceful shutdown);
-        False when it is no longer ``worker``'s."""
+        """Put the job back in the queue, not counting this attempt (a graceful shutdown, or
+        giving way to another owner's job); False when it is no longer ``worker``'s."""
+        ...
+
+    def backlog(self, owner: str | None = None) -> dict[str, tuple[int, int]]:
+        """``(queued, running)`` jobs of each owner that has any (of ``owner`` alone, if
+        given): for per-owner limits, and for a running job to see who waits."""
         ...
 
     def get(self, owner: str, job_id: str) -> JobInfo | None:

@@ -1,15 +1,24 @@
 """What every backend does the same way on top of its own queries: the ``get_*`` that turn
 "none found" into the error users see, the list/find pairs over one query each, and the parts
 shared per store. A backend's store class inherits :class:`StoreCommon` and provides
-``find_thread``, ``_summaries``, ``_collections`` and ``_users``."""
+``find_thread``, ``append``, ``_summaries``, ``_collections`` and ``_users``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from chatwright.errors import ThreadNotFound, UserError
-from chatwright.store.base import CollectionInfo, SharedParts, Summary, ThreadInfo, UserInfo
+from chatwright.store.base import (
+    CollectionInfo,
+    SharedParts,
+    StoredMessage,
+    Summary,
+    ThreadInfo,
+    UserInfo,
+)
+from chatwright.types import Message, Trace
 
 __all__ = ["StoreCommon"]
 
@@ -23,6 +32,18 @@ class StoreCommon:
 
     # -- provided by each backend ---------------------------------------------------------
     def find_thread(self, owner: str, thread_id: str) -> ThreadInfo | None:
+        raise NotImplementedError
+
+    def append(
+        self,
+        owner: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        *,
+        trace: Trace | None = None,
+        create: bool = False,
+        tokens: Sequence[int | None] | None = None,
+    ) -> list[StoredMessage]:
         raise NotImplementedError
 
     def _summaries(self, owner: str, thread_id: str, order: str) -> list[Summary]:
@@ -39,6 +60,21 @@ class StoreCommon:
     # -- the same for every backend -------------------------------------------------------
     def shared(self, key: Any, build: Callable[[], T]) -> T:
         return self._shared.get(key, build)
+
+    async def append_async(
+        self,
+        owner: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        *,
+        trace: Trace | None = None,
+        create: bool = False,
+        tokens: Sequence[int | None] | None = None,
+    ) -> list[StoredMessage]:
+        """``append`` in a worker thread (a backend may do better: SQLite commits in groups)."""
+        return await asyncio.to_thread(
+            self.append, owner, thread_id, messages, trace=trace, create=create, tokens=tokens
+        )
 
     def get_thread(self, owner: str, thread_id: str) -> ThreadInfo:
         info = self.find_thread(owner, thread_id)

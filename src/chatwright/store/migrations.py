@@ -262,6 +262,12 @@ def m009_streams(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def m010_memory_trust(db: sqlite3.Connection) -> None:
+    # Why a memory may not be the user's own words: saved by `remember` in a turn whose
+    # context held text the user did not write (chatwright/trust.py). NULL: the user's.
+    db.execute("ALTER TABLE memories ADD COLUMN untrusted TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_memory,
@@ -272,6 +278,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m007_database_id,
     m008_jobs,
     m009_streams,
+    m010_memory_trust,
 ]
 
 

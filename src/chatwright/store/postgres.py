@@ -55,6 +55,7 @@ from chatwright.store.sqlite import (
     _decode,
     _document,
     _encode,
+    _memory_key,
     _memory_not_found,
     _pack_trace,
     _title_from,
@@ -535,22 +536,22 @@ class PostgresStore(StoreCommon):
         return [Summary(*row) for row in rows]
 
     # -- user memory ----------------------------------------------------------------------
-    def add_memory(self, owner: str, text: str) -> MemoryItem:
+    def add_memory(self, owner: str, text: str, *, untrusted: str | None = None) -> MemoryItem:
         now = time.time()
         with self._db.write() as conn:
             row = conn.execute(
-                "INSERT INTO memories (owner, text, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s) RETURNING pk, text",
-                (owner, text, now, now),
+                "INSERT INTO memories (owner, text, created_at, updated_at, untrusted)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING pk, text, untrusted",
+                (owner, text, now, now, untrusted),
             ).fetchone()
         assert row is not None
-        return MemoryItem(int(row[0]), row[1], now, now)
+        return MemoryItem(int(row[0]), row[1], now, now, row[2])
 
     def list_memories(self, owner: str) -> list[MemoryItem]:
         with self._db.read() as conn:
             rows = conn.execute(
-                "SELECT pk, text, created_at, updated_at FROM memories WHERE owner = %s"
-                " ORDER BY pk",
+                "SELECT pk, text, created_at, updated_at, untrusted FROM memories"
+                " WHERE owner = %s ORDER BY pk",
                 (owner,),
             ).fetchall()
         return [MemoryItem(*row) for row in rows]
@@ -559,9 +560,9 @@ class PostgresStore(StoreCommon):
         now = time.time()
         with self._db.write() as conn:
             row = conn.execute(
-                "UPDATE memories SET text = %s, updated_at = %s WHERE pk = %s AND owner = %s"
-                " RETURNING text, created_at",
-                (text, now, memory_id, owner),
+                "UPDATE memories SET text = %s, updated_at = %s, untrusted = NULL"
+                " WHERE pk = %s AND owner = %s RETURNING text, created_at",
+                (text, now, _memory_key(memory_id), owner),
             ).fetchone()
             if row is None:
                 raise _memory_not_found(memory_id)
@@ -570,7 +571,7 @@ class PostgresStore(StoreCommon):
     def delete_memory(self, owner: str, memory_id: int) -> None:
         with self._db.write() as conn:
             cur = conn.execute(
-                "DELETE FROM memories WHERE pk = %s AND owner = %s", (memory_id, owner)
+                "DELETE FROM memories WHERE pk = %s AND owner = %s", (_memory_key(memory_id), owner)
             )
             if cur.rowcount == 0:
                 raise _memory_not_found(memory_id)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatwright.store.base import JobInfo
 from chatwright.store.sqlite_jobs import (
+    BACKLOG,
     FAIR_ORDER,
     JOB_COLUMNS,
     KEEP_FINISHED,
@@ -195,13 +196,18 @@ class PostgresJobs:
 
     def release(self, job_id: str, worker: str) -> bool:
         with self.db.write() as conn:
-            cur = conn.execute(
+            cur = conn.execute(  # heartbeat_at stays: when the owner was last served
                 "UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),"
-                " started_at = NULL, heartbeat_at = NULL"
-                " WHERE id = %s AND worker = %s AND state = 'running'",
+                " started_at = NULL WHERE id = %s AND worker = %s AND state = 'running'",
                 (job_id, worker),
             )
         return cur.rowcount == 1
+
+    def backlog(self, owner: str | None = None) -> dict[str, tuple[int, int]]:
+        where, args = ("AND owner = %s", (owner,)) if owner is not None else ("", ())
+        with self.db.read() as conn:
+            rows = conn.execute(BACKLOG.format(owner=where), args).fetchall()
+        return {who: (int(queued), int(running)) for who, queued, running in rows}
 
     def get(self, owner: str, job_id: str) -> JobInfo | None:
         with self.db.read() as conn:

@@ -311,12 +311,18 @@ def m005_keyword_postings(conn: psycopg.Connection) -> None:
     )
 
 
+def m006_memory_trust(conn: psycopg.Connection) -> None:
+    # As SQLite's m010: why a memory may not be the user's own words (NULL: the user's).
+    _run(conn, "ALTER TABLE memories ADD COLUMN untrusted text")
+
+
 MIGRATIONS: list[Callable[[psycopg.Connection], None]] = [
     m001_initial,
     m002_chunks,
     m003_jobs,
     m004_streams,
     m005_keyword_postings,
+    m006_memory_trust,
 ]
 
 

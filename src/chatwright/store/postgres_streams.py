@@ -8,6 +8,7 @@ stream takes once (``FOR UPDATE SKIP LOCKED``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,9 @@ class PostgresStreams:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    async def record_async(self, replica: str, writes: Sequence[StreamWrite]) -> None:
+        await asyncio.to_thread(self.record, replica, writes)
 
     def record(self, replica: str, writes: Sequence[StreamWrite]) -> None:
         now = time.time()

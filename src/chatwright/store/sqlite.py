@@ -3,6 +3,8 @@
 Messages are an append-only log keyed by (thread, seq). A turn reads the newest messages by
 key range, so its cost and the bytes it adds do not grow with the thread. A commit that
 returned is on disk (``synchronous=FULL``): an acknowledged message survives a crash.
+``append_async`` (a turn's writes, from the event loop) commits in groups, as durably
+(``sqlite_commit.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from chatwright.store.common import StoreCommon
 from chatwright.store.file_locks import FileTurnLocks
 from chatwright.store.migrations import migrate
 from chatwright.store.sqlite_chunks import SQLiteChunks
+from chatwright.store.sqlite_commit import GroupCommit, write_error
 from chatwright.store.sqlite_jobs import SQLiteJobs
 from chatwright.store.sqlite_streams import SQLiteStreams
 from chatwright.types import Message, TextPart, Trace, dump_json, load_json, load_message
@@ -130,7 +133,7 @@ class SQLiteStore(StoreCommon):
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
-            self._db.execute("PRAGMA journal_mode = WAL")
+            journal = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.execute("PRAGMA busy_timeout = 10000")
@@ -146,7 +149,9 @@ class SQLiteStore(StoreCommon):
         self.locks = FileTurnLocks(
             None if self.path == ":memory:" else Path(self.path).parent / "locks"
         )
-        self.streams = SQLiteStreams(self._db, self._lock, self._write)
+        wal = self.path + "-wal" if journal == "wal" else None
+        self.group_commit = GroupCommit(self._db, self._lock, self.path, wal)
+        self.streams = SQLiteStreams(self._db, self._lock, self._write, self.group_commit)
         self._shared = SharedParts()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -177,6 +182,7 @@ class SQLiteStore(StoreCommon):
         return row[0], row[1]
 
     def close(self) -> None:
+        self.group_commit.close()
         with self._lock:
             self._db.close()
 
@@ -263,12 +269,42 @@ class SQLiteStore(StoreCommon):
         create: bool = False,
         tokens: Sequence[int | None] | None = None,
     ) -> list[StoredMessage]:
-        rows = [(m.role, *_encode(m)) for m in messages]  # serialize outside the lock
+        write = self._appending(owner, thread_id, messages, trace, create, tokens)
+        with self._write() as db:
+            return write(db)
+
+    async def append_async(
+        self,
+        owner: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        *,
+        trace: Trace | None = None,
+        create: bool = False,
+        tokens: Sequence[int | None] | None = None,
+    ) -> list[StoredMessage]:
+        """:meth:`append` by group commit (``sqlite_commit.py``): concurrent appends share a
+        transaction and a sync, and the event loop does not wait for the disk."""
+        write = self._appending(owner, thread_id, messages, trace, create, tokens)
+        return await self.group_commit.run(write)
+
+    def _appending(
+        self,
+        owner: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        trace: Trace | None,
+        create: bool,
+        tokens: Sequence[int | None] | None,
+    ) -> Callable[[sqlite3.Connection], list[StoredMessage]]:
+        """The write of an append, to run in a transaction; serialized now, outside the lock."""
+        rows = [(m.role, *_encode(m)) for m in messages]
         counts = list(tokens) if tokens is not None else [None] * len(messages)
         trace_data = _pack_trace(trace) if trace else None
-        now = time.time()
-        stored: list[StoredMessage] = []
-        with self._write() as db:
+
+        def write(db: sqlite3.Connection) -> list[StoredMessage]:
+            now = time.time()
+            stored: list[StoredMessage] = []
             try:
                 pk, seq = self._pk(owner, thread_id)
             except ThreadNotFound:
@@ -295,7 +331,9 @@ class SQLiteStore(StoreCommon):
                 " title = COALESCE(title, ?) WHERE pk = ?",
                 (seq, now, title, pk),
             )
-        return stored
+            return stored
+
+        return write
 
     def recent(self, owner: str, thread_id: str, limit: int) -> list[StoredMessage]:
         with self._lock:
@@ -379,19 +417,21 @@ class SQLiteStore(StoreCommon):
         return [Summary(*row) for row in rows]
 
     # -- user memory ----------------------------------------------------------------------
-    def add_memory(self, owner: str, text: str) -> MemoryItem:
+    def add_memory(self, owner: str, text: str, *, untrusted: str | None = None) -> MemoryItem:
         now = time.time()
         with self._write() as db:
             cur = db.execute(
-                "INSERT INTO memories (owner, text, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (owner, text, now, now),
+                "INSERT INTO memories (owner, text, created_at, updated_at, untrusted)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (owner, text, now, now, untrusted),
             )
-        return MemoryItem(int(cur.lastrowid or 0), text, now, now)
+        return MemoryItem(int(cur.lastrowid or 0), text, now, now, untrusted)
 
     def list_memories(self, owner: str) -> list[MemoryItem]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT pk, text, created_at, updated_at FROM memories WHERE owner = ? ORDER BY pk",
+                "SELECT pk, text, created_at, updated_at, untrusted FROM memories"
+                " WHERE owner = ? ORDER BY pk",
                 (owner,),
             ).fetchall()
         return [MemoryItem(*row) for row in rows]
@@ -400,8 +440,9 @@ class SQLiteStore(StoreCommon):
         now = time.time()
         with self._write() as db:
             cur = db.execute(
-                "UPDATE memories SET text = ?, updated_at = ? WHERE pk = ? AND owner = ?",
-                (text, now, memory_id, owner),
+                "UPDATE memories SET text = ?, updated_at = ?, untrusted = NULL"
+                " WHERE pk = ? AND owner = ?",
+                (text, now, _memory_key(memory_id), owner),
             )
             if cur.rowcount == 0:
                 raise _memory_not_found(memory_id)
@@ -412,7 +453,9 @@ class SQLiteStore(StoreCommon):
 
     def delete_memory(self, owner: str, memory_id: int) -> None:
         with self._write() as db:
-            cur = db.execute("DELETE FROM memories WHERE pk = ? AND owner = ?", (memory_id, owner))
+            cur = db.execute(
+                "DELETE FROM memories WHERE pk = ? AND owner = ?", (_memory_key(memory_id), owner)
+            )
             if cur.rowcount == 0:
                 raise _memory_not_found(memory_id)
 
@@ -671,6 +714,14 @@ def _memory_not_found(memory_id: int) -> UserError:
     )
 
 
+def _memory_key(memory_id: int) -> int:
+    """``memory_id`` if a memory could have it, else not found: the keys are 64-bit, and a
+    larger number would fail as a storage error."""
+    if not 0 < memory_id < 2**63:
+        raise _memory_not_found(memory_id)
+    return memory_id
+
+
 def _pack_trace(trace: Trace) -> bytes:
     # A trace is stored with every turn, so its size counts: defaults left out, then zlib
     # (about 430 -> 210 bytes for a plain turn).
@@ -728,9 +779,6 @@ class _Transaction:
             else:
                 self._rollback()
                 if isinstance(exc, (sqlite3.Error, OverflowError)):
-                    raise StoreError(
-                        f"cannot write to {self.store.path}: {exc}; nothing was written",
-                        hint="check free disk space and that the file is writable",
-                    ) from exc
+                    raise write_error(self.store.path, exc) from exc
         finally:
             self.store._lock.release()

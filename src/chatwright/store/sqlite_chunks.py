@@ -471,9 +471,38 @@ class SQLiteChunks:
                 used.append(segment)
             return _top(used, scores, depth, positive=False)
 
+    def similarities(
+        self, query: np.ndarray, namespaces: Sequence[str]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The cosine of ``query`` with every chunk of each namespace, in one pass: namespace
+        → (chunk ids, cosines; -inf for a chunk without a vector). What
+        ``SearchIndex.nearest`` keeps, so that the router and a later search of any of these
+        namespaces rank from it instead of passing over the vectors again."""
+        with self._lock:
+            out = {}
+            for namespace, segment in self._fresh_named(namespaces):
+                if segment.vectors is None:
+                    continue
+                if segment.vectors_dim != len(query):
+                    raise UserError(
+                        f"the query vector has {len(query)} dimensions, "
+                        f"the index {segment.vectors_dim}"
+                    )
+                sims = (segment.vectors.array @ query).astype(np.float32, copy=False)
+                keep = segment.has_vector.array
+                if not keep.all():
+                    sims = np.where(keep, sims, np.float32(-np.inf))
+                out[namespace] = (segment.pks.array, sims)
+            return out
+
     # -- the in-memory segments -------------------------------------------------------------
     def _fresh_segments(self, namespaces: Sequence[str]) -> list[_Segment]:
         """The in-memory segments of ``namespaces``, (re)loaded where their version moved."""
+        return [segment for _, segment in self._fresh_named(namespaces)]
+
+    def _fresh_named(self, namespaces: Sequence[str]) -> list[tuple[str, _Segment]]:
+        """(namespace, segment) for :meth:`_fresh_segments` (namespaces without chunks left
+        out)."""
         rows = {
             namespace: (version, count)
             for namespace, version, count in self.db.execute(
@@ -491,7 +520,7 @@ class SQLiteChunks:
             if segment is None or segment.version != version:
                 segment = self._build(namespace)
             self._segments[namespace] = segment  # most recently used last
-            out.append(segment)
+            out.append((namespace, segment))
         self._evict(keep=len(out))
         return out
 

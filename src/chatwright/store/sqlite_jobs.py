@@ -21,7 +21,15 @@ from typing import Any
 from chatwright.errors import StoreError
 from chatwright.store.base import JobInfo
 
-__all__ = ["JOB_TABLES", "KEEP_FINISHED", "SQLiteJobs", "abandoned_error", "new_job_id"]
+__all__ = [
+    "BACKLOG",
+    "FAIR_ORDER",
+    "JOB_TABLES",
+    "KEEP_FINISHED",
+    "SQLiteJobs",
+    "abandoned_error",
+    "new_job_id",
+]
 
 KEEP_FINISHED = 500  # finished jobs kept per owner; older ones are deleted
 
@@ -65,14 +73,28 @@ JOB_COLUMNS = (
     " created_at, started_at, finished_at, worker"
 )
 
-# The queued job to claim next: of the owner with the fewest running jobs, oldest first.
+# The queued job to claim next: of the owner with the fewest running jobs, then of the one
+# whose jobs last ran longest ago (a job's heartbeat_at stays when it ends or goes back in the
+# queue; never ran: 0), so owners take turns even on one worker; oldest first. Only the
+# owners with queued jobs are looked at.
 FAIR_ORDER = """
     SELECT j.pk FROM jobs j
-    LEFT JOIN (SELECT owner, count(*) AS n FROM jobs WHERE state = 'running' GROUP BY owner) r
-        ON r.owner = j.owner
+    JOIN (
+        SELECT owner, sum(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS running,
+            coalesce(max(heartbeat_at), 0) AS served
+        FROM jobs
+        WHERE owner IN (SELECT owner FROM jobs WHERE state = 'queued')
+        GROUP BY owner
+    ) o ON o.owner = j.owner
     WHERE j.state = 'queued'
-    ORDER BY coalesce(r.n, 0), j.created_at, j.pk
+    ORDER BY o.running, o.served, j.created_at, j.pk
     LIMIT 1
+"""
+# (queued, running) per owner, of unfinished jobs; `owner = ?` added for one owner.
+BACKLOG = """
+    SELECT owner, sum(CASE WHEN state = 'queued' THEN 1 ELSE 0 END),
+        sum(CASE WHEN state = 'running' THEN 1 ELSE 0 END)
+    FROM jobs WHERE state IN ('queued', 'running') {owner} GROUP BY owner
 """
 
 
@@ -256,13 +278,18 @@ class SQLiteJobs:
 
     def release(self, job_id: str, worker: str) -> bool:
         with self._transaction() as db:
-            cur = db.execute(
+            cur = db.execute(  # heartbeat_at stays: when the owner was last served
                 "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0),"
-                " started_at = NULL, heartbeat_at = NULL"
-                " WHERE id = ? AND worker = ? AND state = 'running'",
+                " started_at = NULL WHERE id = ? AND worker = ? AND state = 'running'",
                 (job_id, worker),
             )
         return cur.rowcount == 1
+
+    def backlog(self, owner: str | None = None) -> dict[str, tuple[int, int]]:
+        where, args = ("AND owner = ?", (owner,)) if owner is not None else ("", ())
+        with self._lock:
+            rows = self.db.execute(BACKLOG.format(owner=where), args).fetchall()
+        return {who: (queued, running) for who, queued, running in rows}
 
     def get(self, owner: str, job_id: str) -> JobInfo | None:
         with self._lock:

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from chatwright.store.base import Signal, StreamInfo, StreamWrite
+from chatwright.store.sqlite_commit import GroupCommit
 
 __all__ = ["STREAM_TABLES", "SQLiteStreams"]
 
@@ -75,36 +76,20 @@ class SQLiteStreams:
         db: sqlite3.Connection,
         lock: threading.RLock,
         write: Callable[[], AbstractContextManager[sqlite3.Connection]],
+        group: GroupCommit,
     ) -> None:
         self.db = db
         self._lock = lock
         self._write = write
+        self._group = group
 
     def record(self, replica: str, writes: Sequence[StreamWrite]) -> None:
-        now = time.time()
         with self._write() as db:
-            for w in writes:
-                last = w.events[-1][0] if w.events else 0
-                ended = None if w.status == "running" else now
-                db.execute(
-                    "INSERT INTO streams (id, owner, thread_id, replica, status, started_at,"
-                    " heartbeat_at, ended_at, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
-                    " heartbeat_at = excluded.heartbeat_at, ended_at = excluded.ended_at,"
-                    " last_seq = max(last_seq, excluded.last_seq)"
-                    " WHERE streams.status != 'interrupted'",
-                    (w.id, w.owner, w.thread_id, replica, w.status, now, now, ended, last),
-                )
-                if w.events:
-                    db.executemany(
-                        "INSERT OR IGNORE INTO stream_events (stream_id, seq, name, data)"
-                        " VALUES (?, ?, ?, ?)",
-                        [(w.id, seq, name, data) for seq, name, data in w.events],
-                    )
-            db.execute(
-                "UPDATE streams SET heartbeat_at = ? WHERE replica = ? AND status = 'running'",
-                (now, replica),
-            )
+            _record(db, replica, writes)
+
+    async def record_async(self, replica: str, writes: Sequence[StreamWrite]) -> None:
+        """:meth:`record` in the store's group commit, with the turns' appends."""
+        await self._group.run(lambda db: _record(db, replica, writes))
 
     def _streams(self, where: str, args: tuple[Any, ...]) -> list[StreamInfo]:
         with self._lock:
@@ -187,3 +172,30 @@ class SQLiteStreams:
             return db.execute(
                 "DELETE FROM streams WHERE status != 'running' AND ended_at < ?", (ended_before,)
             ).rowcount
+
+
+def _record(db: sqlite3.Connection, replica: str, writes: Sequence[StreamWrite]) -> None:
+    """The writes of :meth:`SQLiteStreams.record`, in the caller's transaction."""
+    now = time.time()
+    for w in writes:
+        last = w.events[-1][0] if w.events else 0
+        ended = None if w.status == "running" else now
+        db.execute(
+            "INSERT INTO streams (id, owner, thread_id, replica, status, started_at,"
+            " heartbeat_at, ended_at, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
+            " heartbeat_at = excluded.heartbeat_at, ended_at = excluded.ended_at,"
+            " last_seq = max(last_seq, excluded.last_seq)"
+            " WHERE streams.status != 'interrupted'",
+            (w.id, w.owner, w.thread_id, replica, w.status, now, now, ended, last),
+        )
+        if w.events:
+            db.executemany(
+                "INSERT OR IGNORE INTO stream_events (stream_id, seq, name, data)"
+                " VALUES (?, ?, ?, ?)",
+                [(w.id, seq, name, data) for seq, name, data in w.events],
+            )
+    db.execute(
+        "UPDATE streams SET heartbeat_at = ? WHERE replica = ? AND status = 'running'",
+        (now, replica),
+    )

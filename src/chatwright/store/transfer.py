@@ -132,7 +132,7 @@ _TABLES: tuple[_Table, ...] = (
         "thread_pk through_seq text tokens model created_at",
         "thread_pk, through_seq",
     ),
-    _table("memories", "pk owner text created_at updated_at", "pk", identity="pk"),
+    _table("memories", "pk owner text created_at updated_at untrusted", "pk", identity="pk"),
     _table("collections", "pk owner name description created_at updated_at", "pk", identity="pk"),
     _table(
         "documents",

@@ -51,13 +51,16 @@ class ToolContext:
     """What a tool may ask for by declaring a parameter of this type (never shown to the model).
 
     ``bot`` is the :class:`chatwright.Chatbot` running the turn; ``owner`` and ``thread_id`` say
-    whose turn it is, so a tool reads and writes only that user's data.
+    whose turn it is, so a tool reads and writes only that user's data. ``untrusted`` names
+    the text the user did not write that was in the model's context when it made the call
+    (``chatwright.trust``; empty: none), so what the tool writes can be marked as such.
     """
 
     owner: str
     thread_id: str
     bot: Any = None
     turn: Any = None  # the running turn (built-in tools add citations to it)
+    untrusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

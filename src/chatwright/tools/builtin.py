@@ -66,7 +66,7 @@ def remember(fact: str, context: ToolContext) -> str:
         fact: The fact, in one short sentence.
     """
     try:
-        item = context.bot.remember(fact, owner=context.owner)
+        item = context.bot.remember(fact, owner=context.owner, untrusted=context.untrusted)
     except Exception as e:  # InvalidMessage: too long or empty
         raise ToolRetry(getattr(e, "message", str(e))) from None
     return f"Remembered (memory #{item.id}): {item.text}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,9 +72,11 @@ class ApprovalPolicy:
     """Which calls wait for the user's approval.
 
     Tools without side effects always run. A tool with side effects runs without asking only
-    when it is in ``auto_approve`` **and** the turn has read nothing untrusted so far (retrieved
-    passages, recalled turns, tool output): once text the user did not write is in the model's
-    context, the model may be following that text's orders, so every side-effecting call asks.
+    when it is in ``auto_approve`` **and** the turn's context holds nothing untrusted (retrieved
+    passages, tool output, recalled turns, a summary, an earlier answer written with such text
+    in view, a memory saved from such a turn: see :mod:`chatwright.trust`): once text the user
+    did not write is in the model's context, the model may be following that text's orders, so
+    every side-effecting call asks.
     """
 
     auto_approve: frozenset[str] = field(default_factory=frozenset)
@@ -84,15 +86,17 @@ class ApprovalPolicy:
         has been read)."""
         return tool.side_effects and bool({tool.name, "*"} & self.auto_approve)
 
-    def reason(self, tool: Tool, *, untrusted: bool) -> str | None:
-        """Why ``tool`` needs approval now, or None when it may run."""
+    def reason(self, tool: Tool, *, untrusted: bool | Sequence[str]) -> str | None:
+        """Why ``tool`` needs approval now, or None when it may run. ``untrusted``: the
+        sources of untrusted text in the context (or a bare True/False)."""
         if not tool.side_effects:
             return None
         if self.auto(tool):
             if not untrusted:
                 return None
+            sources = "" if isinstance(untrusted, bool) else f" ({', '.join(untrusted)})"
             return (
-                f"{tool.name} has side effects and the conversation now holds text from "
-                "documents or tools, which could have asked for this call"
+                f"{tool.name} has side effects and the conversation holds text the user did "
+                f"not write{sources}, which could have asked for this call"
             )
         return f"{tool.name} has side effects"
