@@ -41,6 +41,7 @@ async def test_concurrent_appends_share_syncs_and_all_survive_a_reopen(
 ) -> None:
     path = tmp_path / "db.sqlite"
     store = SQLiteStore(path)
+    store.group_commit.enabled = True
     synced = syncs(monkeypatch)
     appends = [
         store.append_async(A, f"t{i}", [Message.user(f"hello {i}")], create=True, tokens=[3])
@@ -53,6 +54,7 @@ async def test_concurrent_appends_share_syncs_and_all_survive_a_reopen(
     assert 1 <= len(synced) == group.syncs <= group.commits  # a sync covers the batches before
     store.close()
     reopened = SQLiteStore(path)
+    reopened.group_commit.enabled = True
     try:
         for i in range(50):
             [message] = reopened.messages(A, f"t{i}")
@@ -65,6 +67,7 @@ async def test_an_append_is_acknowledged_only_once_the_wal_is_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = SQLiteStore(tmp_path / "db.sqlite")
+    store.group_commit.enabled = True
     syncing, release = threading.Event(), threading.Event()
     sync = GroupCommit._sync
 
@@ -78,6 +81,7 @@ async def test_an_append_is_acknowledged_only_once_the_wal_is_synced(
     await asyncio.to_thread(syncing.wait, 5)
     # Committed (another connection reads it), but not yet synced: not acknowledged.
     other = SQLiteStore(tmp_path / "db.sqlite")
+    other.group_commit.enabled = True
     assert [m.message.text for m in other.messages(A, "t")] == ["hi"]
     await asyncio.sleep(0.05)
     assert not task.done()
@@ -91,6 +95,7 @@ async def test_the_event_loop_runs_while_a_batch_syncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = SQLiteStore(tmp_path / "db.sqlite")
+    store.group_commit.enabled = True
     sync = GroupCommit._sync
 
     def slow_sync(self: GroupCommit) -> None:  # a slow disk
@@ -115,6 +120,7 @@ async def test_the_event_loop_runs_while_a_batch_syncs(
 
 async def test_a_failing_append_fails_alone(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "db.sqlite")
+    store.group_commit.enabled = True
     store.create_thread(A, "t")
     results = await asyncio.gather(
         store.append_async(A, "t", [Message.user("one")]),
@@ -131,6 +137,7 @@ async def test_a_failing_append_fails_alone(tmp_path: Path) -> None:
 
 async def test_appends_on_a_memory_database_and_inside_a_transaction() -> None:
     store = SQLiteStore(":memory:")
+    store.group_commit.enabled = True
     assert store.group_commit.wal is None
     [stored] = await store.append_async(A, "t", [Message.user("hi")], create=True)
     assert stored.seq == 1
@@ -148,6 +155,7 @@ from chatwright.types import Message
 
 async def main() -> None:
     store = SQLiteStore(sys.argv[1])
+    store.group_commit.enabled = True
     n = 0
     while True:
         batch = [f"t{n + i}" for i in range(20)]
@@ -181,6 +189,7 @@ def test_no_acknowledged_append_is_lost_when_the_process_is_killed(tmp_path: Pat
         writer.wait(10)
     acknowledged += [line.strip() for line in writer.stdout.read().splitlines()]
     store = SQLiteStore(path)
+    store.group_commit.enabled = True
     try:
         for thread in acknowledged:
             assert [m.message.text for m in store.messages("a", thread)] == [thread]

@@ -63,6 +63,8 @@ def create_app(
     owns_store = store is None and bots is None
     if store is None:
         store = next(iter(bots.values())).store if bots else open_store(settings)
+    if (group_commit := getattr(store, "group_commit", None)) is not None:
+        group_commit.enabled = True  # concurrent turns share commits (SQLite)
     built = dict(bots) if bots else build_bots(settings, store)
     auth = Authenticator(
         store, mode=settings.server.auth, local_user=settings.user, loopback=is_loopback(host)

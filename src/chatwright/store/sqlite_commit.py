@@ -71,7 +71,9 @@ def _answer(done: _Done, error: BaseException | None) -> None:
 class GroupCommit:
     """The store's batched writes (see the module's docstring). ``wal``: the WAL file to sync
     after a commit made with ``synchronous = NORMAL``; None where commits sync themselves.
-    ``commits``, ``writes`` and ``syncs`` count batches, the writes in them, and syncs."""
+    ``commits``, ``writes`` and ``syncs`` count batches, the writes in them, and syncs.
+    ``enabled``: whether :meth:`SQLiteStore.append_async` uses it (the server turns it on;
+    a lone turn pays less for a plain commit)."""
 
     def __init__(
         self, db: sqlite3.Connection, lock: threading.RLock, path: str, wal: str | None
@@ -81,6 +83,7 @@ class GroupCommit:
         self.path = path
         self.wal = wal if wal is not None and os.name == "posix" else None
         self.memory = path == ":memory:"
+        self.enabled = False
         self.commits = 0
         self.writes = 0
         self.syncs = 0
