@@ -453,3 +453,23 @@ def test_quoted_sentences_are_embedded_once_across_turns(tmp_path):
     db.close()
     assert counting.texts == ["one sentence", "two sentences", "three"]
     assert np.allclose(first[1], again[0]) and first.shape == (3, EMBEDDER.dim)
+
+
+def test_a_question_about_the_user_quotes_a_recalled_turn(store):
+    from chatwright.config import MemorySettings
+
+    settings = Settings(
+        embedder="test:hash",
+        knowledge=KnowledgeSettings(answer_mode="extract"),
+        memory=MemorySettings(strategy="tokens", context_tokens=600),
+        max_answer_tokens=100,
+    )
+    bot = Chatbot("test:echo", store=store, settings=settings)
+    bot.chat("t", "My sister's name is Priya.")
+    for i in range(40):
+        bot.chat("t", f"Small talk number {i} about the weather and football.")
+        bot.wait_background()
+    answer = bot.chat("t", "What is my sister's name?")
+    context = answer.trace.stage("context").data
+    assert context.get("recalled_seqs") == [1] and context["turns_dropped"] > 0
+    assert answer.text.startswith(YOU_SAID) and "Priya" in answer.text

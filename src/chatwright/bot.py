@@ -678,7 +678,9 @@ class _Turn:
             s.data["untrusted"] = list(untrusted)
         run = self.agent
         mode, why = bot.answer_mode(self.answer_mode, bool(retrieved))
-        quoted = await self._recite(text, loaded) if bot.recites(self.answer_mode) else None
+        quoted = (
+            await self._recite(text, loaded, context) if bot.recites(self.answer_mode) else None
+        )
         taint = untrusted  # quoting the user's own words adds none
         if quoted is not None:
             self.citations = []
@@ -800,10 +802,11 @@ class _Turn:
             }
         return found
 
-    async def _recite(self, text: str, loaded: Loaded) -> list[str] | None:
+    async def _recite(self, text: str, loaded: Loaded, context: Context) -> list[str] | None:
         """A question about the user answered with what they said: their memories (not
-        those saved from untrusted turns) and their messages in the window, quoted. ``None``:
-        not such a question, or nothing they said fits it well (the model answers)."""
+        those saved from untrusted turns), their messages in the window and in the turns
+        recalled for this one, quoted. ``None``: not such a question, or nothing they said
+        fits it well (the model answers)."""
         if not asks_about_user(text):
             return None
         bot = self.bot
@@ -813,7 +816,13 @@ class _Turn:
             m for m, bad in zip(memories, loaded.user_memory_untrusted, strict=False) if not bad
         ]
         said = [e.message.text for e in loaded.entries if e.message.role == "user"]
-        statements = [*trusted[:16][::-1], *said[-16:]]
+        recalled = [
+            line.removeprefix("User: ")
+            for item in context.recalled
+            for line in item.text.splitlines()
+            if line.startswith("User: ")
+        ]
+        statements = [*trusted[:16][::-1], *recalled[:16], *said[-16:]]
         if not statements:
             return None
         with self.stage("recite") as s:

@@ -125,6 +125,7 @@ class Context:
     turns_dropped: int = 0
     summary_through_seq: int | None = None
     recalled_seqs: list[int] = field(default_factory=list)
+    recalled: list[Recalled] = field(default_factory=list)  # those shown, best first
     passages_used: list[int] = field(default_factory=list)
     user_memory_used: int = 0  # memories shown: the first of those given (newest first)
     notes: list[str] = field(default_factory=list)
@@ -339,4 +340,5 @@ def _recall_block(
         if count_message(candidate, counter) <= room:
             lines.append(line)
             context.recalled_seqs.append(item.first_seq)
+            context.recalled.append(item)
     return Message.system(_RECALL_HEADER + "\n\n".join(lines)) if lines else None
