@@ -234,7 +234,7 @@ def test_a_corrupt_onnx_file_is_rebuilt_with_a_warning(
         record.unlink()
     else:
         stamp = json.loads(record.read_text())
-        record.write_text(json.dumps({**stamp, "size": stamp["size"] + 1}))
+        record.write_text(json.dumps({**stamp, "weights_size": stamp["weights_size"] + 1}))
     with caplog.at_level(logging.INFO, "chatwright.embeddings"):
         onnx = onnx_minilm(tmp_path)
     assert "rebuilding it" in caplog.text and reason in caplog.text
@@ -596,3 +596,16 @@ def test_openai_without_the_sdk_says_what_to_install(
     with pytest.raises(ModelUnavailable) as caught:
         openai_embedder(server.url).embed(["hi"])
     assert caught.value.hint == 'pip install "chatwright[openai]"'
+
+
+def test_the_onnx_file_is_shared_by_copies_of_the_same_weights(tmp_path: Path) -> None:
+    """A second environment (another venv, a CI checkout) with the same weights at another
+    path reuses the cached file rather than rebuilding it."""
+    import shutil
+
+    from chatwright.models._minilm import model_dir
+    from chatwright.models._minilm_onnx import _stamp
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(model_dir(), copy)
+    assert _stamp(copy) == _stamp(model_dir())

@@ -84,18 +84,21 @@ def cached_model(source: Path, config: dict[str, Any], cache_dir: Path) -> Path 
 
 
 def _stamp(source: Path) -> dict[str, Any]:
-    """What the cached file was built from: the graph's format and the weights file."""
+    """What the cached file was built from: the graph's format and the weights, by their
+    size and a digest of their first and last MiB (where a safetensors file keeps its header
+    and its last tensors) rather than their path or time: two environments with the same
+    weights (a second venv, a CI checkout) share the file instead of rebuilding it in turn."""
     weights = source / "model.safetensors"
     try:
-        stat = weights.stat()
+        size = weights.stat().st_size
+        digest = hashlib.sha256()
+        with weights.open("rb") as f:
+            digest.update(f.read(1 << 20))
+            f.seek(max(size - (1 << 20), 0))
+            digest.update(f.read(1 << 20))
     except OSError as e:
         raise ModelUnavailable(f"cannot read {weights}: {e}", hint=INSTALL_HINT) from None
-    return {
-        "format": FORMAT,
-        "weights": str(weights),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-    }
+    return {"format": FORMAT, "weights_size": size, "weights_sample": digest.hexdigest()}
 
 
 def _problem(target: Path, stamp: dict[str, Any]) -> str | None:
