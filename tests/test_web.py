@@ -25,7 +25,7 @@ pytest.importorskip("fastapi", reason="the browser tests need fastapi")
 pytest.importorskip("sse_starlette", reason="the browser tests need sse-starlette")
 
 from chatwright import Chatbot, SQLiteStore  # noqa: E402
-from chatwright.config import Settings, ToolsSettings  # noqa: E402
+from chatwright.config import KnowledgeSettings, Settings, ToolsSettings  # noqa: E402
 from chatwright.tools import tool  # noqa: E402
 from web_helpers import (  # noqa: E402
     CHROMIUM,
@@ -79,6 +79,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         bots = {
             "default": Chatbot(settings=settings, store=store),
             "notes": Chatbot(NoteTakingModel(), settings=settings, store=store, tools=[save_note]),
+            "quotes": Chatbot(
+                settings=settings.model_copy(
+                    update={"knowledge": KnowledgeSettings(answer_mode="extract")}
+                ),
+                store=store,
+            ),
             "budget": Chatbot(
                 "test:tools",
                 settings=settings.model_copy(update={"tools": ToolsSettings(token_budget=1)}),
@@ -295,6 +301,28 @@ def test_an_uploaded_document_is_cited(page: Page, tmp_path: Path) -> None:
     stored = wait_answered(page, 1)
     expect(stored.locator("details.citation").first.locator("summary")).to_contain_text(
         "Zorblax handbook"
+    )
+
+
+def test_an_answer_in_extract_mode_quotes_and_cites(page: Page, tmp_path: Path) -> None:
+    doc = tmp_path / "quux.md"
+    doc.write_text(
+        "# Quux manual\n\n"
+        "The Quux kettle boils a litre of water in ninety seconds. "
+        "Its base must be wiped dry after every use.\n",
+        encoding="utf-8",
+    )
+    page.locator("#bot-select").select_option("quotes")
+    new_thread(page)
+    upload_and_pin(page, "quux", doc)
+    send(page, "How fast does the Quux kettle boil a litre of water?")
+    answer = wait_answered(page, 1)
+    body = answer.locator(".markdown").last
+    expect(body).to_contain_text("From your documents:")
+    expect(body.locator("blockquote").first).to_contain_text("ninety seconds")
+    expect(answer.locator("button.cite-ref", has_text="[1]").first).to_be_visible()
+    expect(answer.locator("details.citation").first.locator("summary")).to_contain_text(
+        "Quux manual"
     )
 
 
