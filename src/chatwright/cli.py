@@ -552,7 +552,10 @@ def memory_list(
     with _store(data_dir, config, user) as (store, owner):
         items = store.list_memories(owner)
     if as_json:
-        rows = [{"id": m.id, "text": m.text, "updated_at": m.updated_at} for m in items]
+        rows = [
+            {"id": m.id, "text": m.text, "updated_at": m.updated_at, "untrusted": m.untrusted}
+            for m in items
+        ]
         out.file.write(json.dumps(rows, ensure_ascii=False) + "\n")
         return
     if not items:
@@ -560,7 +563,8 @@ def memory_list(
             'nothing remembered yet · add a fact with: chatwright memory add "I\'m vegetarian"'
         )
     for m in items:
-        out.print(f"{m.id:>4}  {m.text}", markup=False)
+        mark = f"  (unverified: saved with {m.untrusted} in view)" if m.untrusted else ""
+        out.print(f"{m.id:>4}  {m.text}{mark}", markup=False)
 
 
 @memory_app.command("add")

@@ -35,6 +35,10 @@ from chatwright.types import Message
 
 __all__ = ["STRATEGIES", "Loaded", "Memory", "Recall"]
 
+# How a memory saved from an untrusted turn (see trust.py) is shown to the model: as the
+# document's words, not the user's.
+UNVERIFIED = "(unverified: saved while reading a document or tool output)"
+
 log = logging.getLogger("chatwright.memory")
 
 STRATEGIES = ("window", "tokens", "summary")
@@ -202,7 +206,10 @@ class Memory:
             counter=self.counter,
             summary=loaded.summary,
             recalled=recalled,
-            user_memory=loaded.user_memory,
+            user_memory=[
+                f"{text} {UNVERIFIED}" if bad else text
+                for text, bad in zip(loaded.user_memory, loaded.user_memory_untrusted, strict=False)
+            ],
             passages=passages,
         )
         context.notes[:0] = loaded.notes

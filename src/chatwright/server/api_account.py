@@ -40,6 +40,7 @@ def memory_json(item: MemoryItem) -> dict[str, Any]:
         "text": item.text,
         "created_at": item.created_at,
         "updated_at": item.updated_at,
+        "untrusted": item.untrusted,
     }
 
 

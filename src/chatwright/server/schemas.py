@@ -135,6 +135,11 @@ class MemoryOut(BaseModel):
     text: str
     created_at: float
     updated_at: float
+    untrusted: str | None = Field(
+        default=None,
+        description="saved in a turn that read text the user did not write (its sources); "
+        "editing the memory clears it",
+    )
 
 
 class JobOut(BaseModel):
