@@ -542,10 +542,7 @@ class Chatbot:
         """Whether a question about the user is answered by quoting what they said (see
         :func:`chatwright.retrieval.extract.from_user`): as answers from documents are, for
         the embedded model in ``auto`` and always in ``extract``."""
-        mode = requested or self.settings.knowledge.answer_mode
-        if self.index is None or self.index.embedder is None or mode == "generate":
-            return False
-        return mode == "extract" or self.model.name.startswith("local:")
+        return self.answer_mode(requested, has_passages=True)[0] == "extract"
 
     def rewrite_mode(self) -> str:
         mode = self.settings.knowledge.rewrite

@@ -587,7 +587,7 @@ class LocalModel:
         max_tokens: int,
         temperature: float | None,
         stop: list[str],
-        barred: set[int] = frozenset(),  # type: ignore[assignment]
+        barred: frozenset[int] | set[int] = frozenset(),
     ) -> Iterator[dict[str, Any]]:
         processors = None
         if barred:
