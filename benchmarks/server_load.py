@@ -81,6 +81,8 @@ sys.path.insert(0, str(ROOT))
 import _postgres  # noqa: E402  (benchmarks/_postgres.py)
 
 RESULTS = ROOT / "results" / "server_load.json"
+#: ``--floor``: the model name that starts ``_floor_app.py`` instead of chatwright.
+FLOOR = "floor"
 TARGET_P99_MS = 100.0
 _ALPHABET = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
 WORDS = (_ALPHABET + "november oscar papa quebec romeo sierra tango uniform victor").split()
@@ -109,6 +111,9 @@ def start_server(
         env.update(CHATWRIGHT_DATABASE_URL=database_url)
     command = [sys.executable, "-m", "chatwright", "serve", "--model", model]
     command += ["--port", str(port), "--log-level", "warning"]
+    if model == FLOOR:  # the same uvicorn, serving an app that does no work (_floor_app.py)
+        command = [sys.executable, "-m", "uvicorn", "_floor_app:app", "--app-dir", str(ROOT)]
+        command += ["--port", str(port), "--log-level", "warning"]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -595,7 +600,18 @@ def main() -> None:
         help="default: results/server_load.json (results/server_load_postgres_<N>.json on "
         "PostgreSQL with N replicas)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure the floor instead: the same uvicorn serving an app that does no work "
+        "(_floor_app.py), i.e. what the machine and the HTTP stack cost alone",
+    )
     args = parser.parse_args()
+    if args.floor:
+        if args.url or args.replicas > 1 or args.database_url:
+            parser.error("--floor starts its own server: no --url, --replicas or --database-url")
+        args.burst_model = args.sustained_model = FLOOR
+        args.out = args.out or RESULTS.with_name("server_load_floor.json")
     if args.replicas < 1:
         parser.error("--replicas must be >= 1")
     if args.url and (args.replicas > 1 or args.database_url):

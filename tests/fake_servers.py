@@ -4,6 +4,7 @@
 POST with the next scripted :class:`Reply`, and records every request it receives. The
 builders below write replies in each provider's real wire format: OpenAI's
 ``data: {chunk}`` lines ending in ``data: [DONE]``, and Anthropic's ``event:``/``data:`` pairs.
+:class:`FakeOllama` instead answers from its state, as Ollama does (``/api/tags``, ``/v1``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = [
+    "FakeOllama",
     "FakeServer",
     "Recorded",
     "Reply",
@@ -246,3 +249,116 @@ def anthropic_message_end(stop_reason: str, output_tokens: int) -> list[dict[str
 def anthropic_error(status: int, message: str, kind: str) -> Reply:
     """An error response shaped like Anthropic's."""
     return _json_reply(status, {"type": "error", "error": {"type": kind, "message": message}})
+
+
+# -- Ollama ---------------------------------------------------------------------------------
+class FakeOllama:
+    """A local server speaking the parts of Ollama's API chatwright uses: ``GET /api/tags``,
+    ``GET /v1/models`` and streamed ``POST /v1/chat/completions``, which answers
+    ``<model> says: <last user message>``, or Ollama's 404 for a model not pulled.
+
+    With ``api_key`` set, the ``/v1`` routes want ``Authorization: Bearer <api_key>`` (to
+    stand in for any OpenAI-compatible server that needs a key). Every request is recorded.
+    """
+
+    def __init__(self, models: tuple[str, ...] = ("llama3:latest",), api_key: str | None = None):
+        self.models = list(models)
+        self.api_key = api_key
+        self.delay_s = 0.0  # before each chat answer (to test timeouts)
+        self.requests: list[Recorded] = []
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ollama_handler(self))
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def host_port(self) -> str:
+        """``127.0.0.1:<port>``: OLLAMA_HOST as people write it, without a scheme."""
+        return self.url.removeprefix("http://")
+
+    def __enter__(self) -> FakeOllama:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    def find(self, name: str) -> str | None:
+        """The pulled model ``name`` means (``llama3`` is ``llama3:latest``), or None."""
+        full = name if ":" in name else f"{name}:latest"
+        return full if full in self.models else None
+
+    def answer(self, path: str, method: str, headers: dict[str, str], body: Any) -> Reply:
+        self.requests.append(Recorded(path, headers, body))
+        wanted = f"Bearer {self.api_key}"
+        if path.startswith("/v1/") and self.api_key and headers.get("authorization") != wanted:
+            return openai_error(401, "Incorrect API key provided", "invalid_api_key")
+        if method == "GET" and path == "/api/tags":
+            return _json_reply(200, {"models": [_ollama_tag(m) for m in self.models]})
+        if method == "GET" and path == "/v1/models":
+            data = [
+                {"id": m, "object": "model", "created": 1, "owned_by": "library"}
+                for m in self.models
+            ]
+            return _json_reply(200, {"object": "list", "data": data})
+        if method == "POST" and path == "/v1/chat/completions":
+            return self._chat(body)
+        return _json_reply(404, {"error": "404 page not found"})
+
+    def _chat(self, body: dict[str, Any]) -> Reply:
+        time.sleep(self.delay_s)
+        model = self.find(str(body.get("model", "")))
+        if model is None:
+            message = f'model "{body.get("model")}" not found, try pulling it first'
+            return _json_reply(404, {"error": {"message": message, "type": "api_error"}})
+        last = next(
+            (m.get("content") for m in reversed(body["messages"]) if m.get("role") == "user"), ""
+        )
+        text = f"{model} says: {last}"
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": text}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+            reply = {"id": "chatcmpl-1", "object": "chat.completion", "model": model}
+            return _json_reply(200, {**reply, "created": 1, "choices": [choice], "usage": usage})
+        pieces = [w + " " for w in text.split(" ")]
+        pieces[-1] = pieces[-1].rstrip(" ")
+        chunks = [*openai_text(*pieces), openai_chunk(finish_reason="stop")]
+        return openai_stream(*chunks, openai_usage(3, len(text.split())))
+
+
+def _ollama_tag(name: str) -> dict[str, Any]:
+    details = {"format": "gguf", "family": "llama", "parameter_size": "8.0B"}
+    size = 4_661_224_676
+    return {"name": name, "model": name, "size": size, "digest": "0" * 64, "details": details}
+
+
+def _ollama_handler(server: FakeOllama) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, method: str) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            reply = server.answer(self.path, method, headers, json.loads(raw or b"null"))
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+
+        def do_GET(self) -> None:
+            self._reply("GET")
+
+        def do_POST(self) -> None:
+            self._reply("POST")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Keep test output quiet."""
+
+    return Handler

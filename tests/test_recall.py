@@ -75,7 +75,8 @@ def test_recall_off_recalls_nothing(store):
     talk(bot, "t", 40)
     _, texts = context_of(bot, "t", "What is my sister's name?")
     assert not any("Priya" in t for t in texts)
-    assert store.connection.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+    recall = "SELECT count(*) FROM chunks WHERE namespace LIKE 'thread:%'"  # not thread search's
+    assert store.connection.execute(recall).fetchone()[0] == 0
 
 
 def test_keyword_recall_works_without_an_embedder(store):
@@ -112,9 +113,10 @@ def test_old_turns_are_indexed_once_in_the_background(store):
     talk(bot, "t", 30)
     recall = bot.memory.recall
     through = recall.indexed_through("local", "t")
-    indexed = store.connection.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    of_recall = "FROM chunks WHERE namespace LIKE 'thread:%'"  # not thread search's
+    indexed = store.connection.execute("SELECT count(*) " + of_recall).fetchone()[0]
     assert 0 < through < 60 and indexed == through // 2
-    keys = [r[0] for r in store.connection.execute("SELECT key FROM chunks ORDER BY key")]
+    keys = [r[0] for r in store.connection.execute(f"SELECT key {of_recall} ORDER BY key")]
     assert len(keys) == len(set(keys))
 
 

@@ -318,6 +318,10 @@ def test_a_user_runs_at_most_max_turns_per_user_at_once(tmp_path: Path) -> None:
                 json={"model": "test:echo", "messages": [{"role": "user", "content": "hi"}]},
             )
             assert stateless.status_code == 429 and stateless.json()["error"]["type"] == "requests"
+            embeddings = client.post(
+                f"{url}/v1/embeddings", json={"model": "test:hash", "input": "hi"}
+            )
+            assert embeddings.status_code == 429
         assert client.post(f"{url}/api/threads/a/cancel").json()["cancelled"] == 1
         wait_for(lambda: client.post(f"{url}/api/threads/b/messages", json=hi).status_code == 200)
 

@@ -234,14 +234,14 @@ def test_answer_streams_and_the_thread_survives_a_reload(page: Page) -> None:
 
     thread_id = page.url.split("#thread=", 1)[1]
     assert thread_id
-    # The first message titled the thread; it is listed and current.
+    # The first answer titled the thread (key words: titles.py); it is listed and current.
     active = page.locator(".thread-item.active")
-    expect(active).to_contain_text("please repeat these words")
+    expect(active).to_contain_text("Repeat words stream seen growing")
 
     page.reload()
     expect(page.locator("#messages .msg.user")).to_have_text(re.compile(re.escape(text)))
     expect(last_answer(page)).to_contain_text(f"echo: {text}")
-    expect(page.locator(".thread-item.active")).to_contain_text("please repeat these words")
+    expect(page.locator(".thread-item.active")).to_contain_text("Repeat words stream seen growing")
     assert page.url.endswith(f"#thread={thread_id}")
 
     # The trace of the answer, on demand.
@@ -253,7 +253,7 @@ def test_answer_streams_and_the_thread_survives_a_reload(page: Page) -> None:
     trace.get_by_role("button", name="Close").click()
 
     # Rename, then delete, from the sidebar.
-    page.get_by_role("button", name=re.compile("^Rename please repeat")).click()
+    page.get_by_role("button", name=re.compile("^Rename Repeat words")).click()
     page.locator("#prompt-input").fill("Renamed thread")
     page.locator("#confirm-ok").click()
     expect(page.locator(".thread-item.active")).to_contain_text("Renamed thread")
@@ -304,6 +304,37 @@ def test_an_uploaded_document_is_cited(page: Page, tmp_path: Path) -> None:
     )
 
 
+def test_with_several_collections_an_upload_asks_where_it_goes(page: Page, tmp_path: Path) -> None:
+    doc = tmp_path / "where.md"
+    doc.write_text("# Where\n\nThis file must land where the user said.\n", encoding="utf-8")
+    page.get_by_role("button", name="Collections").click()
+    dialog = page.locator("#collections-dialog")
+    for name in ("alpha-docs", "beta-docs"):
+        dialog.get_by_label("Name").fill(name)
+        dialog.get_by_role("button", name="Create").click()
+        expect(dialog.locator(f'.collection-item[data-collection="{name}"]')).to_be_visible()
+    select = dialog.locator("#upload-collection")
+    expect(select).to_have_value("beta-docs")  # the collection just made
+    page.reload()  # a new visit: nothing chosen yet, and there are several
+    page.get_by_role("button", name="Collections").click()
+    expect(select).to_have_value("")
+    expect(select.locator("option").first).to_have_text("Choose a collection…")
+    dialog.locator("#upload-files").set_input_files(str(doc))
+    dialog.get_by_role("button", name="Upload").click()
+    assert select.evaluate("el => !el.validity.valid")  # the form was not sent
+    expect(dialog.locator("#upload-status")).to_be_hidden()
+    select.select_option("alpha-docs")
+    dialog.get_by_role("button", name="Upload").click()
+    expect(dialog.locator("#upload-status.done")).to_be_visible(timeout=30_000)
+    expect(dialog.locator('.collection-item[data-collection="alpha-docs"]')).to_contain_text(
+        "1 document"
+    )
+    expect(dialog.locator('.collection-item[data-collection="beta-docs"]')).not_to_contain_text(
+        "1 document"
+    )
+    dialog.get_by_role("button", name="Close").click()
+
+
 def test_an_answer_in_extract_mode_quotes_and_cites(page: Page, tmp_path: Path) -> None:
     doc = tmp_path / "quux.md"
     doc.write_text(
@@ -350,13 +381,14 @@ def test_html_and_script_payloads_stay_text(page: Page, tmp_path: Path) -> None:
     expect(link).to_have_count(1)
     assert link.get_attribute("href") is None
     link.click()
-    # The cited passage of the document: text too, title included.
+    # The cited passage of the document: ingest keeps the text of inline HTML, not its tags,
+    # and the page renders the passage as sanitized Markdown (the link has no href).
     citation = answer.locator("details.citation").first
-    expect(citation.locator("summary")).to_contain_text("Quux <img src=x onerror=")
+    expect(citation.locator("summary")).to_contain_text("Quux")
     citation.locator("summary").click()
     passage = citation.locator(".citation-passage")
-    expect(passage).to_contain_text("<script>window.__xss=1</script>")
-    expect(passage).to_contain_text(XSS_LINK)
+    expect(passage).to_contain_text("The quux widget costs 7 dollars.")
+    expect(passage.locator("img, script, a[href]")).to_have_count(0)
     for marker in answer.locator("button.cite-ref").all():
         marker.click()
     page.wait_for_timeout(200)

@@ -30,6 +30,7 @@ from chatwright.agent import (
     Limits,
     run_agent,
     unanswered,
+    waiting_calls,
 )
 from chatwright.config import Settings, load_settings
 from chatwright.errors import (
@@ -42,9 +43,17 @@ from chatwright.errors import (
 )
 from chatwright.memory import STRATEGIES, Context, Memory, counter_for
 from chatwright.memory.manager import Loaded
-from chatwright.models import Model, ModelRequest, ModelSettings, get_model
+from chatwright.models import (
+    Model,
+    ModelRequest,
+    ModelSettings,
+    ToolSpec,
+    get_model,
+    is_remote,
+)
 from chatwright.models.embeddings import get_embedder
 from chatwright.retrieval import SearchIndex
+from chatwright.retrieval.external import ExternalSource, as_source, retrieve_with_sources
 from chatwright.retrieval.extract import (
     Extraction,
     asks_about_user,
@@ -71,8 +80,9 @@ from chatwright.routing import (
     searched,
     with_evidence,
 )
+from chatwright.routing.profiles import source_profiles
 from chatwright.store import Store, StoredMessage, ThreadInfo, open_store
-from chatwright.store.base import CollectionInfo, MemoryItem
+from chatwright.store.base import BranchInfo, CollectionInfo, MemoryItem
 from chatwright.store.sqlite import check_thread_id
 from chatwright.tools import ApprovalPolicy, Tool, ToolContext, Toolset, tool
 from chatwright.tools.builtin import builtin_tools
@@ -86,6 +96,7 @@ from chatwright.types import (
     TextDelta,
     ToolCallEvent,
     ToolResultEvent,
+    ToolResultPart,
     Trace,
     TurnEnd,
     TurnStart,
@@ -95,6 +106,7 @@ __all__ = ["ANSWER_MODES", "Chatbot", "Event"]
 
 _MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 _SPACED_MENTION = re.compile(r"[ \t]*" + _MENTION.pattern)
+_TURN_MESSAGES = 200  # how far back a regenerated answer's user message is looked for
 # Why a turn's answer is missing when the next turn finds its user message unanswered.
 NO_ANSWER = "no answer was stored (the turn failed, or its process stopped, before one came)"
 
@@ -127,7 +139,7 @@ class Chatbot:
         settings: Settings | None = None,
         system_prompt: str | None = None,
         owner: str | None = None,
-        tools: Iterable[Tool | Callable[..., Any]] = (),
+        tools: Iterable[Tool | Callable[..., Any] | Any] = (),  # + LangChain tools, dicts
     ) -> None:
         self.settings = settings or Settings()
         name = model if isinstance(model, str) else self.settings.model
@@ -139,6 +151,7 @@ class Chatbot:
         self.system_prompt = self.settings.system_prompt if system_prompt is None else system_prompt
         self.notes: list[str] = []  # set-up notes, carried in every turn's trace
         self.toolset = Toolset(tools)
+        self.sources: dict[str, ExternalSource] = {}  # add_source: other libraries' retrievers
         self._mcp: list[Any] | None = None  # MCP servers, connected at the first turn
         self._router_chain: list[Router] | None = None
         self.index = self._search_index()
@@ -201,6 +214,7 @@ class Chatbot:
         owner: str | None = None,
         approver: Approver | None = None,
         answer_mode: str | None = None,
+        client_tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[Event]:
         """Run one turn: a TurnStart once the message is stored, then text deltas and tool
         events as they come, then a TurnEnd.
@@ -210,10 +224,13 @@ class Chatbot:
         that need approval (see :class:`chatwright.tools.ApprovalPolicy`): it returns a bool
         or an awaitable of one; without an approver such calls are refused.
         ``answer_mode``: auto, generate or extract for this turn (default:
-        ``[knowledge] answer_mode``).
+        ``[knowledge] answer_mode``). ``client_tools``: tools the caller runs, offered beside
+        the bot's: a call of one ends the turn, its answer holding the calls (metadata
+        ``client_calls``: their ids) until :meth:`resume_stream` brings their results.
         """
         owner = owner or self.owner
         self.check_message(text)
+        self.check_client_tools(client_tools, owner)
         check = getattr(self.model, "check", None)  # e.g. no API key: fail before any write
         if check is not None:
             check()
@@ -225,7 +242,9 @@ class Chatbot:
         # answer), not whenever the garbage collector gets to it.
         async with (
             self.store.locks.hold(owner, thread_id),
-            aclosing(_Turn(self, owner, thread_id, approver, mode).run(text)) as events,
+            aclosing(
+                _Turn(self, owner, thread_id, approver, mode, client_tools=client_tools).run(text)
+            ) as events,
         ):
             async for event in events:
                 yield event
@@ -263,6 +282,198 @@ class Chatbot:
         return _run_sync(
             self.achat(thread_id, text, owner=owner, approver=approver, answer_mode=answer_mode)
         )
+
+    async def resume_stream(
+        self,
+        thread_id: str,
+        results: Sequence[ToolResultPart],
+        *,
+        owner: str | None = None,
+        approver: Approver | None = None,
+        answer_mode: str | None = None,
+        client_tools: Sequence[ToolSpec] = (),
+    ) -> AsyncIterator[Event]:
+        """Go on with the turn that ended with calls of the client's tools (see
+        :meth:`stream`), now that the client sent their ``results``: they are stored as a
+        tool message of the thread (untrusted tool output, as any), and the model sees them
+        and answers or calls more tools, with no new user message. A result for a call the
+        thread does not wait for, or a waiting call left without one, is a UserError before
+        anything is stored. The model answers (``answer_mode`` is not used). Events as
+        :meth:`stream` (TurnStart's ``user_seq`` is the message the turn answers)."""
+        owner = owner or self.owner
+        check = getattr(self.model, "check", None)
+        if check is not None:
+            check()
+        thread_id = check_thread_id(thread_id)
+        self.check_client_tools(client_tools, owner)
+        async with self.store.locks.hold(owner, thread_id):
+            user, steps = self._waiting_turn(owner, thread_id)
+            tool = _client_results(thread_id, steps, results)
+            await self.store.append_async(
+                owner, thread_id, [tool], tokens=[self.memory.count(tool)]
+            )
+            turn = _Turn(
+                self,
+                owner,
+                thread_id,
+                approver,
+                "generate",
+                client_tools=client_tools,
+                steps=[*steps, tool],
+            )
+            async with aclosing(turn.run(user.message.text, resend=user)) as events:
+                async for event in events:
+                    yield event
+
+    def _waiting_turn(self, owner: str, thread_id: str) -> tuple[StoredMessage, list[Message]]:
+        """The user message of the turn waiting for client tool results, and what followed."""
+        recent = self.store.recent(owner, thread_id, _TURN_MESSAGES)
+        messages = [m.message for m in recent]
+        users = [i for i, m in enumerate(messages) if m.role == "user"]
+        if not waiting_calls(messages) or not users:
+            raise UserError(
+                f"thread {thread_id!r} is not waiting for tool results",
+                hint="send tool messages only to answer the tool_calls of the thread's last"
+                " answer; send a user message to start a new turn",
+            )
+        return recent[users[-1]], messages[users[-1] + 1 :]
+
+    def check_client_tools(self, specs: Sequence[ToolSpec], owner: str | None = None) -> None:
+        """A UserError naming a client tool called like one of the bot's own tools."""
+        if not specs:
+            return
+        ours = {t.name for t in self.tools(owner)}
+        clash = next((s.name for s in specs if s.name in ours), None)
+        if clash is not None:
+            raise UserError(
+                f"the client tool {clash!r} has the name of one of the bot's own tools",
+                hint=f"rename your tool; the bot's tools are: {', '.join(sorted(ours))}",
+            )
+
+    # -- branches: regenerate, edit and resend, switch -------------------------------------
+    async def regenerate_stream(
+        self,
+        thread_id: str,
+        seq: int,
+        *,
+        owner: str | None = None,
+        approver: Approver | None = None,
+        answer_mode: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """Answer again: a new branch forks before answer ``seq`` (on the active branch) and
+        the turn runs again for the same user message. The old answer stays on its branch.
+        Events as :meth:`stream` (TurnStart's ``user_seq`` is the message answered again)."""
+        async for event in self._forked(thread_id, seq, None, owner, approver, answer_mode):
+            yield event
+
+    async def edit_stream(
+        self,
+        thread_id: str,
+        seq: int,
+        text: str,
+        *,
+        owner: str | None = None,
+        approver: Approver | None = None,
+        answer_mode: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """Resend user message ``seq`` as ``text``: a new branch forks before it, and the
+        turn runs there. The old message and what followed it stay on their branch."""
+        self.check_message(text)
+        async for event in self._forked(thread_id, seq, text, owner, approver, answer_mode):
+            yield event
+
+    def regenerate(self, thread_id: str, seq: int, *, owner: str | None = None) -> Answer:
+        """:meth:`regenerate_stream`, blocking; the new answer."""
+        return _run_sync(_last_answer(self.regenerate_stream(thread_id, seq, owner=owner)))
+
+    def edit(self, thread_id: str, seq: int, text: str, *, owner: str | None = None) -> Answer:
+        """:meth:`edit_stream`, blocking; the answer to the edited message."""
+        return _run_sync(_last_answer(self.edit_stream(thread_id, seq, text, owner=owner)))
+
+    def branches(self, thread_id: str, *, owner: str | None = None) -> list[BranchInfo]:
+        return self.store.branches(owner or self.owner, thread_id)
+
+    async def aswitch_branch(
+        self, thread_id: str, branch: int, *, owner: str | None = None
+    ) -> ThreadInfo:
+        """Make ``branch`` the active one, once no turn runs on the thread (its answer must
+        land on the branch it started on)."""
+        owner = owner or self.owner
+        async with self.store.locks.hold(owner, thread_id):
+            # a write (fsync, the store's lock): off the event loop, as appends are
+            return await asyncio.to_thread(self.store.switch_branch, owner, thread_id, branch)
+
+    def switch_branch(self, thread_id: str, branch: int, *, owner: str | None = None) -> ThreadInfo:
+        return _run_sync(self.aswitch_branch(thread_id, branch, owner=owner))
+
+    async def _forked(
+        self,
+        thread_id: str,
+        seq: int,
+        text: str | None,
+        owner: str | None,
+        approver: Approver | None,
+        answer_mode: str | None,
+    ) -> AsyncIterator[Event]:
+        """A turn on a new branch: forked before user message ``seq`` with ``text``, or
+        (``text`` None) before answer ``seq``, answering its user message again."""
+        owner = owner or self.owner
+        check = getattr(self.model, "check", None)
+        if check is not None:
+            check()
+        if answer_mode is not None and answer_mode not in ANSWER_MODES:
+            raise UserError(
+                f"unknown answer mode {answer_mode!r}", hint=f"use {', '.join(ANSWER_MODES)}"
+            )
+        thread_id = check_thread_id(thread_id)
+        async with self.store.locks.hold(owner, thread_id):
+            after, resend = self._fork_point(owner, thread_id, seq, edit=text is not None)
+            previous = self.store.get_thread(owner, thread_id).branch
+            await asyncio.to_thread(self.store.fork, owner, thread_id, after)
+            turn = _Turn(self, owner, thread_id, approver, answer_mode)
+            said = text if resend is None else resend.message.text
+            try:
+                async with aclosing(turn.run(said, resend=resend)) as events:
+                    async for event in events:
+                        yield event
+            except BaseException:
+                # Nothing was stored on the new branch (the model failed before a word): the
+                # thread goes back to the branch it was on; the empty branch shows nowhere.
+                last = self.store.recent(owner, thread_id, 1)
+                if resend is not None and last and last[-1].seq == resend.seq:
+                    await asyncio.to_thread(self.store.switch_branch, owner, thread_id, previous)
+                raise
+
+    def _fork_point(
+        self, owner: str, thread_id: str, seq: int, *, edit: bool
+    ) -> tuple[int, StoredMessage | None]:
+        """(the seq to fork after, the user message to answer again if regenerating)."""
+        found = self.store.recent(owner, thread_id, 1, before_seq=seq + 1)
+        if not found or found[-1].seq != seq:
+            raise UserError(
+                f"message {seq} is not on the thread's active branch",
+                hint="use a seq from the thread's messages, or switch to its branch first",
+            )
+        role = found[-1].message.role
+        if edit:
+            if role != "user":
+                raise UserError(
+                    f"message {seq} is an {role} message: only your own messages can be edited",
+                    hint="to get another answer, regenerate it instead",
+                )
+            before = self.store.recent(owner, thread_id, 1, before_seq=seq)
+            return (before[-1].seq if before else 0), None
+        if role != "assistant":
+            raise UserError(
+                f"message {seq} is a {role} message, not an answer: only answers can be"
+                " regenerated",
+                hint="to change your message, edit it instead",
+            )
+        earlier = self.store.recent(owner, thread_id, _TURN_MESSAGES, before_seq=seq)
+        user = next((m for m in reversed(earlier) if m.message.role == "user"), None)
+        if user is None:
+            raise UserError(f"no message of yours comes before answer {seq}: nothing to answer")
+        return user.seq, user
 
     # -- threads --------------------------------------------------------------------------
     def threads(self, *, owner: str | None = None, limit: int = 50) -> list[ThreadInfo]:
@@ -314,7 +525,7 @@ class Chatbot:
         none for the embedded one, which picks tools poorly)."""
         names = self.settings.tools.builtin
         if names is None:
-            remote = self.model.name.startswith(("openai:", "anthropic:"))
+            remote = is_remote(self.model.name)
             names = ["search_knowledge", "remember"] if remote else []
         return list(names)
 
@@ -339,7 +550,8 @@ class Chatbot:
         owner = owner or self.owner
         cfg = self.settings.tools
         names = self.builtin_names()
-        if "search_knowledge" in names and not self.candidate_collections(owner):
+        searchable = self.candidate_collections(owner) or self.candidate_sources(owner)
+        if "search_knowledge" in names and not searchable:
             names.remove("search_knowledge")
         found = builtin_tools(names, timeout_s=cfg.tool_timeout_s)
         found += list(self.toolset)
@@ -417,6 +629,35 @@ class Chatbot:
             if c.chunks and (not wanted or c.name in wanted)
         ]
 
+    def add_source(
+        self,
+        name: str,
+        retriever: Any,
+        *,
+        description: str = "",
+        owner: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> ExternalSource:
+        """Search ``retriever`` (a LangChain or LlamaIndex retriever, or a function ``query ->
+        list[str | dict]``) like a collection called ``name``: routed by ``description``,
+        its passages cited (see :mod:`chatwright.retrieval.external`). ``owner``: only that
+        user's turns search it (default: every user of this bot). A failing source costs a
+        turn its passages only. A stored collection of the same name is searched instead."""
+        source = as_source(
+            name, retriever, description=description, owner=owner, timeout_s=timeout_s
+        )
+        self.sources[name] = source
+        return source
+
+    def candidate_sources(self, owner: str) -> list[ExternalSource]:
+        """The sources (:meth:`add_source`) a turn of ``owner`` may search."""
+        wanted = set(self.settings.knowledge.collections)
+        return [
+            s
+            for s in self.sources.values()
+            if s.owner in (None, owner) and (not wanted or s.name in wanted)
+        ]
+
     def _routers(self) -> list[Router]:
         """The configured chain, small talk first (built once)."""
         if self._router_chain is None:
@@ -439,12 +680,15 @@ class Chatbot:
 
     async def route(
         self, query: str, *, owner: str | None = None, pinned: Sequence[str] = ()
-    ) -> tuple[Route, list[CollectionInfo], Any]:
+    ) -> tuple[Route, list[CollectionInfo | ExternalSource], Any]:
         """Which collections to search for ``query``: (the route, those collections, the
         query's vector for the search, or None). ``@name`` in the query and ``pinned`` names
         override the router; a pinned collection that is gone falls back to the router."""
         candidates = self.candidate_collections(owner or self.owner)
-        by_name = {c.name: c for c in candidates}
+        stored = {c.name for c in candidates}  # a collection wins over a source of its name
+        sources = [s for s in self.candidate_sources(owner or self.owner) if s.name not in stored]
+        by_name: dict[str, CollectionInfo | ExternalSource] = {c.name: c for c in candidates}
+        by_name.update((s.name, s) for s in sources)
         mentioned = [m for m in _MENTION.findall(query) if m in by_name]
         if mentioned:
             chosen = list(dict.fromkeys(mentioned))
@@ -474,6 +718,7 @@ class Chatbot:
         assert self.index is not None or not candidates
         try:
             profiles = build_profiles(self.index, candidates, embedder) if candidates else []
+            profiles += source_profiles(self.index, sources, embedder)
             routers = self._routers()
             semantic = next((r for r in routers if isinstance(r, SemanticRouter)), None)
             k = self.settings.routing.vote_k
@@ -502,7 +747,7 @@ class Chatbot:
                 route.ms += (time.perf_counter() - t0) * 1000
         except Exception as e:  # a broken router costs the turn its routing, not its answer
             route = Route(
-                [c.name for c in candidates],
+                list(by_name),
                 "fallback",
                 reason="routing failed: all collections",
                 fallback=True,
@@ -529,6 +774,30 @@ class Chatbot:
         k = self.settings.knowledge.k
         return k if k is not None else (2 if self.model.name.startswith("local:") else 5)
 
+    async def search_passages(
+        self,
+        query: str,
+        chosen: Sequence[CollectionInfo | ExternalSource],
+        *,
+        off_loop: bool = False,
+        **search: Any,
+    ) -> tuple[list[Retrieved], dict[str, str], list[str]]:
+        """The best passages for ``query`` from ``chosen`` (stored collections and
+        :meth:`add_source` sources): ``(passages, each source's outcome, notes)``; the turn's
+        retrieve stage and the ``search_knowledge`` tool both search through here.
+        ``off_loop``: search the collections in a worker thread even without sources (a tool
+        call; the turn searches inline, reusing its route's vector search)."""
+        k, counter = self.passages_k(), self.memory.counter
+        if off_loop and not any(isinstance(c, ExternalSource) for c in chosen):
+            if self.index is None:
+                return [], {}, []
+            namespaces = [c.namespace for c in chosen]
+            found = await asyncio.to_thread(
+                retrieve, self.index, query, namespaces, k, counter, **search
+            )
+            return found, {}, []
+        return await retrieve_with_sources(self.index, query, chosen, k, counter, **search)
+
     def answer_mode(self, requested: str | None, has_passages: bool) -> tuple[str, str]:
         """``(mode, why)``: how this turn answers (see ``[knowledge] answer_mode``)."""
         mode, why = resolve_answer_mode(
@@ -548,7 +817,7 @@ class Chatbot:
         mode = self.settings.knowledge.rewrite
         if mode != "auto":
             return mode
-        remote = self.model.name.startswith(("openai:", "anthropic:"))
+        remote = is_remote(self.model.name)
         return "llm" if remote else "concat"  # the embedded model is too small to rewrite
 
     def wait_background(self, timeout: float | None = None) -> None:
@@ -578,12 +847,17 @@ class _Turn:
         thread_id: str,
         approver: Approver | None = None,
         answer_mode: str | None = None,
+        *,
+        client_tools: Sequence[ToolSpec] = (),
+        steps: Sequence[Message] = (),
     ) -> None:
         self.bot = bot
         self.owner = owner
         self.thread_id = thread_id
         self.approver = approver
         self.answer_mode = answer_mode
+        self.client_tools = tuple(client_tools)  # run by the caller (Chatbot.stream)
+        self.steps = list(steps)  # the turn so far, when it resumes (Chatbot.resume_stream)
         self.query = ""  # the standalone query passages were retrieved for, and its vector
         self.question = ""  # the user's words it was made from (@mentions dropped)
         self.mentioned: list[str] = []  # collections chosen by @name in the message
@@ -591,6 +865,7 @@ class _Turn:
         self.trace = Trace(model=bot.model.name)
         self.citations: list[CitationPart] = []
         self.agent = AgentRun()
+        self.agent.ids.update(c.id for m in self.steps for c in m.tool_calls)
         self._started = time.perf_counter()
 
     # -- for tools: passages found during the turn become citations of its answer ----------
@@ -613,29 +888,34 @@ class _Turn:
     def skip(self, name: str, why: str) -> None:
         self.trace.stages.append(StageTrace(name=name, skipped=True, note=why))
 
-    async def run(self, text: str) -> AsyncIterator[Event]:
+    async def run(self, text: str, *, resend: StoredMessage | None = None) -> AsyncIterator[Event]:
+        """The turn for ``text``; or, regenerating, for the stored user message ``resend``
+        (on the path of the branch just forked after it)."""
         bot, store, memory = self.bot, self.bot.store, self.bot.memory
         with self.stage("load") as s:
             # The user's message is on disk before the model is called (and before the first
             # event: a message acknowledged is never lost). Awaited: other turns run meanwhile,
             # and concurrent turns share the commit.
-            user = Message.user(text)
+            user = Message.user(text) if resend is None else resend.message
             tokens = memory.count(user)
-            new = [*self._unanswered(), user]
-            *_, stored = await store.append_async(
-                self.owner,
-                self.thread_id,
-                new,
-                create=True,
-                tokens=[*(memory.count(m) for m in new[:-1]), tokens],
-            )
+            if resend is not None:
+                stored = resend
+            else:
+                new = [*self._unanswered(), user]
+                *_, stored = await store.append_async(
+                    self.owner,
+                    self.thread_id,
+                    new,
+                    create=True,
+                    tokens=[*(memory.count(m) for m in new[:-1]), tokens],
+                )
             loaded = memory.load(self.owner, self.thread_id, before_seq=stored.seq)
             s.data = {"messages": len(loaded.entries), "user_seq": stored.seq}
         yield TurnStart(thread_id=self.thread_id, user_seq=stored.seq)
         retrieved = await self._knowledge(text, loaded)
         tools = bot.tools(self.owner)
         system_prompt = bot.system_prompt
-        if tools:
+        if tools or self.client_tools:
             system_prompt = f"{system_prompt}\n\n{TOOL_DATA_RULE}".strip()
         with self.stage("context") as s:
             shown = _without_mentions(text, self.mentioned)
@@ -648,7 +928,7 @@ class _Turn:
                 new_tokens=tokens,
                 passages=[r.passage for r in retrieved],
             )
-            messages = context.messages
+            messages = [*context.messages, *self.steps]
             s.data = context.report()
             if tools:
                 s.data["tools"] = [t.name for t in tools]
@@ -712,6 +992,7 @@ class _Turn:
                             on_step=self._store_step,
                             count=memory.count,
                             model_timeout_s=bot.settings.model_timeout_s,
+                            client=self.client_tools,
                         )
                     ) as events:
                         async for event in events:
@@ -731,8 +1012,12 @@ class _Turn:
                 self._keep_partial(run.current, "interrupted")
                 raise
         generation = run.current
-        extra = {"stopped": run.stopped} if run.stopped else {}
+        extra: dict[str, Any] = {"stopped": run.stopped} if run.stopped else {}
+        if run.waiting:  # the client runs these calls: its results resume the turn
+            extra["client_calls"] = [c.id for c in run.waiting]
         answer = await self._persist_async(generation, **extra)
+        if run.held is not None:  # the results of the bot's own calls of that step
+            self._store_step([run.held])
         memory.after_turn(self.owner, self.thread_id, loaded, context)
         for citation in answer.citations:
             yield CitationEvent(citation=citation)
@@ -741,7 +1026,7 @@ class _Turn:
     async def _knowledge(self, text: str, loaded: Loaded) -> list[Retrieved]:
         """Rewrite, route and retrieve: passages from the user's collections (none: skipped)."""
         bot = self.bot
-        if not bot.candidate_collections(self.owner):
+        if not bot.candidate_collections(self.owner) and not bot.candidate_sources(self.owner):
             for stage in ("rewrite", "route", "retrieve"):
                 self.skip(stage, "no collections")
             return []
@@ -773,20 +1058,17 @@ class _Turn:
             self.skip("retrieve", f"routed to no collection ({route.reason or route.strategy})")
             return []
         with self.stage("retrieve") as s:
+            sources: dict[str, str] = {}  # each external source's outcome (add_source)
             try:
-                found = retrieve(
-                    bot.index,
-                    query,
-                    [c.namespace for c in collections],
-                    bot.passages_k(),
-                    bot.memory.counter,
-                    query_vector=vector,
-                    nearest=route.search,
+                found, sources, notes = await bot.search_passages(
+                    query, collections, query_vector=vector, nearest=route.search
                 )
+                self.trace.notes.extend(notes)  # a failing source costs its passages only
             except Exception as e:  # a failing search costs the turn its passages only
                 self.trace.notes.append(f"retrieval failed, answered without passages: {e}")
                 found = []
             s.data = {
+                **({"sources": sources} if sources else {}),
                 "query": query,
                 "passages": [
                     {
@@ -880,6 +1162,10 @@ class _Turn:
             recent = self.bot.store.recent(self.owner, self.thread_id, 2)
         except ThreadNotFound:  # a new thread
             return []
+        waiting = waiting_calls([m.message for m in recent])
+        if waiting:  # the client sent a new message instead of its tools' results
+            self.trace.notes.append(f"client tool calls not answered: {_call_names(waiting)}")
+            return [unanswered(waiting, "the client sent a new message instead of a result")]
         if not recent or recent[-1].message.role not in ("user", "tool"):
             return []
         last = recent[-1]
@@ -977,6 +1263,49 @@ class _Turn:
         self.bot.store.append(
             self.owner, self.thread_id, pair, trace=trace, tokens=[memory.count(m) for m in pair]
         )
+
+
+def _call_names(calls: Sequence[Any]) -> str:
+    return ", ".join(f"{c.id} ({c.name})" for c in calls)
+
+
+def _client_results(
+    thread_id: str, steps: Sequence[Message], results: Sequence[ToolResultPart]
+) -> Message:
+    """The client's ``results`` for the calls the turn waits for, as one tool message named
+    after the stored calls (the client's names are not trusted); a UserError otherwise."""
+    waiting = {c.id: c for c in waiting_calls(steps)}
+    got: dict[str, ToolResultPart] = {}
+    for result in results:
+        call = waiting.get(result.tool_call_id)
+        if call is None:
+            raise UserError(
+                f"a tool result answers call {result.tool_call_id!r}, which thread"
+                f" {thread_id!r} is not waiting for",
+                hint=f"answer the calls it waits for: {_call_names(waiting.values())}",
+            )
+        if call.id in got:
+            raise UserError(
+                f"two tool results answer call {call.id!r}", hint="send one result per call"
+            )
+        got[call.id] = result.model_copy(update={"name": call.name})
+    missing = [c for c in waiting.values() if c.id not in got]
+    if missing:
+        raise UserError(
+            f"no tool result for the waiting call {_call_names(missing)}",
+            hint="send a tool message for every call of the thread's last answer",
+        )
+    return Message.tool(*(got[i] for i in waiting), **{trust.KEY: [trust.TOOL_OUTPUT]})
+
+
+async def _last_answer(events: AsyncIterator[Event]) -> Answer:
+    """The answer a turn's events end with."""
+    answer = None
+    async for event in events:
+        if isinstance(event, TurnEnd):
+            answer = event.answer
+    assert answer is not None  # a turn's stream always ends with TurnEnd
+    return answer
 
 
 def _without_mentions(text: str, names: Sequence[str]) -> str:

@@ -20,13 +20,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from chatwright import __version__, db_command
 from chatwright._cliutil import ConfigOpt, DataDirOpt, UserOpt, err, handles_errors, out
 from chatwright.bot import Chatbot, clean_memory
 from chatwright.config import load_settings
 from chatwright.errors import UserError
-from chatwright.export import thread_to_json, thread_to_markdown
+from chatwright.export import export_thread
 from chatwright.ingest.command import register as register_ingest
 from chatwright.server import command as server_command
 from chatwright.store import Store, open_store
@@ -51,7 +52,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-threads_app = typer.Typer(help="List, show, export and delete threads.", no_args_is_help=True)
+threads_app = typer.Typer(
+    help="List, show, search, rename, export, import and delete threads.", no_args_is_help=True
+)
 app.add_typer(threads_app, name="threads")
 memory_app = typer.Typer(
     help="What the bot remembers about you across all your threads.", no_args_is_help=True
@@ -68,8 +71,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model as provider:name, e.g. local:gemma-3-270m, "
-        "openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, test:echo.",
+        help="Model as provider:name, e.g. local:gemma-3-270m, openai:gpt-4o-mini, "
+        "anthropic:claude-sonnet-4-5, ollama:llama3, test:echo (`chatwright models` lists them).",
     ),
 ]
 
@@ -144,19 +147,32 @@ def _when(ts: float) -> str:
 
 # -- turns --------------------------------------------------------------------------------
 async def _stream_turn(
-    bot: Chatbot, thread_id: str | None, text: str, label: str = "", *, approve: str = "ask"
+    bot: Chatbot,
+    thread_id: str | None,
+    text: str,
+    label: str = "",
+    *,
+    approve: str = "ask",
+    redo: int | None = None,
 ) -> Answer | None:
     """Print one streamed turn after ``label``; returns the answer (None if none came).
 
     ``approve`` decides tool calls that need approval: "ask" (a prompt when on a terminal,
-    otherwise no), "yes" or "no"."""
+    otherwise no), "yes" or "no". ``redo``: a message seq to fork before, on a new branch:
+    an answer to regenerate (``text`` empty) or a message of the user's to resend as ``text``."""
     answer = None
     spinner = err.status("thinking…", spinner="dots") if err.is_terminal else None
     if spinner:
         spinner.start()
     try:
         approver = _cli_approver(approve)
-        async with aclosing(bot.stream(thread_id, text, approver=approver)) as events:
+        if redo is None:
+            stream = bot.stream(thread_id, text, approver=approver)
+        elif not text:
+            stream = bot.regenerate_stream(thread_id or "", redo, approver=approver)
+        else:
+            stream = bot.edit_stream(thread_id or "", redo, text, approver=approver)
+        async with aclosing(stream) as events:
             async for event in events:
                 if isinstance(event, TurnStart):  # stored; the model is still thinking
                     continue
@@ -224,10 +240,15 @@ def _print_citations(answer: Answer) -> None:
 
 
 def _run_turn(
-    bot: Chatbot, thread_id: str | None, text: str, label: str = "", approve: str = "ask"
+    bot: Chatbot,
+    thread_id: str | None,
+    text: str,
+    label: str = "",
+    approve: str = "ask",
+    redo: int | None = None,
 ) -> Answer | None:
     try:
-        return asyncio.run(_stream_turn(bot, thread_id, text, label, approve=approve))
+        return asyncio.run(_stream_turn(bot, thread_id, text, label, approve=approve, redo=redo))
     except KeyboardInterrupt:
         out.file.write("\n")
         err.print("[yellow]answer interrupted[/] (what arrived is kept in the thread)")
@@ -278,6 +299,9 @@ def ask(
 _CHAT_HELP = """\
 commands: /help  /thread (show its id)  /new (start a new thread)  /history
           /remember FACT (kept for all your threads)  /context (what the model sees)  /quit
+          /retry (answer your last message again)  /edit [N] TEXT (resend message N, default
+          your last, as TEXT)  /branches (list them)  /branch N (switch to branch N)
+          (/retry and /edit start a branch: the old turns are kept, /branch 0 shows them)
 Ctrl-C stops an answer; Ctrl-D or /quit leaves (the thread is kept)."""
 
 
@@ -324,6 +348,18 @@ def chat(
                 err.print(f"[red]{e.message}[/] · {e.hint}")
                 continue
             _run_turn(bot, thread_id, line, label="bot> ", approve=approve)
+            _title_new_thread(bot, thread_id)
+
+
+def _title_new_thread(bot: Chatbot, thread_id: str) -> None:
+    """After a thread's first answer, its automatic title (titles.py; a user's title stays)."""
+    from chatwright.titles import auto_title
+
+    info = bot.store.find_thread(bot.owner, thread_id)
+    if info is None or info.message_count > 4:
+        return
+    with contextlib.suppress(Exception):  # a title is a nicety; auto_title logs its failures
+        asyncio.run(auto_title(bot.store, bot.model, bot.owner, thread_id))
 
 
 def _new_id() -> str:
@@ -351,6 +387,11 @@ def _slash(bot: Chatbot, thread_id: str, command: str) -> tuple[str, bool]:
             err.print(f"remembered #{item.id}: {item.text}")
         except UserError as e:
             err.print(f"[red]{e.message}[/] · {e.hint}")
+    elif name in ("/retry", "/edit", "/branches", "/branch"):
+        try:
+            _branch_command(bot, thread_id, name, command[len(name) :].strip())
+        except UserError as e:
+            err.print(f"[red]{e.message}[/] · {e.hint}")
     elif name == "/context":
         if bot.store.find_thread(bot.owner, thread_id) is None:
             err.print("nothing yet: the thread starts with your next message")
@@ -359,6 +400,47 @@ def _slash(bot: Chatbot, thread_id: str, command: str) -> tuple[str, bool]:
     else:
         err.print(_CHAT_HELP)
     return thread_id, False
+
+
+def _branch_command(bot: Chatbot, thread_id: str, name: str, rest: str) -> None:
+    """/retry, /edit [N] TEXT, /branches, /branch N (see ``_CHAT_HELP``)."""
+    if bot.store.find_thread(bot.owner, thread_id) is None:
+        raise UserError("nothing yet: the thread starts with your next message")
+    if name == "/branches":
+        active = bot.thread(thread_id).branch
+        for b in bot.branches(thread_id):
+            where = "main" if b.parent is None else f"from {b.parent} after #{b.fork_seq}"
+            mark = "*" if b.id == active else " "
+            out.print(f"{mark} branch {b.id}: {where}, {b.messages} messages", highlight=False)
+        return
+    if name == "/branch":
+        if not rest.isdigit():
+            raise UserError("which branch?", hint="/branch N, with N from /branches (0: main)")
+        bot.switch_branch(thread_id, int(rest))
+        err.print(f"on branch {rest}")
+        _show_recent(bot, thread_id)
+        return
+    recent = bot.store.recent(bot.owner, thread_id, 100)
+    if name == "/retry":
+        if recent and recent[-1].message.role == "user":
+            raise UserError("your last message has no answer yet", hint="send your next message")
+        last = next((m for m in reversed(recent) if m.message.role == "assistant"), None)
+        if last is None:
+            raise UserError("no answer to retry yet")
+        _run_turn(bot, thread_id, "", label="bot> ", redo=last.seq)
+        return
+    number, _, text = rest.partition(" ")
+    if number.lstrip("#").isdigit():
+        seq = int(number.lstrip("#"))
+    else:
+        text = rest
+        mine = next((m for m in reversed(recent) if m.message.role == "user"), None)
+        if mine is None:
+            raise UserError("no message of yours to edit yet")
+        seq = mine.seq
+    if not text.strip():
+        raise UserError("edit it to what?", hint="/edit [N] TEXT")
+    _run_turn(bot, thread_id, text.strip(), label="bot> ", redo=seq)
 
 
 def _show_recent(bot: Chatbot, thread_id: str, limit: int = 6) -> None:
@@ -507,11 +589,10 @@ def threads_export(
     user: UserOpt = None,
 ) -> None:
     """Export a thread's full transcript as JSON or Markdown."""
-    render = {"json": thread_to_json, "markdown": thread_to_markdown, "md": thread_to_markdown}
-    if fmt not in render:
+    if fmt not in ("json", "markdown", "md"):
         raise UserError(f"unknown format {fmt!r}", hint="use --format json or --format markdown")
     with _store(data_dir, config, user) as (store, owner):
-        text = render[fmt](store.get_thread(owner, thread_id), store.messages(owner, thread_id))
+        text = export_thread(store, owner, thread_id, fmt)
     if output is None:
         out.file.write(text if text.endswith("\n") else text + "\n")
     else:
@@ -537,6 +618,103 @@ def threads_delete(
             typer.confirm(f"delete thread {info.id} ({info.message_count} messages)?", abort=True)
         store.delete_thread(owner, thread_id)
     err.print(f"deleted thread {thread_id}")
+
+
+@threads_app.command("rename")
+@handles_errors()
+def threads_rename(
+    thread_id: Annotated[str, typer.Argument(help="The thread's id.")],
+    title: Annotated[str | None, typer.Argument(help="The new title.")] = None,
+    auto: Annotated[
+        bool, typer.Option("--auto", help="An automatic title (the model's, or key words).")
+    ] = False,
+    model: ModelOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Rename a thread, or give it an automatic title with --auto."""
+    from chatwright.models import get_model
+    from chatwright.titles import auto_title
+
+    if (title is None) == (not auto):
+        raise UserError("give a title or --auto", hint='chatwright threads rename ID "My title"')
+    settings = load_settings(config, model=model, data_dir=data_dir, user=user)
+    with _store(data_dir, config, user) as (store, owner):
+        if auto:
+            chosen = get_model(settings.model, settings)
+            info = asyncio.run(auto_title(store, chosen, owner, thread_id)) or store.get_thread(
+                owner, thread_id
+            )
+        else:
+            clean = " ".join((title or "").split())
+            if not clean:
+                raise UserError("the title is blank", hint="give a title with some text")
+            info = store.rename_thread(owner, thread_id, clean[:200])
+    out.print(info.title or "", markup=False)
+
+
+@threads_app.command("search")
+@handles_errors()
+def threads_search(
+    query: Annotated[str, typer.Argument(help="Words to look for in titles and messages.")],
+    limit: Annotated[int, typer.Option(min=1, max=100, help="How many threads.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Search your threads' titles and messages, best match first."""
+    from chatwright.retrieval.thread_search import thread_search
+
+    with _store(data_dir, config, user) as (store, owner):
+        hits = thread_search(store).search(owner, query, limit=limit)
+    if as_json:
+        rows = [
+            {"id": h.thread.id, "title": h.thread.title, "seq": h.seq, "snippet": h.snippet}
+            for h in hits
+        ]
+        out.file.write(json.dumps(rows, ensure_ascii=False) + "\n")
+        return
+    if not hits:
+        err.print(f"no thread matches {query!r}", markup=False)
+        return
+    table = Table("id", "title", "match", box=None, pad_edge=False)
+    for h in hits:
+        table.add_row(h.thread.id, h.thread.title or "", h.snippet)
+    out.print(table)
+
+
+@threads_app.command("import")
+@handles_errors()
+def threads_import(
+    files: Annotated[
+        list[Path], typer.Argument(help="Exports: chatwright JSON, ChatGPT's conversations.json.")
+    ],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    user: UserOpt = None,
+) -> None:
+    """Import exported threads as new threads (all or none: a bad file stores nothing)."""
+    from chatwright.importing import import_threads, parse_export
+
+    parsed = []
+    for path in files:
+        try:
+            parsed += parse_export(path.read_bytes())
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror}", hint="check the path") from None
+        except UserError as e:
+            raise UserError(f"{path}: {e.message}", hint=e.hint) from None
+    settings = load_settings(config, data_dir=data_dir, user=user)
+    store = open_store(settings)
+    try:  # a user's message no longer than a turn's, as the API's import
+        created = import_threads(store, settings.user, parsed, max_chars=settings.max_message_chars)
+    finally:
+        store.close()
+    for info in created:
+        out.print(f"{info.id}  {info.title or ''}  ({info.message_count} messages)", markup=False)
+    err.print(f"imported {len(created)} thread{'s' if len(created) != 1 else ''}")
 
 
 # -- user memory --------------------------------------------------------------------------
@@ -865,6 +1043,39 @@ def tools_list(
                 out.print(f"  {t['description'].splitlines()[0]}", markup=False)
         for server in servers:
             err.print(f"MCP server {server['name']}: {server['status']}", markup=False)
+
+
+@app.command("models")
+@handles_errors()
+def models_list(
+    timeout: Annotated[
+        float, typer.Option(min=0.1, max=60, help="Seconds to wait for each server.")
+    ] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """What can be named with --model: the embedded model, the test models, the providers
+    (is a key set?), and what a local Ollama or a configured OpenAI-compatible server has."""
+    from chatwright.models.catalog import catalog
+
+    found = catalog(load_settings(config), timeout_s=timeout)
+    if as_json:
+        out.file.write(json.dumps(found.to_dict(), indent=2) + "\n")
+        return
+    table = Table("model", "kind", "ready", "note", box=None)
+    for m in found.models:
+        default = " (default)" if m.name == found.default else ""
+        cells = (m.name + default, m.kind, "yes" if m.available else "no", m.note)
+        table.add_row(*map(Text, cells))  # Text: `pip install "chatwright[local]"` as is
+    out.print(table)
+    for p in found.providers:
+        where = f" at {p.url}" if p.url and p.url not in (p.error or "") else ""
+        if p.error is None:
+            state = f"{p.models} models" if p.reachable else "key set"
+            out.print(f"{p.provider}{where}: {state}", markup=False)
+        else:
+            hint = f" (hint: {p.hint})" if p.hint else ""
+            out.print(f"{p.provider}{where}: {p.error}{hint}", markup=False)
 
 
 @app.command()

@@ -41,6 +41,8 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "ToolsSettings",
+    "WebSearchSettings",
+    "WebSettings",
     "default_data_dir",
     "find_config_file",
     "load_settings",
@@ -170,7 +172,8 @@ class ToolsSettings(_Section):
 
     # Built-in tools offered to the model. Default (None): search_knowledge and remember for
     # remote models, none for the embedded one (see benchmarks/README.md: it picks tools poorly).
-    builtin: list[Literal["search_knowledge", "remember"]] | None = None
+    # fetch_url and web_search (the web, see [web]) are offered only when listed here.
+    builtin: list[Literal["search_knowledge", "remember", "fetch_url", "web_search"]] | None = None
     # Tools with side effects that run without asking, while the turn has read nothing
     # untrusted (documents, tool output). "*" means all of them. remember only writes the
     # user's own memory, which they can see and delete.
@@ -183,6 +186,56 @@ class ToolsSettings(_Section):
     tool_timeout_s: float = Field(default=30.0, gt=0)  # default per tool
     max_output_chars: int = Field(default=16_000, ge=100)  # longer tool output is cut, with a note
     approval_timeout_s: float = Field(default=300.0, gt=0)  # no answer in time means no
+
+
+class WebSearchSettings(_Section):
+    """``[web.search]``: the backend of the ``web_search`` tool (none: the tool is off)."""
+
+    backend: Literal["searxng", "tavily", "brave"] | None = None
+    url: str | None = None  # SearXNG: its address; Tavily/Brave: default their public API
+    api_key: str | None = None  # Tavily/Brave; default: TAVILY_API_KEY / BRAVE_API_KEY
+    max_results: int = Field(default=5, ge=1, le=20)
+    timeout_s: float = Field(default=15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> WebSearchSettings:
+        if self.backend == "searxng" and not self.url:
+            raise ValueError("the searxng backend needs url, e.g. http://localhost:8888")
+        return self
+
+
+class WebSettings(_Section):
+    """``[web]``: reading web pages (``chatwright ingest https://…``, the ``fetch_url`` tool).
+
+    Private, loopback, link-local and cloud-metadata addresses are never fetched unless their
+    host is in ``allow_hosts`` (names, ``*.example.com``, addresses) or their address in
+    ``allow_networks`` (CIDR): see ``chatwright/netguard.py``."""
+
+    allow_hosts: list[str] = Field(default_factory=list)
+    allow_networks: list[str] = Field(default_factory=list)
+    max_page_mb: float = Field(default=10.0, gt=0, le=1024)  # longer pages are cut there
+    max_redirects: int = Field(default=5, ge=0, le=30)
+    timeout_s: float = Field(default=20.0, gt=0)  # one connect or read
+    time_limit_s: float = Field(default=30.0, gt=0)  # one page, redirects included (fetch_url:
+    # at most the tool's budget, [tools] tool_timeout_s)
+    max_pages: int = Field(default=50, ge=1)  # per ingest run (--max-pages)
+    concurrency: int = Field(default=2, ge=1, le=16)  # pages fetched at once, one site
+    respect_robots: bool = True  # ingest obeys robots.txt (fetch_url, acting for a user, not)
+    user_agent: str = "chatwright/0.1"
+    fetch_max_chars: int = Field(default=12_000, ge=200)  # fetch_url's answer, at most
+    search: WebSearchSettings = Field(default_factory=WebSearchSettings)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network (write e.g. 10.0.0.0/8)") from None
+        return value
 
 
 class MCPServerSettings(_Section):
@@ -298,6 +351,7 @@ class Settings(BaseSettings):
     tools: ToolsSettings = Field(default_factory=ToolsSettings)
     mcp: dict[str, MCPServerSettings] = Field(default_factory=dict)  # [mcp.<name>] sections
     server: ServerSettings = Field(default_factory=ServerSettings)
+    web: WebSettings = Field(default_factory=WebSettings)  # [web] and [web.search]
     bots: dict[str, BotSettings] = Field(default_factory=dict)  # [bots.<name>] sections
 
     @field_validator("model")
@@ -328,6 +382,15 @@ class Settings(BaseSettings):
                 "must be postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db"
             )
         return value.strip()
+
+    @model_validator(mode="after")
+    def _web_search_backend(self) -> Settings:
+        if "web_search" in (self.tools.builtin or []) and self.web.search.backend is None:
+            raise ValueError(
+                "tools.builtin lists web_search but [web.search] names no backend: set "
+                'backend = "searxng" (with url), "tavily" or "brave" (with api_key)'
+            )
+        return self
 
     @property
     def db_path(self) -> Path:

@@ -14,6 +14,11 @@ that ``remember`` saved in an untrusted turn is stored as untrusted, even when t
 approved the call: while it is in the context, every turn of that user is untrusted, until
 the user edits it (their own words then) or deletes it. Summaries and recalled turns always
 count as untrusted: they are the model's retelling of turns that may have held such text.
+
+An imported conversation (``importing.py``) was written elsewhere, by whoever made the file:
+every message of it is stored with ``metadata["untrusted"] = [IMPORTED]``, its user messages
+too, and counts as untrusted while it is in the context. Only a message carrying that key is:
+a user message typed here is never tainted.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from chatwright.types import Message
 
 __all__ = [
     "EARLIER_ANSWER",
+    "IMPORTED",
     "KEY",
     "MEMORY",
     "PASSAGES",
@@ -42,11 +48,21 @@ RECALLED = "recalled turns"
 SUMMARY = "the conversation summary"
 EARLIER_ANSWER = "an earlier answer that quoted untrusted text"
 MEMORY = "a memory saved from an untrusted turn"
+IMPORTED = "an imported conversation"
 
 
 def tainted(message: Message) -> bool:
-    """Whether ``message`` was written with untrusted text in view (a user's never is)."""
-    return message.role != "user" and bool(message.metadata.get(KEY))
+    """Whether ``message`` was written with untrusted text in view, or (an imported one, of
+    any role) by someone else: whether it carries the key. A user message typed here never
+    does."""
+    return bool(message.metadata.get(KEY))
+
+
+def _sources(message: Message) -> list[str]:
+    """The sources a tainted user message names (an imported one: ``IMPORTED``)."""
+    named = message.metadata.get(KEY)
+    found = [s for s in named if isinstance(s, str) and s] if isinstance(named, list) else []
+    return found or [IMPORTED]
 
 
 def merge(*groups: Iterable[str]) -> tuple[str, ...]:
@@ -72,5 +88,6 @@ def context_sources(
         MEMORY if memory else "",
         *(TOOL_OUTPUT for m in messages if m.role == "tool"),
         *(EARLIER_ANSWER for m in messages if m.role == "assistant" and tainted(m)),
+        *(s for m in messages if m.role == "user" and tainted(m) for s in _sources(m)),
     ]
     return merge(s for s in found if s)

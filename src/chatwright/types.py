@@ -38,6 +38,7 @@ __all__ = [
     "from_openai",
     "load_json",
     "load_message",
+    "openai_content_text",
     "to_openai",
 ]
 
@@ -87,6 +88,8 @@ class CitationPart(_Value):
     source: str | None = None
     title: str | None = None
     page: int | None = None
+    # the headings the passage sits under, outermost first: ("Install", "Linux", "Debian")
+    heading_path: tuple[str, ...] = ()
 
 
 Part = Annotated[
@@ -321,7 +324,11 @@ def to_openai(messages: Iterable[Message]) -> list[dict[str, Any]]:
     return out
 
 
-def _openai_content_text(content: Any) -> str:
+def openai_content_text(content: Any, *, skip_other: bool = False) -> str:
+    """The text of an OpenAI-format message's ``content``: a string, or a list of parts whose
+    text parts are joined. A part that is not text raises ``ValueError`` naming it, or with
+    ``skip_other`` (importing a saved conversation, whose images are not kept) is left out;
+    there a bare string and any part with a string ``text`` count as text."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -331,7 +338,11 @@ def _openai_content_text(content: Any) -> str:
         for block in content:
             if isinstance(block, dict) and block.get("type") in ("text", "input_text"):
                 texts.append(str(block.get("text", "")))
-            else:
+            elif skip_other and isinstance(block, str):
+                texts.append(block)
+            elif skip_other and isinstance(block, dict) and isinstance(block.get("text"), str):
+                texts.append(block["text"])  # "output_text" and kin
+            elif not skip_other:
                 kind = block.get("type") if isinstance(block, dict) else type(block).__name__
                 raise ValueError(f"unsupported content part {kind!r}: only text is supported")
         return "".join(texts)
@@ -349,7 +360,7 @@ def from_openai(items: Iterable[dict[str, Any]]) -> list[Message]:
             role = "system"
         if role not in ("system", "user", "assistant", "tool"):
             raise ValueError(f"messages[{i}].role must be system, user, assistant or tool")
-        text = _openai_content_text(item.get("content"))
+        text = openai_content_text(item.get("content"))
         if role == "tool":
             call_id = item.get("tool_call_id")
             if not isinstance(call_id, str):

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,6 +34,7 @@ from chatwright.config import Settings, load_settings
 from chatwright.errors import ChatwrightError, UserError
 from chatwright.ingest.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from chatwright.ingest.pipeline import Ingestor, IngestReport, Progress, has_vectors
+from chatwright.ingest.web import WebIngest, is_url
 from chatwright.retrieval.index import SearchIndex
 from chatwright.store import Store, open_store
 
@@ -121,7 +123,10 @@ class _Rates(ProgressColumn):
 @_handles_errors
 def ingest(
     paths: Annotated[
-        list[str], typer.Argument(help="Files, directories (read recursively) or quoted globs.")
+        list[str],
+        typer.Argument(
+            help="Files, directories (read recursively) or quoted globs; or web page URLs."
+        ),
     ],
     collection: Annotated[
         str, typer.Option("--collection", "-C", help="The collection; created if missing.")
@@ -146,6 +151,20 @@ def ingest(
     overlap: Annotated[
         int, typer.Option("--overlap", min=0, help="Tokens a chunk repeats from the one before.")
     ] = DEFAULT_OVERLAP,
+    depth: Annotated[
+        int,
+        typer.Option(
+            "--depth", min=0, max=10, help="URLs: also follow links on the same site, this deep."
+        ),
+    ] = 0,
+    max_pages: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pages",
+            min=1,
+            help="URLs: at most this many pages \\[default: \\[web] max_pages].",
+        ),
+    ] = None,
     embedder: Annotated[
         str | None,
         typer.Option(
@@ -162,8 +181,15 @@ def ingest(
 
     chatwright ingest docs/ --collection handbook
     chatwright ingest 'notes/**/*.md' report.pdf -C handbook --sync
+    chatwright ingest https://example.com/docs/ -C docs --depth 2 --max-pages 100
     """
     settings = load_settings(config, data_dir=data_dir, user=user)
+    urls = [p for p in paths if is_url(p)]
+    if urls and (len(urls) < len(paths) or sync):
+        raise UserError(
+            "web pages are ingested on their own: without files and without --sync",
+            hint="run one `chatwright ingest` for the URLs and another for the files",
+        )
     with _store(settings) as store:
         owner = settings.user
         new = store.find_collection(owner, collection) is None
@@ -177,8 +203,13 @@ def ingest(
             chunk_tokens=chunk_tokens,
             overlap=overlap,
         )
+        web = (
+            WebIngest.from_settings(ingestor, settings.web, depth=depth, max_pages=max_pages)
+            if urls
+            else None
+        )
         try:
-            report = _run(ingestor, paths, collection, sync, description or "")
+            report = _run(ingestor, paths, collection, sync, description or "", web)
         except BaseException:
             if new:
                 _drop_if_empty(store, owner, collection)
@@ -187,9 +218,11 @@ def ingest(
             _drop_if_empty(store, owner, collection)
         elif description is not None:
             store.update_collection(owner, collection, description)
-    _print_report(report)
+    _print_report(report, "pages" if urls else "files")
+    for note in web.notes if web is not None else ():
+        err.print(f"[yellow]note:[/] {escape(note)}")
     if report.read == 0 and report.removed == 0:
-        err.print("[bold red]error:[/] no file could be read")
+        err.print(f"[bold red]error:[/] no {'page' if urls else 'file'} could be read")
         raise typer.Exit(1)
 
 
@@ -202,14 +235,19 @@ def _drop_if_empty(store: Store, owner: str, collection: str) -> None:
 
 
 def _run(
-    ingestor: Ingestor, paths: list[str], collection: str, sync: bool, description: str
+    ingestor: Ingestor,
+    paths: list[str],
+    collection: str,
+    sync: bool,
+    description: str,
+    web: WebIngest | None = None,
 ) -> IngestReport:
     columns = (
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("files"),
+        TextColumn("pages" if web is not None else "files"),
         _Rates(),
         TimeElapsedColumn(),
     )
@@ -219,18 +257,21 @@ def _run(
         def show(event: Progress) -> None:
             bar.update(task, total=event.total, completed=event.done, chunks=event.chunks)
 
+        if web is not None:
+            return web.ingest(paths, collection, description=description, progress=show)
         return ingestor.ingest(paths, collection, sync=sync, description=description, progress=show)
 
 
-def _print_report(report: IngestReport) -> None:
+def _print_report(report: IngestReport, unit: str = "files") -> None:
     for skipped in report.skipped:
-        err.print(f"[yellow]skipped[/] {skipped.path}: {skipped.reason}", markup=True)
+        # escaped: a reason may name a config section ("[web]"), which is not markup
+        err.print(f"[yellow]skipped[/] {escape(skipped.path)}: {escape(skipped.reason)}")
     rate = report.chunks_written / report.seconds if report.seconds > 0 else 0.0
     table = Table(title=f"ingest into {report.collection}", box=None, pad_edge=False)
     table.add_column("", style="bold")
     table.add_column("", justify="right")
     rows = [
-        ("files found", report.files),
+        (f"{unit} found", report.files),
         ("added", report.added),
         ("updated", report.updated),
         ("unchanged", report.unchanged),

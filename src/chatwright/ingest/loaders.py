@@ -4,12 +4,19 @@
 suffix                     parser                             structure kept
 =========================  =================================  ===============================
 ``.txt .text .rst``        none (UTF-8, UTF-16 with a BOM)    paragraphs
-``.md .markdown``          line scanner (ATX/setext headings) headings, paragraphs
+``.md .markdown``          ``markdown-it-py`` (with rich)     headings, paragraphs, lists,
+                                                              tables, code; markup dropped
 ``.html .htm``             stdlib ``html.parser``             h1-h6, blocks; script, style,
                                                               nav, noscript... dropped
 ``.pdf``                   ``pypdf`` (``chatwright[ingest]``) one section per page
 ``.docx``                  ``python-docx`` (``[ingest]``)     "Heading N" styles, tables
 =========================  =================================  ===============================
+
+Every document comes out clean: no markup in its text (Markdown's emphasis, links, inline HTML
+and admonition markers go, their words stay), and its title, headings and text in Unicode NFKC
+(:func:`nfkc`: PDF ligatures ``ﬀ`` → ``ff``, full-width forms, no-break spaces) except
+superscripts, subscripts and fractions, whose meaning NFKC would change (``x²`` → ``x2``).
+:data:`PARSER_VERSION` says when that output changed, so an ingest re-reads unchanged files.
 
 A file that cannot be used raises :class:`UnreadableFile` from :func:`parse` with a reason a
 user can act on (binary content, empty, encrypted or corrupt PDF, a DOCX that would decompress
@@ -23,9 +30,10 @@ import contextlib
 import io
 import logging
 import re
+import unicodedata
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,7 @@ from chatwright.errors import UserError
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "FORMATS",
+    "PARSER_VERSION",
     "LoadedDocument",
     "Section",
     "Skipped",
@@ -45,6 +54,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# Raised when the loaders' output changes for the same bytes: the ingest then re-reads files
+# it would skip as unchanged (their unchanged chunks keep their vectors). 2: Markdown through
+# markdown-it-py, Unicode NFKC.
+PARSER_VERSION = 2
 # DOCX is a zip: refuse one that would unpack past these (a "decompression bomb").
 DOCX_MAX_UNPACKED = 256 * 1024 * 1024
 DOCX_MAX_RATIO = 200  # uncompressed / compressed, per member larger than 1 MiB
@@ -130,7 +143,7 @@ def parse(name: str, data: bytes) -> LoadedDocument:
         raise UnreadableFile(f"unsupported file type {suffix or '(no suffix)'!r}")
     if not data:
         raise UnreadableFile("empty file")
-    doc = fmt.parse(data, Path(name).stem)
+    doc = clean_unicode(fmt.parse(data, Path(name).stem))
     if not any(s.text.strip() for s in doc.sections):
         raise UnreadableFile(
             "no text found" + (" (a scanned PDF? run OCR on it first)" if fmt.name == "pdf" else "")
@@ -138,8 +151,55 @@ def parse(name: str, data: bytes) -> LoadedDocument:
     return doc
 
 
+# Kept as they are by NFKC below: x² must not become x2, nor H₂O H2O, nor ½ 1/2. The
+# ranges hold every character whose compatibility mapping is <super>, <sub> or <fraction>
+# (Unicode 14-15; tests/test_ingest_clean.py checks them against this Python's unicodedata).
+_KEEP_CANDIDATES = re.compile(
+    "[\u00aa-\u00be\u02b0-\u02b8\u02e0-\u02e4\u10fc\u1d2c-\u1d6a\u1d78\u1d9b-\u1dbf"
+    "\u2070-\u209c\u2120-\u2122\u2150-\u215f\u2189\u2c7c\u2c7d\u2d6f\u3192-\u319f"
+    "\ua69c\ua69d\ua770\ua7f2-\ua7f9\uab5c-\uab5f\uab69\U00010781-\U000107ba"
+    "\U0001f16a-\U0001f16c]"
+)
+_KEEP_TAGS = ("<super>", "<sub>", "<fraction>")
+# invisible characters that split words: soft hyphen, zero-width space, word joiner, BOM
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u2060\ufeff"))
+
+
+def nfkc(text: str) -> str:
+    """``text`` in Unicode NFKC (ligatures ``ﬀ`` → ``ff``, full-width letters and digits, no-break
+    spaces → spaces), except superscripts, subscripts and fractions; invisible word-splitting
+    characters dropped."""
+    if text.isascii():
+        return text
+    text = text.translate(_INVISIBLE)
+    out: list[str] = []
+    start = 0
+    for m in _KEEP_CANDIDATES.finditer(text):
+        if unicodedata.decomposition(m.group()).startswith(_KEEP_TAGS):
+            out.append(unicodedata.normalize("NFKC", text[start : m.start()]))
+            out.append(m.group())
+            start = m.end()
+    out.append(unicodedata.normalize("NFKC", text[start:]))
+    return "".join(out)
+
+
+def clean_unicode(doc: LoadedDocument) -> LoadedDocument:
+    """``doc`` with its title, texts and headings through :func:`nfkc`."""
+    sections = [
+        Section(nfkc(s.text), tuple(nfkc(h) for h in s.heading_path), s.page) for s in doc.sections
+    ]
+    return replace(doc, title=nfkc(doc.title), sections=sections)
+
+
 def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def _add_section(sections: list[Section], text: str, path: list[tuple[int, str]]) -> None:
+    """Add the text under ``path`` unless it is empty or only the heading itself (a heading
+    directly followed by a sub-heading: the sub-sections carry it in their paths)."""
+    if text.strip() and not (path and text.strip() == path[-1][1]):
+        sections.append(Section(text, tuple(heading for _, heading in path)))
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -178,81 +238,16 @@ def parse_text(data: bytes, stem: str) -> LoadedDocument:
 
 
 # -- markdown -----------------------------------------------------------------------------
-_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
-_FRONT_TITLE = re.compile(r"^title:\s*(.+?)\s*$", re.MULTILINE)
-
-
-def _add_section(sections: list[Section], text: str, path: list[tuple[int, str]]) -> None:
-    """Add the text under ``path`` unless it is empty or only the heading itself (a heading
-    directly followed by a sub-heading: the sub-sections carry it in their paths)."""
-    if text.strip() and not (path and text.strip() == path[-1][1]):
-        sections.append(Section(text, tuple(heading for _, heading in path)))
-
-
-def _strip_inline(text: str) -> str:
-    """A heading's text without emphasis, code ticks or link targets."""
-    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
-    return re.sub(r"[*_`]+", "", text).strip()
-
-
 def parse_markdown(data: bytes, stem: str) -> LoadedDocument:
-    lines = _normalize(decode_text(data)).split("\n")
-    title: str | None = None
-    if lines and lines[0].strip() == "---":  # YAML front matter: skipped, its title kept
-        end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
-        if end is not None:
-            found = _FRONT_TITLE.search("\n".join(lines[1:end]))
-            title = found.group(1).strip("'\"") if found else None
-            lines = lines[end + 1 :]
-    sections: list[Section] = []
-    path: list[tuple[int, str]] = []
-    body: list[str] = []
-    fence: str | None = None
+    from chatwright.ingest.markdown import markdown_sections
 
-    def flush() -> None:
-        _add_section(sections, "\n".join(body).strip("\n"), path)
-        body.clear()
-
-    def open_heading(level: int, text: str) -> None:
-        nonlocal title
-        flush()
-        while path and path[-1][0] >= level:
-            path.pop()
-        path.append((level, text))
-        if title is None and level == 1:
-            title = text
-        body.append(text)  # the heading starts its section's text (helps keyword search)
-
-    for line in lines:
-        if fence is not None:
-            body.append(line)
-            if line.strip().startswith(fence):
-                fence = None
-            continue
-        opened = _FENCE.match(line)
-        if opened:
-            fence = opened.group(1)[:3]
-            body.append(line)
-            continue
-        atx = _ATX.match(line)
-        if atx:
-            open_heading(len(atx.group(1)), _strip_inline(atx.group(2) or ""))
-            continue
-        setext = _SETEXT.match(line)
-        if setext and body and body[-1].strip() and not _is_block_start(body[-1]):
-            text = _strip_inline(body.pop())
-            open_heading(1 if setext.group(1)[0] == "=" else 2, text)
-            continue
-        body.append(line)
-    flush()
+    text = _normalize(decode_text(data))
+    parsed = markdown_sections(text, html_text)
+    if parsed is None:  # markdown-it-py missing (it logged how to install it)
+        return LoadedDocument(stem, [Section(text.strip("\n"))], "markdown")
+    title, found = parsed
+    sections = [Section(body, path) for path, body in found]
     return LoadedDocument(title=title or stem, sections=sections, format="markdown")
-
-
-def _is_block_start(line: str) -> bool:
-    """A line that cannot be the text of a setext heading (a list item, a quote, a table)."""
-    return bool(re.match(r"^\s*([-*+>|]|\d+[.)])\s", line))
 
 
 # -- html ---------------------------------------------------------------------------------
@@ -265,7 +260,7 @@ _BLOCK = frozenset(
     {
         "address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "figcaption",
         "figure", "footer", "form", "header", "hr", "li", "main", "ol", "p", "pre", "section",
-        "table", "tbody", "thead", "tfoot", "tr", "ul", "br", "caption",
+        "table", "tbody", "thead", "tfoot", "tr", "ul", "br", "caption", "details", "summary",
     }
 )  # fmt: skip
 _LINES = frozenset({"br", "li", "tr", "dt", "dd"})  # a new line, not a new paragraph
@@ -389,6 +384,14 @@ def _decode_html(data: bytes) -> str:
             raise UnreadableFile(
                 f"not valid {declared.group(1).decode('ascii', 'replace')} text"
             ) from None
+
+
+def html_text(fragment: str) -> str:
+    """The text of a piece of HTML (an HTML block in Markdown), headings as paragraphs."""
+    parser = _HTMLText()
+    parser.feed(fragment)
+    parser.close()
+    return "\n\n".join(s.text for s in parser.sections)
 
 
 def parse_html(data: bytes, stem: str) -> LoadedDocument:

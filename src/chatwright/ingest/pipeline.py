@@ -3,7 +3,8 @@
 For each file found (``files.py``), in order:
 
 1. **Hash** its bytes (SHA-256). Same hash and same settings (chunk size, overlap, counter,
-   embedder) as the stored document: *unchanged*, done, nothing parsed.
+   embedder, the loaders' ``PARSER_VERSION``) as the stored document: *unchanged*, done,
+   nothing parsed.
 2. **Parse** (``loaders.py``) and **chunk** (``chunking.py``). A file that cannot be read is
    a :class:`Skipped` with its reason; its previous version, if any, stays in the index.
 3. **Embed** only chunk texts not seen before. A chunk's key is
@@ -43,6 +44,7 @@ from chatwright.ingest.chunking import (
 from chatwright.ingest.files import Found, SourceFile, find_files
 from chatwright.ingest.loaders import (
     DEFAULT_MAX_BYTES,
+    PARSER_VERSION,
     LoadedDocument,
     Skipped,
     UnreadableFile,
@@ -55,7 +57,7 @@ from chatwright.retrieval.index import Chunk, SearchIndex
 if TYPE_CHECKING:
     from chatwright.store.base import CollectionInfo, DocumentInfo, Store
 
-__all__ = ["IngestReport", "Ingestor", "Progress"]
+__all__ = ["IngestReport", "IngestRun", "Ingestor", "Progress"]
 
 Status = Literal["added", "updated", "unchanged", "skipped", "removed"]
 # Texts per embed() call: the local embedder sorts each call's texts by length to pad little,
@@ -117,6 +119,7 @@ class _Prepared:
     hashes: list[str]
     old: DocumentInfo | None
     old_vectors: dict[str, np.ndarray | None]  # text hash -> stored vector, of the old version
+    extra: dict[str, Any] = field(default_factory=dict)  # more document metadata (web: etag)
 
 
 def text_hash(text: str) -> str:
@@ -176,7 +179,7 @@ class Ingestor:
         """What, besides the bytes, decides a document's chunks and vectors."""
         return (
             f"chunks={self.chunk_tokens}/{self.overlap} count={self.counter.name} "
-            f"embedder={_name(self.embedder)}"
+            f"embedder={_name(self.embedder)} parser={PARSER_VERSION}"
         )
 
     # -- the run ----------------------------------------------------------------------------
@@ -198,7 +201,7 @@ class Ingestor:
         if info is None:
             info = self.store.create_collection(self.owner, collection, description)
         self._check_dim(info)
-        run = _Run(self, info, found, progress)
+        run = IngestRun(self, info, found, progress)
         run.go()
         if sync:
             run.sync()
@@ -222,9 +225,11 @@ class Ingestor:
         data: bytes,
         digest: str,
         old: DocumentInfo | None,
+        doc: LoadedDocument | None = None,
     ) -> _Prepared:
-        """Parse and chunk one file, and read back its old version's vectors."""
-        doc = parse(file.path.name, data)
+        """Parse (unless ``doc`` is given: a web page, parsed already) and chunk one file, and
+        read back its old version's vectors."""
+        doc = doc if doc is not None else parse(file.path.name, data)
         chunks = chunk_sections(
             doc.sections,
             max_tokens=self.chunk_tokens,
@@ -284,6 +289,7 @@ class Ingestor:
         }
         if p.doc.pages is not None:
             metadata["pages"] = p.doc.pages
+        metadata.update(p.extra)
         with self.store.transaction():
             doc = self.store.put_document(
                 self.owner,
@@ -316,7 +322,8 @@ class Ingestor:
             "document_id": document_id,
             "source": p.file.source,
             "title": p.doc.title,
-            "heading_path": " > ".join(c.heading_path),
+            "heading_path": " > ".join(c.heading_path),  # as before; "headings" is exact
+            "headings": list(c.heading_path),
             "page": c.page,
             "chunk_index": c.index,
         }
@@ -343,7 +350,7 @@ def _name(embedder: Any) -> str:
     return embedder.name if embedder is not None else "none"
 
 
-class _Run:
+class IngestRun:
     """One call of :meth:`Ingestor.ingest`: its state and report."""
 
     def __init__(

@@ -80,6 +80,7 @@ class Recalled:
     text: str
     tokens: int
     score: float = 0.0
+    last_seq: int = 0  # its last message (0: unknown, taken as first_seq)
 
 
 @dataclass(frozen=True)

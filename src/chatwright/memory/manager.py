@@ -30,7 +30,7 @@ from chatwright.memory.context import (
 from chatwright.memory.summary import select_batch, summarize
 from chatwright.memory.tokens import TokenCounter, count_message
 from chatwright.models.base import Model
-from chatwright.store.base import Store, StoredMessage, Summary
+from chatwright.store.base import Store, StoredMessage, Summary, ThreadInfo
 from chatwright.types import Message
 
 __all__ = ["STRATEGIES", "Loaded", "Memory", "Recall"]
@@ -66,7 +66,10 @@ class Recall(Protocol):
 
     def index_turns(self, owner: str, thread_id: str, turns: Sequence[Turn]) -> int: ...
 
-    def indexed_through(self, owner: str, thread_id: str) -> int: ...
+    def indexed_through(self, owner: str, thread_id: str) -> int:
+        """The last seq of the active branch's path whose turn is indexed (0: none): each
+        path has its own, so turns of a path left behind are indexed when it is back."""
+        ...
 
 
 @dataclass
@@ -104,11 +107,12 @@ class Memory:
         self.recall = recall
         # Recent entries of recently active threads. Messages are immutable and append-only, so
         # a turn only reads (and decodes) what was added since the last one.
-        self._recent: OrderedDict[tuple[str, str, float], list[Entry]] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str, float, int], list[Entry]] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._jobs: dict[tuple[str, str], threading.Thread] = {}
         self._jobs_lock = threading.Lock()
         self._wanted: dict[tuple[str, str], int] = {}  # work asked for while a job ran
+        self._text_wanted: set[tuple[str, str]] = set()  # search text, likewise
         self._failures: dict[tuple[str, str], str] = {}
 
     # -- per turn ---------------------------------------------------------------------------
@@ -153,7 +157,7 @@ class Memory:
         loaded.user_memory_untrusted = [m.untrusted is not None for m in memories]
         if info is None:
             return loaded
-        recent = self._recent_entries(owner, thread_id, info.created_at, info.message_count)
+        recent = self._recent_entries(owner, thread_id, info)
         end = before_seq if before_seq is not None else info.message_count + 1
         if strategy == "summary":
             loaded.summary = self.store.latest_summary(owner, thread_id)
@@ -161,12 +165,13 @@ class Memory:
         loaded.entries = [e for e in recent if covered < e.seq < end]
         return loaded
 
-    def _recent_entries(
-        self, owner: str, thread_id: str, created_at: float, last_seq: int
-    ) -> list[Entry]:
-        """The newest ``history_messages`` entries, reading only what the cache lacks."""
+    def _recent_entries(self, owner: str, thread_id: str, info: ThreadInfo) -> list[Entry]:
+        """The newest ``history_messages`` entries of the active branch's path, reading only
+        what the cache lacks."""
         keep = self.history_messages + 1
-        key = (owner, thread_id, created_at)  # created_at: a deleted, re-created id is new
+        last_seq = info.message_count
+        # created_at: a deleted, re-created id is new; branch: each path is cached apart
+        key = (owner, thread_id, info.created_at, info.branch)
         with self._recent_lock:
             cached = self._recent.pop(key, None)
         have = cached[-1].seq if cached else 0
@@ -220,19 +225,24 @@ class Memory:
     ) -> list[Recalled]:
         """Recalled turns; a failing recall costs the turn its recall, never its answer."""
         assert self.recall is not None
+        k = self.settings.recall_k
         try:
             found = self.recall.recall(
                 owner,
                 thread_id,
                 query,
-                k=self.settings.recall_k,
+                k=2 * k,  # some may be on another branch: dropped below
                 before_seq=before_seq,
                 notes=loaded.notes,
             )
+            # A recalled turn is on the active branch's path if its last message is (the
+            # path up to a message is unique): other branches' turns never leak in.
+            kept = self.store.on_path(owner, thread_id, [r.last_seq or r.first_seq for r in found])
         except Exception as e:
             log.warning("recall failed for thread %s: %s", thread_id, e)
             loaded.notes.append(f"recall failed, answered without it: {type(e).__name__}: {e}")
             return []
+        found = [r for r in found if (r.last_seq or r.first_seq) in kept][:k]
         return [replace(r, tokens=self.counter.count(r.text)) for r in found]
 
     def _recalling(self) -> bool:
@@ -240,15 +250,16 @@ class Memory:
 
     # -- after the answer -----------------------------------------------------------------
     def after_turn(self, owner: str, thread_id: str, loaded: Loaded, context: Context) -> bool:
-        """Start background work if turns fell out of the window: index them for recall, and
-        fold them into the summary once there is enough."""
+        """Start background work: index the turn's messages for thread search
+        (``retrieval/thread_search.py``), and if turns fell out of the window index them for
+        recall and fold them into the summary once there is enough. True: a new job started."""
         covered = loaded.summary.through_seq if loaded.summary else 0
         window_start = context.window_start_seq
         if window_start is None:  # nothing of the history fit: all of it is out of the window
             window_start = loaded.entries[-1].seq + 1 if loaded.entries else covered + 1
         to_index = self._recalling() and window_start - 1 > self._indexed_through(owner, thread_id)
         if not (to_index or self._summary_due(loaded, window_start)):
-            return False
+            window_start = 0  # only the thread's search text to index
         return self._start(owner, thread_id, window_start)
 
     def _indexed_through(self, owner: str, thread_id: str) -> int:
@@ -274,6 +285,7 @@ class Memory:
         with self._jobs_lock:
             if key in self._jobs:  # a job leaves this dict (under the lock) only once done
                 self._wanted[key] = max(self._wanted.get(key, 0), before_seq)
+                self._text_wanted.add(key)
                 return False
             job = threading.Thread(
                 target=self._job,
@@ -286,14 +298,30 @@ class Memory:
 
     def _job(self, owner: str, thread_id: str, before_seq: int) -> None:
         key = (owner, thread_id)
+        done = 0
         while True:
-            self._run_update(owner, thread_id, before_seq)
+            self._index_text(owner, thread_id)
+            if before_seq > done:  # 0: only the search text was asked for
+                self._run_update(owner, thread_id, before_seq)
+                done = before_seq
             with self._jobs_lock:
                 wanted = self._wanted.pop(key, 0)
-                if wanted <= before_seq:
+                text = key in self._text_wanted
+                self._text_wanted.discard(key)
+                if wanted <= done and not text:
                     del self._jobs[key]
                     return
-            before_seq = wanted
+            before_seq = max(wanted, done)
+
+    def _index_text(self, owner: str, thread_id: str) -> None:
+        """Index the thread's new messages for thread search, in short transactions of their
+        own; a failure leaves them to the next search's catch-up."""
+        from chatwright.retrieval.thread_search import thread_search  # retrieval builds on this
+
+        try:
+            thread_search(self.store).index_thread(owner, thread_id)
+        except Exception as e:
+            log.warning("indexing thread %s for search failed: %s", thread_id, e)
 
     def _run_update(self, owner: str, thread_id: str, before_seq: int) -> None:
         key = (owner, thread_id)

@@ -6,6 +6,7 @@ provider       what it talks to                                install
 ``local``      embedded llama.cpp (default local:gemma-3-270m)  ``chatwright[local]``
 ``openai``     OpenAI and every OpenAI-compatible server       ``chatwright[openai]``
 ``anthropic``  Anthropic's Messages API                        ``chatwright[anthropic]``
+``ollama``     a local Ollama at $OLLAMA_HOST                  ``chatwright[openai]``
 ``test``       deterministic fakes: echo, slow, context        (built in)
 =============  ==============================================  =========================
 
@@ -30,10 +31,22 @@ __all__ = [
     "ModelSettings",
     "ToolSpec",
     "get_model",
+    "is_remote",
     "split_name",
 ]
 
-PROVIDERS = ("local", "openai", "anthropic", "test")
+PROVIDERS = ("local", "openai", "anthropic", "ollama", "test")
+# Served by a model server (a hosted API, or Ollama's), big enough to pick tools, rewrite
+# queries and write titles; "local" (the small embedded model) and "test" are not.
+REMOTE_PROVIDERS = ("openai", "anthropic", "ollama")
+
+
+def is_remote(model_name: str) -> bool:
+    """Whether ``model_name`` (``provider:model``) is served by a model server rather than
+    embedded: what decides the defaults that need a capable model (built-in tools, query
+    rewriting, model-written titles)."""
+    provider, sep, _ = model_name.partition(":")
+    return bool(sep) and provider in REMOTE_PROVIDERS
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -68,6 +81,10 @@ def get_model(name: str, settings: Settings | None = None) -> Model:
         from chatwright.models.anthropic import AnthropicModel
 
         return AnthropicModel(model, settings.anthropic)
+    if provider == "ollama":
+        from chatwright.models.ollama import OllamaModel
+
+        return OllamaModel(model)
     raise UnknownModel(
         f"unknown model provider {provider!r} in {name!r}",
         hint=f"providers: {', '.join(PROVIDERS)}",

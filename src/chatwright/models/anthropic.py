@@ -19,9 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatwright.config import AnthropicSettings
-from chatwright.errors import ModelUnavailable
+from chatwright.errors import ModelUnavailable, UserError
 from chatwright.models._remote import RemoteModel
-from chatwright.models.base import ModelEvent, ModelRequest, ToolSpec
+from chatwright.models.base import (
+    ModelEvent,
+    ModelRequest,
+    ModelSettings,
+    ToolChoice,
+    ToolSpec,
+)
 from chatwright.types import Done, Message, TextDelta, ToolCallEvent, ToolCallPart, Usage
 
 __all__ = ["AnthropicModel", "to_anthropic"]
@@ -77,8 +83,14 @@ class AnthropicModel(RemoteModel):
         }
         if system:
             params["system"] = system
+        if request.response_format is not None:
+            raise UserError(
+                f"{self.name} cannot be held to a response_format here",
+                hint="leave response_format out, or use an openai: or local: model for JSON",
+            )
         if request.tools:
             params["tools"] = [_tool(t) for t in request.tools]
+            params["tool_choice"] = _tool_choice(request.tool_choice, settings)
         if settings.stop:
             params["stop_sequences"] = list(settings.stop)
         if settings.timeout_s is not None:
@@ -93,6 +105,16 @@ def _network_errors() -> tuple[type[Exception], ...]:
     """
     libraries = (sys.modules.get(name) for name in ("httpx2", "httpx"))
     return tuple(lib.TransportError for lib in libraries if lib is not None)
+
+
+def _tool_choice(choice: ToolChoice, settings: ModelSettings) -> dict[str, Any]:
+    """OpenAI's tool_choice in Anthropic's words (``required`` is ``any`` there)."""
+    out: dict[str, Any] = {"type": {"required": "any"}.get(choice.mode, choice.mode)}
+    if choice.name is not None:
+        out = {"type": "tool", "name": choice.name}
+    if settings.parallel_tool_calls is False and out["type"] != "none":
+        out["disable_parallel_tool_use"] = True
+    return out
 
 
 def _tool(spec: ToolSpec) -> dict[str, Any]:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatwright.types import Done, Message, TextDelta, ToolCallEvent, Usage
 
-__all__ = ["Model", "ModelEvent", "ModelRequest", "ModelSettings", "ToolSpec"]
+__all__ = [
+    "Model",
+    "ModelEvent",
+    "ModelRequest",
+    "ModelSettings",
+    "ResponseFormat",
+    "ToolChoice",
+    "ToolSpec",
+]
 
 ModelEvent: TypeAlias = TextDelta | ToolCallEvent | Usage | Done
 
@@ -24,6 +32,27 @@ class ToolSpec(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
+class ToolChoice(BaseModel):
+    """Whether the model may (``auto``), must not (``none``) or must (``required``) call one of
+    the request's tools; ``name``: it must call that one (``mode`` is then ``required``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: Literal["auto", "none", "required"] = "auto"
+    name: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    """The answer must be a JSON object (``json_object``), or JSON valid for ``json_schema``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["json_object", "json_schema"]
+    name: str = "response"
+    json_schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
 class ModelSettings(BaseModel):
     """Sampling settings for one request; ``None`` leaves the provider's default."""
 
@@ -33,6 +62,7 @@ class ModelSettings(BaseModel):
     temperature: float | None = None
     stop: tuple[str, ...] = ()
     timeout_s: float | None = None
+    parallel_tool_calls: bool | None = None  # False: at most one tool call per answer
 
 
 class ModelRequest(BaseModel):
@@ -43,6 +73,8 @@ class ModelRequest(BaseModel):
     messages: tuple[Message, ...]
     tools: tuple[ToolSpec, ...] = ()
     settings: ModelSettings = ModelSettings()
+    tool_choice: ToolChoice = ToolChoice()
+    response_format: ResponseFormat | None = None
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ from typing import Any
 
 from chatwright.config import OpenAISettings
 from chatwright.models._remote import RemoteModel
-from chatwright.models.base import ModelEvent, ModelRequest, ToolSpec
+from chatwright.models.base import ModelEvent, ModelRequest, ResponseFormat, ToolChoice, ToolSpec
 from chatwright.types import Done, TextDelta, ToolCallEvent, ToolCallPart, Usage, to_openai
 
 __all__ = ["OpenAIModel"]
@@ -59,6 +59,11 @@ class OpenAIModel(RemoteModel):
         }
         if request.tools:
             params["tools"] = [_tool(t) for t in request.tools]
+            params["tool_choice"] = _tool_choice(request.tool_choice)
+            if request.settings.parallel_tool_calls is not None:
+                params["parallel_tool_calls"] = request.settings.parallel_tool_calls
+        if request.response_format is not None:
+            params["response_format"] = _response_format(request.response_format)
         settings = request.settings
         if settings.max_tokens is not None:
             params["max_tokens"] = settings.max_tokens
@@ -69,6 +74,21 @@ class OpenAIModel(RemoteModel):
         if settings.timeout_s is not None:
             params["timeout"] = settings.timeout_s
         return params
+
+
+def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.name is not None:
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
+
+
+def _response_format(fmt: ResponseFormat) -> dict[str, Any]:
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.json_schema or {}}
+    if fmt.strict is not None:
+        schema["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": schema}
 
 
 def _tool(spec: ToolSpec) -> dict[str, Any]:

@@ -5,7 +5,12 @@
 - ``test:context`` answers with the JSON of exactly the request it received (messages, tools).
 - ``test:tools`` echoes too, but a message ``call NAME {json}`` naming an offered tool makes it
   call that tool (several ``call`` lines: parallel calls); after the results it answers
-  ``tool said: ...`` (for testing tool use end to end: CLI, server, web page).
+  ``tool said: ...`` (for testing tool use end to end: CLI, server, web page). A forced
+  ``tool_choice`` (``required`` or a name) makes it call that tool (or the first) with
+  arguments from :func:`example_json`.
+- ``test:echo``, ``test:slow`` and ``test:tools`` honour ``stop`` (the answer ends before the
+  first stop sequence) and ``response_format``: asked for JSON they answer
+  ``{"echo": <message>}``, or :func:`example_json` of the schema.
 - ``test:obedient`` (:class:`ObedientModel`) does what any text in its context tells it to:
   a model that falls for prompt injection, for testing that it cannot act unapproved.
 - :class:`ScriptedModel` plays back replies and tool calls that a test sets, in order.
@@ -37,6 +42,7 @@ __all__ = [
     "ObedientModel",
     "ScriptedModel",
     "ToolsModel",
+    "example_json",
     "test_model",
 ]
 
@@ -52,6 +58,9 @@ async def _stream_text(
 ) -> AsyncIterator[ModelEvent]:
     max_tokens = request.settings.max_tokens
     reason = "stop"
+    cuts = [i for i in (text.find(stop) for stop in request.settings.stop if stop) if i >= 0]
+    if cuts:  # a stop sequence ends the answer before it, as a real model's would
+        text = text[: min(cuts)]
     pieces = _PIECES.findall(text)
     if max_tokens is not None and len(pieces) > max_tokens:
         pieces, reason = pieces[:max_tokens], "length"
@@ -72,7 +81,60 @@ class EchoModel:
 
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         last = next((m.text for m in reversed(request.messages) if m.role == "user"), "")
-        return _stream_text(f"echo: {last}", request, self.delay)
+        return _stream_text(_answer(f"echo: {last}", last, request), request, self.delay)
+
+
+def _answer(text: str, said: str, request: ModelRequest) -> str:
+    """``text``, or JSON when the request asks for it (:func:`example_json`)."""
+    fmt = request.response_format
+    if fmt is None:
+        return text
+    schema = fmt.json_schema if fmt.type == "json_schema" and fmt.json_schema else None
+    value = example_json(schema, said) if schema else {"echo": said}
+    return json.dumps(value, ensure_ascii=False)
+
+
+def example_json(schema: dict[str, Any], text: str) -> Any:
+    """A value valid for the JSON ``schema``, built from ``text``: every property filled in,
+    strings are ``text``, numbers its word count, booleans true, arrays one item, the first
+    of an enum or a union. What the test models answer when asked for structured output."""
+    defs = {
+        str(k): v
+        for key in ("definitions", "$defs")
+        if isinstance(schema.get(key), dict)
+        for k, v in schema[key].items()
+    }
+
+    def build(node: Any, depth: int) -> Any:
+        if not isinstance(node, dict) or depth > 16:
+            return text
+        if "$ref" in node:
+            return build(defs.get(str(node["$ref"]).rsplit("/", 1)[-1]), depth + 1)
+        if "const" in node:
+            return node["const"]
+        if node.get("enum"):
+            return node["enum"][0]
+        for key in ("anyOf", "oneOf", "allOf"):
+            listed = node.get(key) if isinstance(node.get(key), list) else []
+            options = [o for o in listed if not isinstance(o, dict) or o.get("type") != "null"]
+            if options:
+                return build(options[0], depth + 1)
+        kind = node.get("type", "string")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        words = len(text.split())
+        simple = {"string": text, "integer": words, "number": float(words), "boolean": True}
+        if kind in simple:
+            return simple[kind]
+        if kind == "object":
+            props = node.get("properties")
+            props = props if isinstance(props, dict) else {}
+            return {str(name): build(sub, depth + 1) for name, sub in props.items()}
+        if kind == "array":
+            return [build(node.get("items", {}), depth + 1)]
+        return None
+
+    return build(schema, 0)
 
 
 _CALL = re.compile(r"^\s*call ([A-Za-z0-9_-]{1,64})[ \t]*(\{.*\})?[ \t]*$", re.MULTILINE)
@@ -90,15 +152,24 @@ class ToolsModel:
             said = "; ".join(f"{r.name}: {r.content}" for r in last.tool_results)
             return _stream_text(f"tool said: {said}", request)
         text = next((m.text for m in reversed(request.messages) if m.role == "user"), "")
-        offered = {t.name for t in request.tools}
+        choice = request.tool_choice
+        offered = {t.name for t in request.tools} if choice.mode != "none" else set()
+        if choice.name is not None:
+            offered &= {choice.name}
         calls = [
             ToolCallPart(id=f"call_{i}", name=name, arguments=args or "{}")
             for i, (name, args) in enumerate(_CALL.findall(text))
             if name in offered
         ]
+        if not calls and (choice.mode == "required" or choice.name is not None):
+            tool = next(t for t in request.tools if t.name in offered)
+            args = json.dumps(example_json(tool.parameters, text), ensure_ascii=False)
+            calls = [ToolCallPart(id="call_0", name=tool.name, arguments=args)]
+        if request.settings.parallel_tool_calls is False:
+            calls = calls[:1]
         if calls:
             return _message_events(Message.assistant(tool_calls=calls), request)
-        return _stream_text(f"echo: {text}", request)
+        return _stream_text(_answer(f"echo: {text}", text, request), request)
 
 
 _ORDER = re.compile(r"\bcall ([A-Za-z0-9_-]{1,64})\b[ \t]*")

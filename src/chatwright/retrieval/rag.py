@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,15 @@ from chatwright.models.base import Model, ModelRequest, ModelSettings
 from chatwright.retrieval.index import Hit, Nearest, SearchIndex
 from chatwright.types import CitationPart, Message, TextDelta
 
-__all__ = ["Retrieved", "is_follow_up", "passages_from", "retrieve", "rewrite_query"]
+__all__ = [
+    "Retrieved",
+    "headings_of",
+    "is_follow_up",
+    "passages_from",
+    "retrieve",
+    "rewrite_query",
+    "unique_hits",
+]
 
 _REFERS_BACK = re.compile(
     r"\b(it|its|it's|they|them|their|theirs|this|that|these|those|he|him|his|she|her|hers|"
@@ -97,15 +105,25 @@ class Retrieved:
     score: float
 
 
+def headings_of(meta: Mapping[str, Any]) -> tuple[str, ...]:
+    """A chunk's heading path: its ``headings`` list, or (chunks ingested before it was
+    stored) its ``heading_path`` string split at " > "."""
+    headings = meta.get("headings")
+    if isinstance(headings, list):
+        return tuple(str(h) for h in headings if h)
+    joined = str(meta.get("heading_path") or "")
+    return tuple(h for h in joined.split(" > ") if h)
+
+
 def _label(hit: Hit) -> str:
     meta = hit.metadata
     title = str(meta.get("title") or meta.get("source") or hit.key)
     parts = [title]
-    heading = str(meta.get("heading_path") or "")
-    if heading.startswith(title):  # a document's h1 is usually its title: say it once
-        heading = heading[len(title) :].lstrip(" >")
-    if heading:
-        parts.append(heading)
+    headings = headings_of(meta)
+    if headings and headings[0] == title:  # a document's h1 is usually its title: say it once
+        headings = headings[1:]
+    if headings:
+        parts.append(" > ".join(headings))
     if meta.get("page"):
         parts.append(f"page {meta['page']}")
     return " · ".join(parts)
@@ -125,6 +143,7 @@ def passages_from(hits: Sequence[Hit], counter: TokenCounter) -> list[Retrieved]
             source=meta.get("source"),
             title=meta.get("title"),
             page=int(page) if isinstance(page, int) else None,
+            heading_path=headings_of(meta),
         )
         passage = Passage(index=i, text=hit.text, label=_label(hit), tokens=counter.count(hit.text))
         out.append(Retrieved(passage, citation, hit.score))
@@ -156,10 +175,10 @@ def retrieve(
         query_vector=query_vector,
         nearest=nearest,
     )
-    return passages_from(_unique(hits)[:k] if many else hits, counter)
+    return passages_from(unique_hits(hits)[:k] if many else hits, counter)
 
 
-def _unique(hits: Sequence[Hit]) -> list[Hit]:
+def unique_hits(hits: Sequence[Hit]) -> list[Hit]:
     """``hits`` without repeats of a chunk (same source, same text), the best kept."""
     seen: set[tuple[Any, str]] = set()
     out = []

@@ -56,6 +56,7 @@ _TIME_SLACK_S = 3 * 86400.0  # "on 9 May": said that day, give or take
 _NAME_SHARE = 0.08  # a name in at least this share of the thread's units is its own
 _NAME_MIN = 5  # ... and in at least this many
 _EMBED_BATCH = 64
+_MARK_PAGE = 64  # units read at a time looking for the newest one on the active path
 _PROPER = re.compile(r"(?<=[\w,;:)\"'] )([A-Z][\w'\u2019-]*)")
 _POSSESSIVE = re.compile(r"['\u2019]s?$")
 
@@ -120,7 +121,8 @@ class ThreadRecall:
         self.store = store
         self.min_similarity = min_similarity
         self.pause_s = pause_s
-        self._through: dict[int, int] = {}  # thread uid -> last seq indexed
+        # thread uid -> (its created_at, {branch: the last seq of its path indexed})
+        self._through: dict[int, tuple[float, dict[int, int]]] = {}
 
     def _namespace(self, owner: str, thread_id: str) -> tuple[str, int] | None:
         info = self.store.find_thread(owner, thread_id)
@@ -128,15 +130,39 @@ class ThreadRecall:
 
     # -- indexing -------------------------------------------------------------------------
     def indexed_through(self, owner: str, thread_id: str) -> int:
-        """The last message seq whose turn is indexed (0: none)."""
-        found = self._namespace(owner, thread_id)
-        if found is None:
+        """The last message seq of the active branch's path whose turn is indexed (0: none).
+
+        Each branch has its own: the units of every branch share the thread's namespace, and
+        another branch's newer units say nothing of this path's (after an edit, say, the
+        path left behind was never indexed past the fork). It is the greatest ``last_seq``
+        of a unit whose last message is on the path (a unit is a run of one path's
+        messages: if its last is on this path, all of it is). Cached per branch; worked out
+        again after a switch (newest units first, a page at a time: past those of the
+        branches indexed since this path was)."""
+        info = self.store.find_thread(owner, thread_id)
+        if info is None:
             return 0
-        namespace, uid = found
-        if uid not in self._through:
-            last = self.index.chunks.last(namespace)
-            self._through[uid] = int(last.metadata["last_seq"]) if last else 0
-        return self._through[uid]
+        created, marks = self._through.get(info.uid, (info.created_at, {}))
+        if created != info.created_at:  # deleted, and the uid taken again
+            marks = {}
+        self._through[info.uid] = (info.created_at, marks)
+        if info.branch not in marks:
+            marks[info.branch] = self._path_mark(owner, thread_id, f"thread:{info.uid}")
+        return marks[info.branch]
+
+    def _path_mark(self, owner: str, thread_id: str, namespace: str) -> int:
+        below: str | None = None
+        while True:
+            units = self.index.chunks.newest(namespace, _MARK_PAGE, below=below)
+            if not units:
+                return 0
+            lasts = [int(u.metadata.get("last_seq", u.metadata["first_seq"])) for u in units]
+            on = self.store.on_path(owner, thread_id, lasts)
+            if on:  # keys follow first_seq: an older page's units end before these start
+                return max(on)
+            if len(units) < _MARK_PAGE:
+                return 0
+            below = units[-1].key
 
     def index_turns(self, owner: str, thread_id: str, turns: Sequence[Turn]) -> int:
         """Index ``turns`` (embedding them when the index has an embedder that works);
@@ -144,10 +170,12 @@ class ThreadRecall:
         found = self._namespace(owner, thread_id)
         if found is None or not turns:
             return 0
-        namespace, uid = found
+        namespace = found[0]
         chunks = [
             Chunk(
-                key=f"{u.first_seq:012d}",  # ordered keys: the newest is the last by key
+                # ordered keys: the newest is the last by key. The last seq tells apart the
+                # units that start alike on two branches (a turn answered again).
+                key=f"{u.first_seq:012d}-{u.entries[-1].seq:012d}",
                 text=turn_text(u),
                 metadata={
                     "first_seq": u.first_seq,
@@ -168,8 +196,23 @@ class ThreadRecall:
                 namespace,
                 [Chunk(c.key, c.text, c.metadata, v) for c, v in zip(chunks, vectors, strict=True)],
             )
-        self._through[uid] = max(self._through.get(uid, 0), turns[-1].entries[-1].seq)
+        self._indexed(owner, thread_id, turns[-1].entries[-1].seq)
         return added
+
+    def _indexed(self, owner: str, thread_id: str, last: int) -> None:
+        """Units through ``last`` were written: the active path's mark moves on (if they are
+        on it: the active branch may have changed since the turns were read); the other
+        branches' are worked out again when next asked (these units may be on their paths
+        too, where they share the start of this one)."""
+        info = self.store.find_thread(owner, thread_id)
+        if info is None:
+            return
+        created, marks = self._through.get(info.uid, (info.created_at, {}))
+        mark = marks.get(info.branch) if created == info.created_at else None
+        kept: dict[int, int] = {}
+        if mark is not None and last in self.store.on_path(owner, thread_id, [last]):
+            kept[info.branch] = max(mark, last)
+        self._through[info.uid] = (info.created_at, kept)
 
     def _embed(self, texts: list[str], thread_id: str) -> list[np.ndarray] | None:
         """The texts' vectors; None without an embedder or when it fails (keywords only)."""
@@ -226,7 +269,9 @@ class ThreadRecall:
             unit = units[pk]
             matched = pk in nearby or similar.get(pk, -1.0) >= self.min_similarity
             if unit.first < before_seq and matched:
-                out.append(Recalled(unit.first, unit.created_at, unit.text, 0, scores[pk]))
+                out.append(
+                    Recalled(unit.first, unit.created_at, unit.text, 0, scores[pk], unit.last)
+                )
             if len(out) == k:
                 break
         return out

@@ -34,6 +34,7 @@ __all__ = [
     "evidence_from_hits",
     "route_clauses",
     "searched",
+    "source_profiles",
     "with_evidence",
 ]
 
@@ -95,6 +96,36 @@ def build_profiles(
                 chunks=count,
                 description_vector=dvec,
                 notes=tuple(notes),
+            )
+        )
+    return profiles
+
+
+def source_profiles(
+    index: SearchIndex | None,
+    sources: Sequence[Any],
+    embedder: Embedder | None,
+    *,
+    cache: ProfileCache | None = None,
+) -> list[CollectionProfile]:
+    """Profiles of external sources (:class:`chatwright.retrieval.external.ExternalSource`):
+    nothing of theirs is stored here, so routing knows them by their description only (no
+    chunks, no centroid; the vector search across collections leaves them out)."""
+    if cache is None:
+        cache = _CACHES.setdefault(index, ProfileCache()) if index is not None else ProfileCache()
+    profiles = []
+    for source in sources:
+        description = source.description or ""
+        notes = () if description.strip() else (f"source {source.name!r} has no description",)
+        profiles.append(
+            CollectionProfile(
+                name=source.name,
+                namespace=source.namespace,
+                description=description,
+                centroid=None,
+                chunks=0,
+                description_vector=cache.description_vector(embedder, description),
+                notes=notes,
             )
         )
     return profiles

@@ -11,7 +11,8 @@ Design, module by module:
   so another user's thread, collection, memory or job is simply "not found".
 - ``turns.py``: a turn runs in its own task, independent of the HTTP connection; ``events.py``
   turns its events into Server-Sent Events (the format: docs/api.md).
-- ``openai_compat.py``: ``/v1/models`` and ``/v1/chat/completions`` for OpenAI clients.
+- ``openai_compat.py``: ``/v1/models``, ``/v1/chat/completions`` and ``/v1/embeddings`` for
+  OpenAI clients (``openai_request.py``, ``openai_embeddings.py``).
 - ``jobs.py``: uploads are queued in the database and ingested by a worker thread of any
   replica; the loop never waits for it.
 - ``auth.py``: API keys (stored hashed) or, on loopback without keys, the local user.

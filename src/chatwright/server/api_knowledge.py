@@ -2,8 +2,9 @@
 
 An upload (multipart, field ``files``, one or more) is stored with a background job in the
 database and ingested by a worker of any replica (``jobs.py``); the answer is 202 with the job's
-id at once. Collection names are per user: a name another user has is simply not one of yours
-(404).
+id at once. ``POST /api/collections/{name}/urls`` queues web pages the same way (fetched by the
+worker through ``chatwright.netguard``). Collection names are per user: a name another user
+has is simply not one of yours (404).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Path, Response, UploadFile
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from chatwright.netguard import FetchError, normalize_url
 from chatwright.server.deps import CurrentUser, State
 from chatwright.server.errors import ApiError, SafeJSONResponse
 from chatwright.server.jobs import job_json, stage_files
@@ -148,6 +151,43 @@ def upload_documents(
     state.jobs.admit(user.user)
     staged = stage_files([(f.filename, f.file) for f in files])
     job = state.jobs.submit(user.user, name, staged)  # deletes the staged files, come what may
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    return {**job_json(job), "job_id": job.id}
+
+
+class WebPages(BaseModel):
+    """Web pages to ingest: fetched by the server through its SSRF guard ([web] settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+    urls: list[Annotated[str, StringConstraints(max_length=2048)]] = Field(
+        min_length=1, max_length=50, description="http:// or https:// addresses"
+    )
+    depth: int = Field(default=0, ge=0, le=5, description="follow same-site links this deep")
+    max_pages: int | None = Field(
+        default=None, ge=1, description="at most this many pages (capped by [web] max_pages)"
+    )
+
+
+@router.post(
+    "/collections/{name}/urls",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=errors(*BODY_ERRORS, 404, 429),
+)
+def ingest_urls(
+    name: Name, body: WebPages, user: CurrentUser, state: State, response: Response
+) -> Any:
+    """Ingest web pages (a page, or a site to ``depth``) in the background: 202 and a job to
+    poll at ``GET /api/jobs/{job_id}``. Private, loopback and metadata addresses are refused
+    unless the server's ``[web]`` settings allow-list them."""
+    _collection(state, user.user, name)
+    try:
+        urls = list(dict.fromkeys(normalize_url(u) for u in body.urls))
+    except FetchError as e:
+        raise ApiError(422, e.message, hint=e.hint, param="urls") from None
+    state.ingestor(user.user)
+    state.jobs.admit(user.user)
+    job = state.jobs.submit_urls(user.user, name, urls, body.depth, body.max_pages)
     response.headers["Location"] = f"/api/jobs/{job.id}"
     return {**job_json(job), "job_id": job.id}
 

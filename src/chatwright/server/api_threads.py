@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from chatwright.export import thread_to_json, thread_to_markdown
+from chatwright.export import export_thread as render_export
 from chatwright.server.deps import CurrentUser, State
 from chatwright.server.errors import ApiError, SafeJSONResponse
 from chatwright.server.events import (
@@ -51,10 +51,11 @@ from chatwright.server.schemas import (
 from chatwright.server.state import ServerState, waiting_calls
 from chatwright.server.turns import TurnRun
 from chatwright.store import StoredMessage, ThreadInfo
+from chatwright.store.branches import alternatives
 from chatwright.store.sqlite import check_thread_id
 from chatwright.types import TurnEnd, _jsonable
 
-__all__ = ["router"]
+__all__ = ["as_error", "collect", "router"]
 
 router = APIRouter(
     prefix="/api",
@@ -76,19 +77,28 @@ def thread_json(info: ThreadInfo) -> dict[str, Any]:
         "updated_at": info.updated_at,
         "message_count": info.message_count,
         "pinned": list(info.metadata.get("pinned_collections", [])),
+        "branch": info.branch,
     }
 
 
-def message_json(stored: StoredMessage) -> dict[str, Any]:
+def message_json(
+    stored: StoredMessage, siblings: dict[int, list[tuple[int, int]]] | None = None
+) -> dict[str, Any]:
+    """A message; with its alternatives on other branches (``siblings``, from
+    ``store.branches.alternatives``) when it has any."""
     m = stored.message
-    return {
+    out = {
         "seq": stored.seq,
         "role": m.role,
         "text": m.text,
         "parts": [_jsonable(p) for p in m.parts],
         "metadata": dict(m.metadata),
         "created_at": stored.created_at,
+        "branch": stored.branch,
     }
+    if siblings and stored.seq in siblings:
+        out["siblings"] = [{"seq": seq, "branch": b} for seq, b in siblings[stored.seq]]
+    return out
 
 
 # -- threads ----------------------------------------------------------------------------------
@@ -145,10 +155,8 @@ def export_thread(
     format: Annotated[Literal["json", "markdown", "md"], Query()] = "json",
 ) -> Response:
     """The whole transcript, as a file to download."""
-    info = state.store.get_thread(user.user, thread_id)
-    messages = state.store.messages(user.user, thread_id)
     markdown = format != "json"
-    text = (thread_to_markdown if markdown else thread_to_json)(info, messages)
+    text = render_export(state.store, user.user, thread_id, format)
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in thread_id)
     filename = f"thread-{safe[:80]}.{'md' if markdown else 'json'}"
     return Response(
@@ -166,14 +174,17 @@ def thread_messages(
     after: Annotated[int, Query(ge=0, le=MAX_INT, description="only messages after this seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> dict[str, Any]:
-    """The thread's messages in order: text, parts (tool calls and results, citations)."""
-    state.store.get_thread(user.user, thread_id)
+    """The active branch's messages in order: text, parts (tool calls and results,
+    citations), and for a message with versions on other branches (a regenerated answer, an
+    edited message) ``siblings``: every version's seq and the branch to switch to for it."""
     found = list(islice(state.store.messages(user.user, thread_id, after_seq=after), limit + 1))
     more = len(found) > limit
     found = found[:limit]
+    branches = state.store.branches(user.user, thread_id, counts=False)  # no count per page
+    siblings = alternatives(branches, [m.seq for m in found])
     return {
         "thread_id": thread_id,
-        "messages": [message_json(m) for m in found],
+        "messages": [message_json(m, siblings) for m in found],
         "next_after": found[-1].seq if more else None,
     }
 
@@ -245,17 +256,18 @@ async def send_message(
         answer_mode=body.answer_mode,
     )
     if not body.stream:
-        return await _collect(run)
+        return await collect(run)
     first = await run.batch()
     if not first:  # a turn always ends with TurnEnd or TurnFailed: a bug if not
         raise ApiError(500, "the turn ended without an answer", hint="see the server's log")
     head = first[0].item if isinstance(first[0], Framed) else first[0]
     if isinstance(head, TurnFailed):
-        raise _as_error(head)
+        raise as_error(head)
     return TurnStream(run, first, ping_s=PING_S)
 
 
-async def _collect(run: TurnRun) -> dict[str, Any]:
+async def collect(run: TurnRun) -> dict[str, Any]:
+    """A turn run to its end, as the JSON answer (a failed turn: its :class:`ApiError`)."""
     async for item in run.events():
         if isinstance(item, TurnEnd):
             answer = item.answer
@@ -265,11 +277,12 @@ async def _collect(run: TurnRun) -> dict[str, Any]:
                 "trace": answer.trace.model_dump(mode="json"),
             }
         if isinstance(item, TurnFailed):
-            raise _as_error(item)
+            raise as_error(item)
     raise ApiError(500, "the turn ended without an answer", hint="see the server's log")
 
 
-def _as_error(failed: TurnFailed) -> ApiError:
+def as_error(failed: TurnFailed) -> ApiError:
+    """The API error a failed turn answers with."""
     data = error_json(failed)
     return ApiError(error_status(failed), data["message"], hint=data["hint"], type=data["type"])
 

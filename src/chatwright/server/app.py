@@ -26,7 +26,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from chatwright import __version__
 from chatwright.bot import Chatbot
 from chatwright.config import Settings, load_settings
-from chatwright.server import api_account, api_knowledge, api_threads, openai_compat
+from chatwright.server import (
+    api_account,
+    api_branches,
+    api_knowledge,
+    api_thread_admin,
+    api_threads,
+    openai_compat,
+)
 from chatwright.server.auth import Authenticator, is_loopback
 from chatwright.server.errors import SafeJSONResponse, allowed_methods, install_error_handlers
 from chatwright.server.middleware import Guard, LimitBody, SecurityHeaders
@@ -76,10 +83,13 @@ def create_app(
         description=_DESCRIPTION,
         lifespan=_lifespan(state),
         default_response_class=SafeJSONResponse,
+        docs_url=None,  # /docs is served by web.py from vendored files (no CDN)
+        redoc_url=None,
     )
     app.state.chatwright = state
     install_error_handlers(app)
-    for module in (api_account, api_threads, api_knowledge, openai_compat):
+    routers = (api_account, api_threads, api_thread_admin, api_branches, api_knowledge)
+    for module in (*routers, openai_compat):
         app.include_router(module.router)
     mount_web_page(app, static_dir)
     _add_middleware(app, settings, auth)

@@ -6,7 +6,8 @@ The names and payloads (docs/api.md is the reference for clients)::
     tool_call        {"call": {id, name, arguments}}        the model called a tool
     approval_needed  {"call", "reason", "description"}      answer with POST .../approvals/{id}
     tool_result      {"result": {tool_call_id, name, content, is_error}}
-    citation         {"citation": {index, text, source, title, page, document_id, chunk_id}}
+    citation         {"citation": {index, text, source, title, page, heading_path, document_id,
+                                  chunk_id}}
     trace            {"trace": {model, stages, input_tokens, output_tokens, total_ms, notes}}
     done             {"thread_id", "seq", "text", "message", "interrupted"}   the last event
     error            {"message", "hint", "type"}            the turn failed; the last event

@@ -47,8 +47,10 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from chatwright.config import WebSettings
 from chatwright.errors import ChatwrightError, UserError
 from chatwright.ingest.pipeline import Ingestor, IngestReport, Progress
+from chatwright.ingest.web import WebIngest
 from chatwright.server.errors import ApiError
 from chatwright.store.base import JobInfo, JobQueue, Store
 
@@ -57,7 +59,8 @@ __all__ = ["Jobs", "Staged", "job_json", "safe_file_name", "stage_files"]
 log = logging.getLogger("chatwright.server")
 
 UPLOAD_DIR = "uploads"  # the staged files' parent: sources are "uploads/<file name>"
-INGEST = "ingest"  # the kind of job this module queues and runs
+INGEST = "ingest"  # the kind of job this module queues and runs: uploaded files...
+INGEST_WEB = "ingest-web"  # ...and web pages (payload: urls, depth, max_pages)
 _COALESCE_S = 0.2  # progress written at most this often (a burst of small files)
 JOBS_RETRY_S = 10  # Retry-After of a 429 for too many jobs: an upload takes a while
 # How a job ended: (state, report, errors). A module-level alias: inside `Jobs`, whose method
@@ -191,9 +194,11 @@ class Jobs:
         *,
         workers: int = 1,
         max_per_owner: int = 0,
+        web: WebSettings | None = None,
     ) -> None:
         self.store = store
         self._ingestor = ingestor
+        self.web = web or WebSettings()  # for web page jobs: the SSRF allow-list, the limits
         self.workers = workers
         self.max_per_owner = max_per_owner
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -250,6 +255,26 @@ class Jobs:
             "refused": staged.errors,
         }
         job = self.queue.enqueue(owner, INGEST, payload, files)
+        self.start()
+        self._wake.set()
+        return job
+
+    def submit_urls(
+        self, owner: str, collection: str, urls: list[str], depth: int, max_pages: int | None
+    ) -> JobInfo:
+        """Queue the web pages at ``urls`` (and, to ``depth``, the pages they link to on the
+        same site; at most ``max_pages``, never more than ``[web] max_pages``)."""
+        if self._stopping.is_set():
+            raise UserError("the server is shutting down", hint="try again later")
+        payload = {
+            "collection": collection,
+            "files": urls,
+            "urls": urls,
+            "depth": depth,
+            "max_pages": min(max_pages or self.web.max_pages, self.web.max_pages),
+            "total": len(urls),
+        }
+        job = self.queue.enqueue(owner, INGEST_WEB, payload)
         self.start()
         self._wake.set()
         return job
@@ -323,6 +348,8 @@ class Jobs:
 
     def _ingest(self, job: JobInfo, root: Path, beat: _Heartbeat) -> Outcome:
         """Ingest the job's files: (state, report, errors)."""
+        if job.kind == INGEST_WEB:
+            return self._ingest_web(job, beat)
         if job.kind != INGEST:
             return "failed", {}, [{"file": "", "reason": f"unknown kind of job {job.kind!r}"}]
         folder = root / UPLOAD_DIR
@@ -343,6 +370,26 @@ class Jobs:
             literal=True,  # uploaded names are names, not patterns
         )
         errors = [{"file": Path(s.path).name, "reason": s.reason} for s in report.skipped]
+        return ("done" if report.read else "failed"), report_json(report), errors
+
+    def _ingest_web(self, job: JobInfo, beat: _Heartbeat) -> Outcome:
+        """Fetch and ingest the job's web pages (through the SSRF guard): (state, report,
+        errors). Stopped or giving way, it resumes later: pages already stored are unchanged."""
+        urls = [str(u) for u in job.payload.get("urls", [])]
+        beat.update(current=urls[0] if urls else "")
+        web = WebIngest.from_settings(
+            self._ingestor(job.owner),
+            self.web,
+            depth=int(job.payload.get("depth", 0)),
+            max_pages=int(job.payload.get("max_pages") or self.web.max_pages),
+        )
+        report = web.ingest(
+            urls,
+            job.payload["collection"],
+            progress=self._progress(beat, len(urls), job.owner),
+        )
+        errors = [{"file": s.path, "reason": s.reason} for s in report.skipped]
+        errors += [{"file": "", "reason": note} for note in web.notes]
         return ("done" if report.read else "failed"), report_json(report), errors
 
     def _progress(self, beat: _Heartbeat, total: int, owner: str) -> Callable[[Progress], None]:

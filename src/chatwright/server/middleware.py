@@ -31,19 +31,19 @@ CSP = (
     "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
-_DOCS_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; font-src 'self'; "
+_DOCS_CSP = (  # Swagger UI (vendored: web.py) sets inline styles
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 _DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc")
-_UPLOAD = re.compile(r"^/api/collections/[^/]+/documents/?$")
+_UPLOAD = re.compile(r"^/api/(?:collections/[^/]+/documents|import)/?$")  # + thread import
 _WITH_BODY = {"POST", "PUT", "PATCH"}
 
 
 def is_upload(method: str, path: str) -> bool:
-    """Whether the request is a document upload (multipart, with the larger limit)."""
+    """Whether the request is an upload: documents or a thread import (multipart, with the
+    larger limit)."""
     return method == "POST" and bool(_UPLOAD.match(path))
 
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible endpoint: ``/v1/models`` and ``/v1/chat/completions``.
+"""The OpenAI-compatible endpoint: ``/v1/models``, ``/v1/chat/completions``, ``/v1/embeddings``.
 
 Any OpenAI client works unchanged (``base_url=http://host:port/v1``, ``api_key`` = a chatwright
 key, or anything on a loopback server without keys). ``model`` names a bot (``support``) or a
@@ -9,19 +9,42 @@ Two ways to talk:
 
 - **Stateless** (no header): the request's messages are the whole conversation, as with
   OpenAI. They go to the bot's model as given (the bot's system prompt is put first when the
-  request has no system message); nothing is stored, no documents or tools are used.
+  request has no system message); nothing is stored, and the bot's own tools and documents
+  are not used. The client's ``tools`` work as on OpenAI: the model may answer with
+  ``tool_calls`` (``finish_reason: "tool_calls"``), which the *client* runs, sending the
+  results back as ``role: "tool"`` messages in its next request. ``tool_choice`` is
+  ``auto``, ``none``, ``required`` or a named function; ``response_format`` is ``text``,
+  ``json_object`` or ``json_schema``; ``stop`` ends the answer. On the embedded model a
+  forced tool call and JSON answers are held to the schema by a llama.cpp grammar (a schema
+  it cannot express is a 400); remote models get them passed through.
 - **A chatwright thread**: with ``X-Chatwright-Thread: <id>``, only the last user message is
   taken, as a new turn of that thread (the rest comes from the thread's memory), through the
-  full engine: memory, documents, tools (calls that need approval are refused: nobody could
-  answer), all stored. The turn runs to the end even if the client goes away.
+  full engine: memory, documents, the bot's own tools (calls that need approval are refused:
+  nobody could answer), all stored. The turn runs to the end even if the client goes away.
+  The client's ``tools`` are offered beside the bot's (a name of the bot's is a 400): the
+  bot's calls run here; a call of the client's ends the turn, stored in the thread (the
+  assistant message with its calls, metadata ``client_calls``), and comes back as
+  ``tool_calls`` (``finish_reason: "tool_calls"``). The client's next request ends with its
+  ``role: "tool"`` results (after the history, as OpenAI clients send it: only the trailing
+  tool messages count): they are stored as the thread's tool message, untrusted tool output
+  like any (``chatwright.trust``), and the same turn goes on, with no new user message. A
+  result for a call the thread does not wait for, two for one call, or a waiting call left
+  without one is a 400, and nothing is stored; a new user message instead closes the
+  waiting calls as not answered. The bot's settings run the turn, so ``tool_choice`` other
+  than ``auto``, ``parallel_tool_calls``, ``response_format``, ``stop``, ``temperature`` and
+  ``max_tokens`` are refused there (400) rather than dropped.
 
 Streaming sends ``chat.completion.chunk`` objects as ``data:`` lines and ends with
-``data: [DONE]``; an error after the stream began is one ``data: {"error": {...}}`` line.
+``data: [DONE]``; a tool call comes whole in one ``delta.tool_calls`` chunk; with
+``stream_options: {"include_usage": true}`` a last chunk carries ``usage``. An error after
+the stream began is one ``data: {"error": {...}}`` line.
 
-The body is checked strictly, as OpenAI does, and a mistake is a 400: ``"stream": "yes"`` is
-not a boolean, and a message's ``content`` may be null (or missing) only in an assistant
-message that calls tools. A user's turns running at once count against ``max_turns_per_user``
-either way (429).
+The body is checked strictly, as OpenAI does, and a mistake is a 400 (``openai_request.py``):
+``"stream": "yes"`` is not a boolean, a message's ``content`` may be null (or missing) only in
+an assistant message that calls tools, and a parameter that cannot be honoured (``n`` > 1,
+``logprobs``, ``seed``, penalties, unknown fields) is refused, never ignored. A user's turns
+running at once count against ``max_turns_per_user`` either way (429). Embeddings:
+``openai_embeddings.py``.
 """
 
 from __future__ import annotations
@@ -31,16 +54,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse
 
 from chatwright.agent import Generation, generate
 from chatwright.bot import Chatbot
 from chatwright.errors import ChatwrightError
-from chatwright.models import ModelRequest, ModelSettings
+from chatwright.models.base import ModelRequest
 from chatwright.server.deps import CurrentUser, State
 from chatwright.server.errors import (
     ApiError,
@@ -51,10 +73,27 @@ from chatwright.server.errors import (
     type_of,
 )
 from chatwright.server.events import TurnFailed, error_json, error_status
+from chatwright.server.openai_embeddings import embeddings
+from chatwright.server.openai_request import (
+    ChatRequest,
+    client_tools,
+    refuse_in_thread,
+    response_format,
+    thread_tool_choice,
+    tool_choice,
+)
 from chatwright.server.schemas import BODY_ERRORS, OpenAIErrorOut, errors
 from chatwright.server.state import ServerState
 from chatwright.store.sqlite import check_thread_id
-from chatwright.types import Message, TextDelta, TurnEnd, _jsonable, from_openai
+from chatwright.types import (
+    Message,
+    TextDelta,
+    ToolCallEvent,
+    ToolCallPart,
+    TurnEnd,
+    _jsonable,
+    from_openai,
+)
 
 __all__ = ["router"]
 
@@ -68,43 +107,6 @@ STARTED = int(time.time())
 THREAD_HEADER = "X-Chatwright-Thread"
 
 
-class ChatRequest(BaseModel):
-    """The fields read, strictly typed; others OpenAI defines are accepted and ignored."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    # A C int at most: local models take it as one.
-    max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
-    n: int | None = Field(default=None, ge=1)
-    stream_options: dict[str, Any] | None = None
-    tools: list[Any] | None = None
-    # chatwright's extension, for a turn of a thread (X-Chatwright-Thread): see [knowledge]
-    answer_mode: Literal["auto", "generate", "extract"] | None = None
-
-    @field_validator("messages")
-    @classmethod
-    def _contents(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Content is text or a list of parts; null only beside an assistant's tool calls."""
-        for i, message in enumerate(messages):
-            content = message.get("content")
-            calls = message.get("role") == "assistant" and (
-                message.get("tool_calls") or message.get("function_call")
-            )
-            if content is None and not calls:
-                raise ValueError(
-                    f"messages[{i}].content is null or missing: only an assistant message"
-                    " with tool_calls may leave it out"
-                )
-            if content is not None and not isinstance(content, str | list):
-                raise ValueError(f"messages[{i}].content must be a string or a list of parts")
-        return messages
-
-
 @dataclass
 class _Finish:
     """How a completion ended: the reason, token counts, chatwright's extras."""
@@ -113,6 +115,9 @@ class _Finish:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+Item = str | ToolCallPart | _Finish  # a piece of text, a whole tool call, the end
 
 
 # -- /v1/models -------------------------------------------------------------------------------
@@ -164,20 +169,21 @@ async def chat_completions(
 ) -> Any:
     """Chat completions, streamed or not (see the module's docstring)."""
     bot = _bot(state, body.model)
-    if body.n not in (None, 1):
-        raise ApiError(400, "only n = 1 is supported", type="unsupported", param="n")
-    if body.tools:
+    body.check_unsupported()
+    if thread is not None:
+        refuse_in_thread(body, THREAD_HEADER)
+        source = await _thread_turn(state, bot, user.user, thread, body)
+    elif body.answer_mode is not None:
         raise ApiError(
             400,
-            "request tools are not supported: a bot's tools run on the server",
-            hint="configure tools on the bot, or leave tools out",
+            f"answer_mode applies to a turn of a thread: send it with {THREAD_HEADER}",
+            hint=f"add the header {THREAD_HEADER}: <thread id>, or leave answer_mode out",
             type="unsupported",
-            param="tools",
+            param="answer_mode",
         )
-    if thread is not None:
-        source = await _thread_turn(state, bot, user.user, thread, body)
     else:
-        source = _stateless(state, user.user, bot, body)
+        request = _model_request(bot, body)
+        source = _stateless(state, user.user, bot, request)
     completion = _Completion(body, thread)
     if not body.stream:
         return await completion.collect(source)
@@ -188,6 +194,15 @@ async def chat_completions(
         headers=completion.headers(),
         ping=15,
     )
+
+
+router.add_api_route(
+    "/embeddings",
+    embeddings,
+    methods=["POST"],
+    response_model=None,
+    responses=errors(*BODY_ERRORS, 404, 503, model=OpenAIErrorOut),
+)
 
 
 def _bot(state: ServerState, model: str) -> Chatbot:
@@ -206,28 +221,53 @@ def _bot(state: ServerState, model: str) -> Chatbot:
 
 async def _thread_turn(
     state: ServerState, bot: Chatbot, owner: str, thread: str, body: ChatRequest
-) -> AsyncIterator[str | _Finish]:
-    """The last user message as a new turn of ``thread``, through the whole engine."""
+) -> AsyncIterator[Item]:
+    """A turn of ``thread`` through the whole engine: the last user message as a new turn,
+    or the trailing tool messages as the results that resume the turn waiting for them."""
     check_thread_id(thread)
+    specs = client_tools(body.tools)
+    thread_tool_choice(body.tool_choice, specs, THREAD_HEADER)
     messages = _parse(body.messages)
-    if messages[-1].role != "user":
+    last = messages[-1]
+    if last.role not in ("user", "tool"):
         raise ApiError(
             400,
-            f"with {THREAD_HEADER}, the last message must be the user's new message",
-            hint="send the thread's new user message last (earlier ones are ignored)",
+            f"with {THREAD_HEADER}, the last message must be the user's new message, or the"
+            " tool messages answering the thread's tool calls",
+            hint="send the thread's new user message (or your tools' results) last; earlier"
+            " messages are ignored",
             type="invalid_request",
             param="messages",
         )
-    text = bot.check_message(messages[-1].text)
+    bot.check_client_tools(specs, owner)  # a name clash: 400 before anything is stored
+    # Offered tools are meant to be called: the model answers (never quoted passages alone).
+    mode = body.answer_mode or ("generate" if specs else None)
+    text = ""
+    if last.role == "tool":
+        results = last.tool_results
+
+        def turn(thread_id: str, said: str, **kwargs: Any) -> AsyncIterator[Any]:
+            return bot.resume_stream(thread_id, results, client_tools=specs, **kwargs)
+
+    else:
+        text = bot.check_message(last.text)
+
+        def turn(thread_id: str, said: str, **kwargs: Any) -> AsyncIterator[Any]:
+            return bot.stream(thread_id, said, client_tools=specs, **kwargs)
+
     run = await state.start_turn(
-        bot, owner, thread, text, interactive=False, answer_mode=body.answer_mode
+        bot, owner, thread, text, interactive=False, answer_mode=mode, events=turn
     )
 
-    async def events() -> AsyncIterator[str | _Finish]:
+    async def events() -> AsyncIterator[Item]:
         async for item in run.events():
             if isinstance(item, TextDelta):
                 yield item.text
             elif isinstance(item, TurnEnd):
+                waiting = set(item.answer.message.metadata.get("client_calls") or ())
+                for call in item.answer.message.tool_calls:
+                    if call.id in waiting:  # the client runs them; the bot's ran here
+                        yield call
                 yield _turn_finish(item)
             elif isinstance(item, TurnFailed):
                 raise _failure(item)
@@ -238,8 +278,11 @@ async def _thread_turn(
 def _turn_finish(end: TurnEnd) -> _Finish:
     answer = end.answer
     finish = answer.message.metadata.get("finish")
+    reason = "length" if finish == "length" else "stop"
+    if answer.message.metadata.get("client_calls"):
+        reason = "tool_calls"
     return _Finish(
-        reason="length" if finish == "length" else "stop",
+        reason=reason,
         prompt_tokens=answer.trace.input_tokens,
         completion_tokens=answer.trace.output_tokens,
         extra={
@@ -260,7 +303,7 @@ def _failure(failed: TurnFailed) -> Exception:
 
 def _parse(items: list[dict[str, Any]]) -> list[Message]:
     try:
-        return from_openai(items)
+        return _paired(from_openai(items))
     except ValueError as e:
         raise ApiError(
             400,
@@ -271,30 +314,66 @@ def _parse(items: list[dict[str, Any]]) -> list[Message]:
         ) from None
 
 
-async def _stateless(
-    state: ServerState, owner: str, bot: Chatbot, body: ChatRequest
-) -> AsyncIterator[str | _Finish]:
-    """The messages as given, to the bot's model; nothing stored."""
-    async with state.turn_slot(owner):
-        async for item in _generate(bot, body):
-            yield item
+def _paired(messages: list[Message]) -> list[Message]:
+    """The results of one step's calls as one tool message, as chatwright stores them, each
+    named after its call (OpenAI's tool messages send one result each, without the name)."""
+    names: dict[str, str] = {}
+    out: list[Message] = []
+    for message in messages:
+        names.update((c.id, c.name) for c in message.tool_calls)
+        if message.role != "tool":
+            out.append(message)
+            continue
+        results = [
+            r if r.name else r.model_copy(update={"name": names.get(r.tool_call_id, "")})
+            for r in message.tool_results
+        ]
+        if out and out[-1].role == "tool":
+            results = [*out.pop().tool_results, *results]
+        out.append(Message.tool(*results))
+    return out
 
 
-async def _generate(bot: Chatbot, body: ChatRequest) -> AsyncIterator[str | _Finish]:
+def _model_request(bot: Chatbot, body: ChatRequest) -> ModelRequest:
+    """The request as given, for the bot's model (its system prompt first when the request
+    has none); a schema the model cannot be held to is a 400 now, before anything runs."""
     messages = _parse(body.messages)
     if not any(m.role == "system" for m in messages) and bot.system_prompt:
         messages.insert(0, Message.system(bot.system_prompt))
-    settings = ModelSettings(
-        max_tokens=body.max_completion_tokens or body.max_tokens or bot.settings.max_answer_tokens,
-        temperature=body.temperature if body.temperature is not None else bot.settings.temperature,
+    tools = client_tools(body.tools)
+    request = ModelRequest(
+        messages=tuple(messages),
+        tools=tools,
+        tool_choice=tool_choice(body.tool_choice, tools),
+        response_format=response_format(body.response_format),
+        settings=body.settings(bot.settings.max_answer_tokens, bot.settings.temperature),
     )
-    request = ModelRequest(messages=tuple(messages), settings=settings)
+    check = getattr(bot.model, "check_request", None)
+    if check is not None:
+        check(request)
+    return request
+
+
+async def _stateless(
+    state: ServerState, owner: str, bot: Chatbot, request: ModelRequest
+) -> AsyncIterator[str | ToolCallPart | _Finish]:
+    """The messages as given, to the bot's model; nothing stored."""
+    async with state.turn_slot(owner):
+        async for item in _generate(bot, request):
+            yield item
+
+
+async def _generate(
+    bot: Chatbot, request: ModelRequest
+) -> AsyncIterator[str | ToolCallPart | _Finish]:
     generation = Generation()
     try:
         async with asyncio.timeout(bot.settings.model_timeout_s):
             async for event in generate(bot.model, request, generation):
                 if isinstance(event, TextDelta):
                     yield event.text
+                elif isinstance(event, ToolCallEvent):
+                    yield event.call
     except TimeoutError:
         raise ApiError(
             503,
@@ -302,14 +381,17 @@ async def _generate(bot: Chatbot, body: ChatRequest) -> AsyncIterator[str | _Fin
             hint="raise model_timeout_s in chatwright.toml, or check the model server",
             type="model_unavailable",
         ) from None
+    reason = "length" if generation.finish == "length" else "stop"
+    if generation.tool_calls:
+        reason = "tool_calls"
     yield _Finish(
-        reason="length" if generation.finish == "length" else "stop",
+        reason=reason,
         prompt_tokens=generation.usage.input_tokens,
         completion_tokens=generation.usage.output_tokens,
     )
 
 
-async def _first(source: AsyncIterator[str | _Finish]) -> str | _Finish | None:
+async def _first(source: AsyncIterator[Item]) -> Item | None:
     """The first item, so that a failure before any output is an HTTP error status."""
     return await anext(source, None)
 
@@ -326,14 +408,21 @@ class _Completion:
     def headers(self) -> dict[str, str]:
         return {THREAD_HEADER: self.thread} if self.thread else {}
 
-    async def collect(self, source: AsyncIterator[str | _Finish]) -> SafeJSONResponse:
+    async def collect(self, source: AsyncIterator[Item]) -> SafeJSONResponse:
         text: list[str] = []
+        calls: list[ToolCallPart] = []
         finish = _Finish()
         async for item in source:
             if isinstance(item, _Finish):
                 finish = item
+            elif isinstance(item, ToolCallPart):
+                calls.append(item)
             else:
                 text.append(item)
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+        if calls:
+            message["content"] = message["content"] or None
+            message["tool_calls"] = [_call_json(c) for c in calls]
         body: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion",
@@ -342,7 +431,7 @@ class _Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(text)},
+                    "message": message,
                     "finish_reason": finish.reason,
                     "logprobs": None,
                 }
@@ -365,11 +454,12 @@ class _Completion:
 
     async def chunks(
         self,
-        first: str | _Finish | None,
-        rest: AsyncIterator[str | _Finish],
+        first: Item | None,
+        rest: AsyncIterator[Item],
         include_usage: bool,
     ) -> AsyncIterator[dict[str, str]]:
         yield self._chunk({"role": "assistant", "content": ""})
+        calls = 0
         try:
             item = first
             while item is not None:
@@ -377,6 +467,9 @@ class _Completion:
                     yield self._chunk({}, item.reason)
                     if include_usage:
                         yield self._usage_chunk(item)
+                elif isinstance(item, ToolCallPart):  # whole: the model's events carry them so
+                    yield self._chunk({"tool_calls": [{"index": calls, **_call_json(item)}]})
+                    calls += 1
                 elif item:
                     yield self._chunk({"content": item})
                 item = await anext(rest, None)
@@ -399,6 +492,14 @@ class _Completion:
             "usage": _usage(finish),
         }
         return {"data": to_json(chunk)}
+
+
+def _call_json(call: ToolCallPart) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
 
 
 def _usage(finish: _Finish) -> dict[str, int]:

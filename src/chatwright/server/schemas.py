@@ -67,6 +67,7 @@ class ThreadOut(BaseModel):
     updated_at: float
     message_count: int
     pinned: list[str]
+    branch: int = Field(default=0, description="the active branch (0: main)")
 
 
 class ThreadList(BaseModel):
@@ -82,6 +83,17 @@ class MessageOut(BaseModel):
     parts: list[dict[str, Any]]
     metadata: dict[str, Any]
     created_at: float
+    branch: int = Field(default=0, description="the branch it was written on (0: main)")
+    siblings: list[Sibling] | None = Field(
+        default=None,
+        description="its versions on other branches, itself included, oldest first (a "
+        "regenerated answer, an edited message); absent when it has none",
+    )
+
+
+class Sibling(BaseModel):
+    seq: int
+    branch: int = Field(description="switch to this branch (PUT .../branch) to show it")
 
 
 class MessageList(BaseModel):
@@ -90,13 +102,31 @@ class MessageList(BaseModel):
     next_after: int | None = Field(description="pass as ?after= for more; null: no more")
 
 
+class CitationOut(BaseModel):
+    """A passage an answer cites as ``[index]``, and where it is (``chatwright.CitationPart``):
+    two sources with the same title differ by ``source`` and ``heading_path``."""
+
+    kind: Literal["citation"] = "citation"
+    index: int
+    text: str = Field(description="the passage: clean text with light Markdown (lists, code)")
+    document_id: str | None = None
+    chunk_id: str | None = None
+    source: str | None = Field(default=None, description="the file's path in its collection")
+    title: str | None = None
+    page: int | None = None
+    heading_path: list[str] = Field(
+        default_factory=list,
+        description='the headings above the passage, outermost first: ["Install", "Linux"]',
+    )
+
+
 class AnswerOut(BaseModel):
     thread_id: str
     seq: int
     text: str
     message: dict[str, Any]
     interrupted: bool
-    citations: list[dict[str, Any]]
+    citations: list[CitationOut]
     trace: dict[str, Any]
 
 

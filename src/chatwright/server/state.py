@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +135,7 @@ class ServerState:
             self.ingestor,
             workers=server.ingest_workers,
             max_per_owner=server.max_jobs_per_user,
+            web=self.settings.web,
         )
         self.slots = TurnSlots(server.max_turns_per_user)
         self.turns = Turns(
@@ -198,9 +199,11 @@ class ServerState:
         *,
         interactive: bool = True,
         answer_mode: str | None = None,
+        events: Callable[..., AsyncIterator[Any]] | None = None,
     ) -> TurnRun:
         """Start a turn (``Turns.start``) unless the thread waits for an approval (409) or
-        ``owner`` runs as many turns as allowed (429)."""
+        ``owner`` runs as many turns as allowed (429). ``events``: what runs it instead of
+        ``bot.stream`` (a regeneration, an edit: ``api_branches.py``)."""
         calls = await self.pending_calls(owner, thread_id)
         if calls:
             names = ", ".join(f"{c['id']} ({c['name']})" for c in calls)
@@ -215,7 +218,13 @@ class ServerState:
         self.slots.take(owner)
         try:
             run = self.turns.start(
-                bot, owner, thread_id, text, interactive=interactive, answer_mode=answer_mode
+                bot,
+                owner,
+                thread_id,
+                text,
+                interactive=interactive,
+                answer_mode=answer_mode,
+                events=events,
             )
         except BaseException:
             self.slots.give_back(owner)

@@ -392,17 +392,21 @@ class Turns:
         *,
         interactive: bool = True,
         answer_mode: str | None = None,
+        events: Callable[..., AsyncIterator[Any]] | None = None,
     ) -> TurnRun:
         """Run a turn in the background; ``interactive``: tool calls may wait for approval
         (else they are refused at once, as nobody could answer); ``answer_mode``: the
-        request's (None: the bot's)."""
+        request's (None: the bot's); ``events(thread_id, text, **kwargs)``: the turn's
+        events (default: ``bot.stream``; a regeneration or an edit passes its own)."""
         run = TurnRun(owner, thread_id)
         if self.recorder is not None:
             self.recorder.add(run)
         key = (owner, thread_id)
         if not self._by_thread.get(key):  # else it waits for the thread's running turn
             self.first_events.add(run)
-        task = asyncio.create_task(self._drive(bot, run, text, interactive, answer_mode))
+        task = asyncio.create_task(
+            self._drive(events or bot.stream, run, text, interactive, answer_mode)
+        )
         run.task = task
         self._tasks.add(task)
         self._by_thread.setdefault(key, set()).add(run)
@@ -438,7 +442,12 @@ class Turns:
             run.task.cancel()
 
     async def _drive(
-        self, bot: Chatbot, run: TurnRun, text: str, interactive: bool, answer_mode: str | None
+        self,
+        stream: Callable[..., AsyncIterator[Any]],
+        run: TurnRun,
+        text: str,
+        interactive: bool,
+        answer_mode: str | None,
     ) -> None:
         keys: list[Key] = []
         approver = self.approvals.approver(run.owner, run.thread_id) if interactive else None
@@ -449,7 +458,7 @@ class Turns:
         }
         first = True
         try:
-            async with aclosing(bot.stream(run.thread_id, text, **kwargs)) as events:
+            async with aclosing(stream(run.thread_id, text, **kwargs)) as events:
                 async for event in events:
                     if isinstance(event, ApprovalRequest) and interactive:
                         key = (run.owner, run.thread_id, event.call.id)

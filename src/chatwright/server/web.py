@@ -2,7 +2,8 @@
 
 The page is plain files (no build step, no CDN); the Content-Security-Policy that every
 response carries (``middleware.py``) lets it load only its own scripts and styles and talk
-only to this server. Without the files (a trimmed install), ``/`` says so in a small page
+only to this server. ``GET /docs`` is Swagger UI, vendored too (``static/vendor/swagger-ui``),
+so the API docs work offline. Without the files (a trimmed install), ``/`` says so in a small page
 instead of failing.
 """
 
@@ -33,6 +34,14 @@ def mount_web_page(app: FastAPI, directory: Path = STATIC_DIR) -> None:
     @app.get("/", include_in_schema=False, response_model=None)
     def index() -> Response:
         page = directory / "index.html"
+        if not page.is_file():
+            return HTMLResponse(_MISSING)
+        return FileResponse(page, media_type="text/html; charset=utf-8")
+
+    @app.get("/docs", include_in_schema=False, response_model=None)
+    def api_docs() -> Response:
+        """The API docs: Swagger UI served from ``static/vendor`` (works offline)."""
+        page = directory / "docs.html"
         if not page.is_file():
             return HTMLResponse(_MISSING)
         return FileResponse(page, media_type="text/html; charset=utf-8")

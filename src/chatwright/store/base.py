@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ from chatwright.types import Message, Trace
 __all__ = [
     "AccountStore",
     "ApiKeyInfo",
+    "BranchInfo",
     "ChunkIndex",
     "ChunkRecord",
     "CollectionInfo",
@@ -89,16 +91,37 @@ class ThreadInfo:
     message_count: int
     metadata: dict[str, Any] = field(default_factory=dict)
     uid: int = 0  # the store's own key for the thread, unique among live threads
+    branch: int = 0  # the active branch (0: main): what turns read and append to
 
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message as stored: its place in the thread, when it was written, its token count."""
+    """A message as stored: its place in the thread (seqs grow across all branches), when it
+    was written, its token count, and the branch it was written on (0: main)."""
 
     seq: int
     created_at: float
     message: Message
     tokens: int | None = None
+    branch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BranchInfo:
+    """A branch of a thread: an alternative continuation after message ``fork_seq`` of
+    ``parent`` (a regenerated answer, an edited message). Its path is its own messages after
+    its parent's path up to ``fork_seq``; main (id 0) has no parent. ``first_seq`` is its
+    first own message (None: none yet), ``replaces`` the parent's message after the fork that
+    it is an alternative to (None: the parent had none)."""
+
+    id: int
+    parent: int | None
+    fork_seq: int
+    created_at: float
+    first_seq: int | None = None
+    last_seq: int | None = None
+    messages: int = 0
+    replaces: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +270,11 @@ class ChunkIndex(Protocol):
         (ordered keys make it the newest)."""
         ...
 
+    def newest(self, namespace: str, limit: int, *, below: str | None = None) -> list[ChunkRecord]:
+        """The ``limit`` chunks with the greatest keys (less than ``below``) in byte order,
+        greatest first: an index range, however many the namespace holds."""
+        ...
+
     def centroid(self, namespace: str) -> tuple[np.ndarray | None, int]:
         """(the unit-length mean of the namespace's vectors or None, how many vectors);
         cheap when nothing changed since the last call."""
@@ -392,7 +420,12 @@ class ThreadStore(Protocol):
 
     def list_threads(self, owner: str, *, limit: int = 50, offset: int = 0) -> list[ThreadInfo]: ...
 
-    def rename_thread(self, owner: str, thread_id: str, title: str) -> ThreadInfo: ...
+    def rename_thread(
+        self, owner: str, thread_id: str, title: str, *, only_if: str | EllipsisType | None = ...
+    ) -> ThreadInfo:
+        """Set the title; with ``only_if``, only if the title is still that (None: none),
+        checked in the same statement. The thread as it is afterwards."""
+        ...
 
     def delete_thread(self, owner: str, thread_id: str) -> None:
         """Delete the thread, its messages, summaries, traces and recall chunks."""
@@ -431,14 +464,37 @@ class ThreadStore(Protocol):
         self, owner: str, thread_id: str, metadata: dict[str, Any]
     ) -> ThreadInfo: ...
 
-    def recent(self, owner: str, thread_id: str, limit: int) -> list[StoredMessage]:
-        """The newest ``limit`` messages, oldest first; cost does not grow with the thread."""
+    def recent(
+        self, owner: str, thread_id: str, limit: int, *, before_seq: int | None = None
+    ) -> list[StoredMessage]:
+        """The newest ``limit`` messages of the active branch's path (before ``before_seq``),
+        oldest first; cost does not grow with the thread (nor with its other branches)."""
         ...
 
     def messages(
-        self, owner: str, thread_id: str, *, after_seq: int = 0
+        self, owner: str, thread_id: str, *, after_seq: int = 0, all_branches: bool = False
     ) -> Iterator[StoredMessage]:
-        """Every message after ``after_seq``, oldest first, read in batches."""
+        """Every message of the active branch's path (of every branch: ``all_branches``)
+        after ``after_seq``, oldest first, read in batches."""
+        ...
+
+    def branches(self, owner: str, thread_id: str, *, counts: bool = True) -> list[BranchInfo]:
+        """The thread's branches, main (0) first, then by id (the order they were made).
+        ``counts`` False: ``messages`` is left 0 (counting costs time linear in a branch)."""
+        ...
+
+    def fork(self, owner: str, thread_id: str, after_seq: int) -> BranchInfo:
+        """A new branch continuing after message ``after_seq`` (0: before the first), on the
+        path of the branch that holds that message; it becomes the active branch. Nothing
+        stored is changed: the log stays append-only."""
+        ...
+
+    def switch_branch(self, owner: str, thread_id: str, branch: int) -> ThreadInfo:
+        """Make ``branch`` the active one (a UserError if the thread has no such branch)."""
+        ...
+
+    def on_path(self, owner: str, thread_id: str, seqs: Sequence[int]) -> set[int]:
+        """Which of ``seqs`` are messages of the active branch's path."""
         ...
 
     def traces(self, owner: str, thread_id: str, *, limit: int = 20) -> list[tuple[int, Trace]]:
@@ -451,7 +507,10 @@ class ThreadStore(Protocol):
 
     def save_summary(self, owner: str, thread_id: str, summary: Summary) -> None: ...
 
-    def latest_summary(self, owner: str, thread_id: str) -> Summary | None: ...
+    def latest_summary(self, owner: str, thread_id: str) -> Summary | None:
+        """The newest summary of the active branch's path (one that covers only messages on
+        it: its ``through_seq`` is on the path)."""
+        ...
 
     def summaries(self, owner: str, thread_id: str) -> list[Summary]: ...
 

@@ -268,6 +268,28 @@ def m010_memory_trust(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE memories ADD COLUMN untrusted TEXT")
 
 
+def m011_branches(db: sqlite3.Connection) -> None:
+    # Branches (regenerated answers, edited messages): each message records the branch it was
+    # written on, a thread its active branch, `branches` each branch's parent and the seq it
+    # forks after. Existing messages and threads are on main (0). store/branches.py reads them.
+    from chatwright.store.branches import BRANCH_TABLES
+
+    for statement in BRANCH_TABLES:
+        db.execute(statement)
+    # A thread's search text (retrieval/thread_search.py, 'threadtext:<pk>') goes with it as
+    # its recall chunks do. The namespace's row stays (count 0), as recall's: SQLite reuses
+    # a deleted thread's pk, and the row's version, which keeps rising, is what tells a
+    # process's cached segment of the old thread from the new one's (a new row restarts at 1).
+    db.execute("DROP TRIGGER threads_after_delete")
+    db.execute(
+        """
+        CREATE TRIGGER threads_after_delete AFTER DELETE ON threads BEGIN
+            DELETE FROM chunks WHERE namespace IN ('thread:' || old.pk, 'threadtext:' || old.pk);
+        END
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_memory,
@@ -279,6 +301,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m008_jobs,
     m009_streams,
     m010_memory_trust,
+    m011_branches,
 ]
 
 

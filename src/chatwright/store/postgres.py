@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -45,7 +46,8 @@ from chatwright.store.base import (
     hash_secret,
     new_secret,
 )
-from chatwright.store.common import StoreCommon
+from chatwright.store.branches import BY_BRANCH, Run, thread_row
+from chatwright.store.common import StoreCommon, prune_summaries
 from chatwright.store.postgres_chunks import PostgresChunks, register_vector
 from chatwright.store.postgres_jobs import PostgresJobs
 from chatwright.store.postgres_migrations import migrate
@@ -74,10 +76,8 @@ if TYPE_CHECKING:
 __all__ = ["PostgresStore", "PostgresTurnLocks", "redact_url"]
 
 
-_BATCH = 500
 _CONNECT_TIMEOUT_S = 10
-_THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata, pk"
-_MESSAGE_COLUMNS = "seq, created_at, role, text, data, tokens"
+_THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata, pk, branch"
 _KEY_COLUMNS = "id, owner, name, prefix, created_at, last_used_at, revoked_at"
 _CONNECT_HINT = (
     "is PostgreSQL running and reachable? check database_url "
@@ -146,12 +146,23 @@ def _encode_pg(message: Message) -> tuple[str | None, bytes | None]:
 
 
 def _stored(row: tuple[Any, ...]) -> StoredMessage:
-    seq, at, role, text, data, tokens = row
-    return StoredMessage(seq, at, _decode(role, text, data), tokens)
+    seq, at, role, text, data, tokens, branch = row
+    return StoredMessage(seq, at, _decode(role, text, data), tokens, branch)
+
+
+def _runner(conn: psycopg.Connection) -> Run:
+    """``run(sql, params)`` for the branch queries (written with ``?`` placeholders)."""
+
+    def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        sql = sql.replace(BY_BRANCH, "messages").replace("?", "%s")
+        cur = conn.execute(sql, tuple(params))
+        return cur.fetchall() if cur.description else []
+
+    return run
 
 
 def _thread(row: tuple[Any, ...]) -> ThreadInfo:
-    tid, owner, title, created, updated, last_seq, metadata, pk = row
+    tid, owner, title, created, updated, last_seq, metadata, pk, branch = row
     return ThreadInfo(
         id=tid,
         owner=owner,
@@ -161,6 +172,7 @@ def _thread(row: tuple[Any, ...]) -> ThreadInfo:
         message_count=last_seq,
         metadata=load_json(metadata) if metadata else {},
         uid=pk,
+        branch=branch,
     )
 
 
@@ -315,6 +327,21 @@ class PostgresStore(StoreCommon):
         self.locks.close()
         self._pool.close()
 
+    _FOR_UPDATE = " FOR UPDATE"
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Run]:
+        with self._db.read() as conn:
+            yield _runner(conn)
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[Run]:
+        with self._db.write() as conn:
+            yield _runner(conn)
+
+    def _stored(self, row: tuple[Any, ...]) -> StoredMessage:
+        return _stored(row)
+
     def _pk(
         self, conn: psycopg.Connection, owner: str, thread_id: str, *, lock: bool = False
     ) -> tuple[int, int]:
@@ -377,10 +404,18 @@ class PostgresStore(StoreCommon):
             ).fetchall()
         return [_thread(r) for r in rows]
 
-    def rename_thread(self, owner: str, thread_id: str, title: str) -> ThreadInfo:
+    def rename_thread(
+        self, owner: str, thread_id: str, title: str, *, only_if: str | EllipsisType | None = ...
+    ) -> ThreadInfo:
         with self._db.write() as conn:
             pk, _ = self._pk(conn, owner, thread_id)
-            conn.execute("UPDATE threads SET title = %s WHERE pk = %s", (title, pk))
+            if only_if is ...:
+                conn.execute("UPDATE threads SET title = %s WHERE pk = %s", (title, pk))
+            else:  # in one statement: a rename in between is never overwritten
+                conn.execute(
+                    "UPDATE threads SET title = %s WHERE pk = %s AND title IS NOT DISTINCT FROM %s",
+                    (title, pk, only_if),
+                )
         return self.get_thread(owner, thread_id)
 
     def update_thread_metadata(
@@ -395,8 +430,8 @@ class PostgresStore(StoreCommon):
         return self.get_thread(owner, thread_id)
 
     def delete_thread(self, owner: str, thread_id: str) -> None:
-        """Delete the thread, its messages, summaries, traces and (by trigger) its recall
-        chunks, in one transaction."""
+        """Delete the thread, its messages, summaries, traces and (by triggers) its recall
+        chunks and search text, in one transaction."""
         with self._db.write() as conn:
             pk, _ = self._pk(conn, owner, thread_id)
             conn.execute("DELETE FROM threads WHERE pk = %s", (pk,))
@@ -420,22 +455,22 @@ class PostgresStore(StoreCommon):
         with self._db.write() as conn:
             try:
                 # FOR UPDATE: concurrent appends to one thread take turns over its seq
-                pk, seq = self._pk(conn, owner, thread_id, lock=True)
+                pk, seq, branch = thread_row(_runner(conn), owner, thread_id, self._FOR_UPDATE)
             except ThreadNotFound:
                 if not create:
                     raise
                 new_id = check_thread_id(thread_id, new=True)
-                pk, seq = self._insert_thread(conn, owner, new_id, None, None), 0
+                pk, seq, branch = self._insert_thread(conn, owner, new_id, None, None), 0, 0
             params = []
             for message, (role, text, data), count in zip(messages, rows, counts, strict=True):
                 seq += 1
-                params.append((pk, seq, role, now, text, data, count))
-                stored.append(StoredMessage(seq, now, message, count))
+                params.append((pk, seq, role, now, text, data, count, branch))
+                stored.append(StoredMessage(seq, now, message, count, branch))
             if params:
                 with conn.cursor() as cur:
                     cur.executemany(
                         "INSERT INTO messages (thread_pk, seq, role, created_at, text, data,"
-                        " tokens) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        " tokens, branch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                         params,
                     )
             if trace_data is not None and stored:
@@ -450,36 +485,6 @@ class PostgresStore(StoreCommon):
                 (seq, now, _title_from(messages), pk),
             )
         return stored
-
-    def recent(self, owner: str, thread_id: str, limit: int) -> list[StoredMessage]:
-        with self._db.read() as conn:
-            rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE thread_pk ="
-                " (SELECT pk FROM threads WHERE owner = %s AND id = %s) AND seq >"
-                " (SELECT last_seq - %s FROM threads WHERE owner = %s AND id = %s) ORDER BY seq",
-                (owner, thread_id, limit, owner, thread_id),
-            ).fetchall()
-            if not rows:
-                self._pk(conn, owner, thread_id)  # ThreadNotFound, or an empty answer
-        return [_stored(row) for row in rows]
-
-    def messages(
-        self, owner: str, thread_id: str, *, after_seq: int = 0
-    ) -> Iterator[StoredMessage]:
-        with self._db.read() as conn:
-            pk, _ = self._pk(conn, owner, thread_id)
-        while True:
-            with self._db.read() as conn:
-                rows = conn.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-                    " WHERE thread_pk = %s AND seq > %s ORDER BY seq LIMIT %s",
-                    (pk, after_seq, _BATCH),
-                ).fetchall()
-            for row in rows:
-                yield _stored(row)
-            if len(rows) < _BATCH:
-                return
-            after_seq = rows[-1][0]
 
     def traces(self, owner: str, thread_id: str, *, limit: int = 20) -> list[tuple[int, Trace]]:
         with self._db.read() as conn:
@@ -500,8 +505,8 @@ class PostgresStore(StoreCommon):
 
     # -- summaries ------------------------------------------------------------------------
     def save_summary(self, owner: str, thread_id: str, summary: Summary) -> None:
-        """Store a new summary version; only the newest ``SUMMARY_VERSIONS`` are kept (the
-        transcript they summarize always is)."""
+        """Store a new summary version; only the newest ``SUMMARY_VERSIONS`` of its branch
+        are kept (``prune_summaries``; the transcript they summarize always is)."""
         with self._db.write() as conn:
             pk, _ = self._pk(conn, owner, thread_id)
             conn.execute(
@@ -518,12 +523,7 @@ class PostgresStore(StoreCommon):
                     summary.created_at or time.time(),
                 ),
             )
-            conn.execute(
-                "DELETE FROM summaries WHERE thread_pk = %s AND through_seq NOT IN"
-                " (SELECT through_seq FROM summaries WHERE thread_pk = %s"
-                " ORDER BY through_seq DESC LIMIT %s)",
-                (pk, pk, SUMMARY_VERSIONS),
-            )
+            prune_summaries(_runner(conn), pk, summary.through_seq, SUMMARY_VERSIONS)
 
     def _summaries(self, owner: str, thread_id: str, order: str) -> list[Summary]:
         with self._db.read() as conn:

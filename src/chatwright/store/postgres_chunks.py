@@ -312,6 +312,16 @@ class PostgresChunks:
             ).fetchone()
         return _record(row) if row else None
 
+    def newest(self, namespace: str, limit: int, *, below: str | None = None) -> list[ChunkRecord]:
+        sql = "SELECT namespace, key, text, metadata FROM chunks WHERE namespace = %s"
+        params: list[Any] = [namespace]
+        if below is not None:
+            sql += " AND key < %s"
+            params.append(below)
+        with self.db.read() as conn:
+            rows = conn.execute(sql + " ORDER BY key DESC LIMIT %s", (*params, limit)).fetchall()
+        return [_record(row) for row in rows]
+
     def centroid(self, namespace: str) -> tuple[np.ndarray | None, int]:
         """The mean is computed by PostgreSQL (``avg(embedding)``) and cached by the
         namespace's version; inside a transaction nothing is cached (its writes may roll

@@ -316,6 +316,21 @@ def m006_memory_trust(conn: psycopg.Connection) -> None:
     _run(conn, "ALTER TABLE memories ADD COLUMN untrusted text")
 
 
+def m007_branches(conn: psycopg.Connection) -> None:
+    # As SQLite's m011: branches, each message's branch, each thread's active branch.
+    from chatwright.store.branches import BRANCH_TABLES_PG
+
+    for statement in BRANCH_TABLES_PG:
+        _run(conn, statement)
+    # A thread's search text (retrieval/thread_search.py) goes with it as its recall chunks
+    # do, namespace row included (uids are never reused).
+    _run(
+        conn,
+        "CREATE TRIGGER threads_after_delete_text AFTER DELETE ON threads"
+        " FOR EACH ROW EXECUTE FUNCTION drop_namespace('threadtext')",
+    )
+
+
 MIGRATIONS: list[Callable[[psycopg.Connection], None]] = [
     m001_initial,
     m002_chunks,
@@ -323,6 +338,7 @@ MIGRATIONS: list[Callable[[psycopg.Connection], None]] = [
     m004_streams,
     m005_keyword_postings,
     m006_memory_trust,
+    m007_branches,
 ]
 
 

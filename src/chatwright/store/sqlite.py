@@ -9,6 +9,7 @@ returned is on disk (``synchronous=FULL``): an acknowledged message survives a c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -18,6 +19,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 from chatwright.errors import StoreError, ThreadNotFound, UserError
@@ -34,7 +36,8 @@ from chatwright.store.base import (
     hash_secret,
     new_secret,
 )
-from chatwright.store.common import StoreCommon
+from chatwright.store.branches import Run, thread_row
+from chatwright.store.common import StoreCommon, prune_summaries
 from chatwright.store.file_locks import FileTurnLocks
 from chatwright.store.migrations import migrate
 from chatwright.store.sqlite_chunks import SQLiteChunks
@@ -47,10 +50,8 @@ __all__ = ["MAX_THREAD_ID_LENGTH", "SQLiteStore"]
 
 MAX_THREAD_ID_LENGTH = 200
 _TITLE_LENGTH = 80
-_BATCH = 500
-SUMMARY_VERSIONS = 10  # summary versions kept per thread (each says which messages it covers)
-_THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata, pk"
-_MESSAGE_COLUMNS = "seq, created_at, role, text, data, tokens"
+SUMMARY_VERSIONS = 10  # summary versions kept per branch (each says which messages it covers)
+_THREAD_COLUMNS = "id, owner, title, created_at, updated_at, last_seq, metadata, pk, branch"
 
 
 def _encode(message: Message) -> tuple[str | None, bytes | None]:
@@ -75,12 +76,12 @@ def _decode(role: str, text: str | None, data: bytes | None) -> Message:
 
 
 def _stored(row: tuple[Any, ...]) -> StoredMessage:
-    seq, at, role, text, data, tokens = row
-    return StoredMessage(seq, at, _decode(role, text, data), tokens)
+    seq, at, role, text, data, tokens, branch = row
+    return StoredMessage(seq, at, _decode(role, text, data), tokens, branch)
 
 
 def _thread(row: sqlite3.Row | tuple[Any, ...]) -> ThreadInfo:
-    tid, owner, title, created, updated, last_seq, metadata, pk = row
+    tid, owner, title, created, updated, last_seq, metadata, pk, branch = row
     return ThreadInfo(
         id=tid,
         owner=owner,
@@ -90,6 +91,7 @@ def _thread(row: sqlite3.Row | tuple[Any, ...]) -> ThreadInfo:
         message_count=last_seq,
         metadata=load_json(metadata) if metadata else {},
         uid=pk,
+        branch=branch,
     )
 
 
@@ -173,6 +175,19 @@ class SQLiteStore(StoreCommon):
         search index sharing :attr:`connection` joins it."""
         return _Transaction(self)
 
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Run]:
+        with self._lock:
+            yield lambda sql, params: self._db.execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[Run]:
+        with self._write() as db:
+            yield lambda sql, params: db.execute(sql, params).fetchall()
+
+    def _stored(self, row: tuple[Any, ...]) -> StoredMessage:
+        return _stored(row)
+
     def _pk(self, owner: str, thread_id: str) -> tuple[int, int]:
         row = self._db.execute(
             "SELECT pk, last_seq FROM threads WHERE owner = ? AND id = ?", (owner, thread_id)
@@ -236,10 +251,18 @@ class SQLiteStore(StoreCommon):
             ).fetchall()
         return [_thread(r) for r in rows]
 
-    def rename_thread(self, owner: str, thread_id: str, title: str) -> ThreadInfo:
+    def rename_thread(
+        self, owner: str, thread_id: str, title: str, *, only_if: str | EllipsisType | None = ...
+    ) -> ThreadInfo:
         with self._write() as db:
             pk, _ = self._pk(owner, thread_id)
-            db.execute("UPDATE threads SET title = ? WHERE pk = ?", (title, pk))
+            if only_if is ...:
+                db.execute("UPDATE threads SET title = ? WHERE pk = ?", (title, pk))
+            else:  # in one statement: a rename in between is never overwritten
+                db.execute(
+                    "UPDATE threads SET title = ? WHERE pk = ? AND title IS ?",
+                    (title, pk, only_if),
+                )
         return self.get_thread(owner, thread_id)
 
     def update_thread_metadata(
@@ -312,20 +335,23 @@ class SQLiteStore(StoreCommon):
             now = time.time()
             stored: list[StoredMessage] = []
             try:
-                pk, seq = self._pk(owner, thread_id)
+                pk, seq, branch = thread_row(
+                    lambda q, p: db.execute(q, p).fetchall(), owner, thread_id
+                )
             except ThreadNotFound:
                 if not create:
                     raise
                 new_id = check_thread_id(thread_id, new=True)
-                pk, seq = self._insert_thread(db, owner, new_id, None, None), 0
+                pk, seq, branch = self._insert_thread(db, owner, new_id, None, None), 0, 0
             for message, (role, text, data), count in zip(messages, rows, counts, strict=True):
                 seq += 1
                 db.execute(
-                    "INSERT INTO messages (thread_pk, seq, role, created_at, text, data, tokens)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (pk, seq, role, now, text, data, count),
+                    "INSERT INTO messages"
+                    " (thread_pk, seq, role, created_at, text, data, tokens, branch)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (pk, seq, role, now, text, data, count, branch),
                 )
-                stored.append(StoredMessage(seq, now, message, count))
+                stored.append(StoredMessage(seq, now, message, count, branch))
             if trace_data is not None and stored:
                 db.execute(
                     "INSERT OR REPLACE INTO traces (thread_pk, seq, data) VALUES (?, ?, ?)",
@@ -340,34 +366,6 @@ class SQLiteStore(StoreCommon):
             return stored
 
         return write
-
-    def recent(self, owner: str, thread_id: str, limit: int) -> list[StoredMessage]:
-        with self._lock:
-            pk, last = self._pk(owner, thread_id)
-            rows = self._db.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-                " WHERE thread_pk = ? AND seq > ? ORDER BY seq",
-                (pk, last - limit),
-            ).fetchall()
-        return [_stored(row) for row in rows]
-
-    def messages(
-        self, owner: str, thread_id: str, *, after_seq: int = 0
-    ) -> Iterator[StoredMessage]:
-        with self._lock:
-            pk, _ = self._pk(owner, thread_id)
-        while True:
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-                    " WHERE thread_pk = ? AND seq > ? ORDER BY seq LIMIT ?",
-                    (pk, after_seq, _BATCH),
-                ).fetchall()
-            for row in rows:
-                yield _stored(row)
-            if len(rows) < _BATCH:
-                return
-            after_seq = rows[-1][0]
 
     def traces(self, owner: str, thread_id: str, *, limit: int = 20) -> list[tuple[int, Trace]]:
         with self._lock:
@@ -388,8 +386,8 @@ class SQLiteStore(StoreCommon):
 
     # -- summaries ------------------------------------------------------------------------
     def save_summary(self, owner: str, thread_id: str, summary: Summary) -> None:
-        """Store a new summary version; only the newest ``SUMMARY_VERSIONS`` are kept (the
-        transcript they summarize always is)."""
+        """Store a new summary version; only the newest ``SUMMARY_VERSIONS`` of its branch
+        are kept (``prune_summaries``; the transcript they summarize always is)."""
         with self._write() as db:
             pk, _ = self._pk(owner, thread_id)
             db.execute(
@@ -405,11 +403,11 @@ class SQLiteStore(StoreCommon):
                     summary.created_at or time.time(),
                 ),
             )
-            db.execute(
-                "DELETE FROM summaries WHERE thread_pk = ? AND through_seq NOT IN"
-                " (SELECT through_seq FROM summaries WHERE thread_pk = ?"
-                " ORDER BY through_seq DESC LIMIT ?)",
-                (pk, pk, SUMMARY_VERSIONS),
+            prune_summaries(
+                lambda sql, params: db.execute(sql, params).fetchall(),
+                pk,
+                summary.through_seq,
+                SUMMARY_VERSIONS,
             )
 
     def _summaries(self, owner: str, thread_id: str, order: str) -> list[Summary]:

@@ -360,6 +360,16 @@ class SQLiteChunks:
         key, text, meta = row
         return ChunkRecord(namespace, key, text, json.loads(meta) if meta else {})
 
+    def newest(self, namespace: str, limit: int, *, below: str | None = None) -> list[ChunkRecord]:
+        sql = "SELECT key, text, metadata FROM chunks WHERE namespace = ?"
+        params: list[Any] = [namespace]
+        if below is not None:
+            sql += " AND key < ?"
+            params.append(below)
+        with self._lock:
+            rows = self.db.execute(sql + " ORDER BY key DESC LIMIT ?", (*params, limit)).fetchall()
+        return [ChunkRecord(namespace, k, t, json.loads(m) if m else {}) for k, t, m in rows]
+
     def centroid(self, namespace: str) -> tuple[np.ndarray | None, int]:
         with self._lock:
             version = self._version(namespace)

@@ -80,14 +80,14 @@ class _Table:
 def _message_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A message row as PostgreSQL stores it: a plain text holding NUL (which ``text``
     cannot) goes serialized, as ``PostgresStore.append`` does (``_encode_pg``)."""
-    thread_pk, seq, role, created_at, text, data, tokens = row
+    thread_pk, seq, role, created_at, text, data, tokens, branch = row
     if text is not None and "\x00" in text:
         text, data = None, dump_json(_decode(role, text, None))
-    return thread_pk, seq, role, created_at, text, _bytes(data), tokens
+    return thread_pk, seq, role, created_at, text, _bytes(data), tokens, branch
 
 
 def _thread_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (*row[:6], _bytes(row[6]), row[7])
+    return (*row[:6], _bytes(row[6]), *row[7:])
 
 
 def _trace_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -115,17 +115,18 @@ _TABLES: tuple[_Table, ...] = (
     ),
     _table(
         "threads",
-        "pk owner id title created_at updated_at metadata last_seq",
+        "pk owner id title created_at updated_at metadata last_seq branch",
         "pk",
         identity="pk",
         convert=_thread_row,
     ),
     _table(
         "messages",
-        "thread_pk seq role created_at text data tokens",
+        "thread_pk seq role created_at text data tokens branch",
         "thread_pk, seq",
         convert=_message_row,
     ),
+    _table("branches", "thread_pk id parent fork_seq created_at", "thread_pk, id"),
     _table("traces", "thread_pk seq data", "thread_pk, seq", convert=_trace_row),
     _table(
         "summaries",

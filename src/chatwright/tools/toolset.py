@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from chatwright.errors import ConfigError
+from chatwright.tools import interop
 from chatwright.tools.base import Tool
 
 __all__ = ["ApprovalPolicy", "ToolSource", "Toolset", "as_tool"]
 
 
-def as_tool(value: Tool | Callable[..., Any]) -> Tool:
-    """A :class:`Tool` as is; a plain callable becomes one through its type hints."""
+def as_tool(value: Tool | Callable[..., Any] | Any) -> Tool:
+    """A :class:`Tool` as is; a plain callable becomes one through its type hints; a LangChain
+    tool or an OpenAI-style tool dict with a ``"callable"`` through :mod:`.interop`."""
     if isinstance(value, Tool):
         return value
+    if interop.is_langchain_tool(value):
+        return interop.from_langchain(value)
+    if isinstance(value, Mapping):
+        return interop.from_openai(value)
     if callable(value):
         return Tool.from_function(value)
-    raise ConfigError(f"{value!r} is not a tool", hint="pass a function or a chatwright.Tool")
+    raise ConfigError(
+        f"{value!r} is not a tool",
+        hint="pass a function, a chatwright.Tool, a LangChain tool, or an OpenAI-style tool "
+        'dict with a "callable"',
+    )
 
 
 @runtime_checkable

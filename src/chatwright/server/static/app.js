@@ -79,6 +79,8 @@
     streams: new Map(), // thread id -> {controller, view}
     loadToken: 0,
     loading: null, // the thread being opened (a promise)
+    titled: new Set(), // threads whose automatic title was asked for
+    uploadTo: null, // the collection the user chose (or just made) for uploads
   };
 
   // -- the API ----------------------------------------------------------------------------
@@ -359,10 +361,35 @@
       }, "Trace");
       this.note = h("span", { class: "msg-note", hidden: true });
       this.status = h("span", { class: "msg-status", role: "status", hidden: true });
-      this.footer = h("div", { class: "msg-footer" }, this.traceButton, this.note, this.status);
+      this.time = timeLabel(Date.now() / 1000);
+      this.switcher = h("span", { class: "branch-slot" });
+      this.copyButton = copyButton(() => this.plainText(), "Copy answer");
+      this.regenerateButton = h("button", {
+        type: "button", class: "link-button regenerate-button", hidden: true,
+        title: "Answer again (the old answer is kept: switch back with ‹ ›)",
+        onclick: guarded(() => regenerate(this)),
+      }, "Regenerate");
+      this.footer = h("div", { class: "msg-footer" }, this.switcher, this.time, this.copyButton,
+        this.regenerateButton, this.traceButton, this.note, this.status);
       this.el = h("article", { class: "msg assistant", "aria-label": "Answer" },
         h("div", { class: "who", "aria-hidden": "true" }, "assistant"),
         this.content, this.citationBox, this.footer);
+    }
+
+    /** The answer's text as written (Markdown), for the copy button. */
+    plainText() {
+      return this.segments.map((seg) => seg.text).filter(Boolean).join("\n\n");
+    }
+
+    /** Its versions on other branches (a regenerated answer): "‹ 2/3 ›". */
+    setSiblings(seq, siblings) {
+      this.switcher.replaceChildren(...[branchSwitcher(this.threadId, seq, siblings)].filter(Boolean));
+    }
+
+    setTime(createdAt) {
+      const label = timeLabel(createdAt);
+      this.time.replaceWith(label);
+      this.time = label;
     }
 
     setStreaming(on) {
@@ -423,6 +450,7 @@
       this.lastRender = performance.now();
       const frag = markdownFragment(seg.text);
       linkCitations(frag, (n) => this.openCitation(n), this.citations);
+      addCodeCopyButtons(frag);
       seg.el.replaceChildren(frag);
       if (stick) scrollToBottom();
     }
@@ -472,12 +500,14 @@
         const name = c.title || c.source || c.document_id || "source";
         const where = [c.source && c.source !== name ? c.source : null,
           c.page !== null && c.page !== undefined ? `page ${c.page}` : null].filter(Boolean).join(", ");
+        const path = headingPath(c);
         const details = h("details", { class: "citation", "data-index": c.index },
           h("summary", null,
             h("span", { class: "citation-index" }, `[${c.index}]`), " ",
             h("span", { class: "citation-title" }, name),
+            path.length ? h("span", { class: "citation-heading" }, " › " + path.join(" › ")) : null,
             c.page !== null && c.page !== undefined ? h("span", { class: "muted" }, `, p. ${c.page}`) : null),
-          h("blockquote", { class: "citation-passage", text: c.text || "" }),
+          h("blockquote", { class: "citation-passage passage-md" }, passageFragment(c.text || "")),
           h("div", { class: "citation-source" },
             "Source: ", where || name,
             c.document_id ? ` · document ${c.document_id}` : ""));
@@ -512,6 +542,7 @@
       if (info.interrupted) this.setNote("stopped", false);
       const meta = (info.message && info.message.metadata) || {};
       if (!info.interrupted && meta.stopped) this.setNote(`stopped: ${meta.stopped}`, false);
+      else if (!info.interrupted && meta.finish && meta.finish !== "stop") this.setNote(finishSentence(meta.finish), false);
     }
 
     fail(err) {
@@ -524,6 +555,7 @@
       this.seq = seq;
       this.el.dataset.seq = String(seq);
       this.traceButton.hidden = false;
+      this.regenerateButton.hidden = false;
     }
 
     setNote(text, isError) {
@@ -621,10 +653,171 @@
     el.scrollTop = el.scrollHeight;
   }
 
-  function userBubble(text) {
-    return h("article", { class: "msg user", "aria-label": "Your message" },
+  /** A message of the user's; `info` (from the thread's messages): seq, created_at, siblings
+   * (its versions on other branches), threadId. Without a seq yet (just sent), Edit waits for
+   * setBubbleSeq. */
+  function userBubble(text, info) {
+    const el = h("article", { class: "msg user", "aria-label": "Your message" },
       h("div", { class: "who", "aria-hidden": "true" }, "you"),
       h("div", { class: "body", text }));
+    el.bubble = { text, info: Object.assign({ created_at: Date.now() / 1000 }, info || {}) };
+    el.append(h("div", { class: "msg-actions" }));
+    fillBubbleActions(el);
+    return el;
+  }
+
+  function fillBubbleActions(el) {
+    const { text, info } = el.bubble;
+    if (typeof info.seq === "number") el.dataset.seq = String(info.seq);
+    const editable = typeof info.seq === "number" && info.threadId;
+    const actions = [
+      info.siblings ? branchSwitcher(info.threadId, info.seq, info.siblings) : null,
+      timeLabel(info.created_at),
+      copyButton(() => text, "Copy message"),
+      editable ? h("button", {
+        type: "button", class: "link-button edit-button",
+        title: "Edit and resend (the old message is kept: switch back with ‹ ›)",
+        onclick: () => editMessage(el),
+      }, "Edit") : null,
+    ];
+    // replaceChildren writes a null as the text "null": only the actions that apply
+    el.querySelector(".msg-actions").replaceChildren(...actions.filter(Boolean));
+  }
+
+  function setBubbleSeq(el, threadId, seq) {
+    if (!el || !el.bubble || typeof seq !== "number") return;
+    Object.assign(el.bubble.info, { seq, threadId });
+    fillBubbleActions(el);
+  }
+
+  /** "14:05" (today) or "3 Dec, 14:05"; the full date and time on hover. */
+  function timeLabel(seconds) {
+    if (typeof seconds !== "number") return h("span", { class: "msg-time" });
+    const when = new Date(seconds * 1000);
+    const today = new Date().toDateString() === when.toDateString();
+    const options = today ? { hour: "2-digit", minute: "2-digit" }
+      : { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" };
+    return h("time", { class: "msg-time", datetime: when.toISOString(), title: when.toLocaleString() },
+      when.toLocaleString(undefined, options));
+  }
+
+  async function copyText(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return;
+    } catch (_) { /* not allowed (an insecure origin): the old way */ }
+    const area = h("textarea", { class: "copy-buffer", "aria-hidden": "true" });
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    try {
+      document.execCommand("copy");
+    } finally {
+      area.remove();
+    }
+  }
+
+  function copyButton(getText, label) {
+    const button = h("button", { type: "button", class: "link-button copy-button", "aria-label": label }, "Copy");
+    button.addEventListener("click", guarded(async () => {
+      await copyText(getText());
+      button.textContent = "Copied";
+      setTimeout(() => { button.textContent = "Copy"; }, 1500);
+    }));
+    return button;
+  }
+
+  /** A copy button on each code block of a rendered answer. */
+  function addCodeCopyButtons(root) {
+    for (const pre of root.querySelectorAll("pre")) {
+      const code = pre.querySelector("code") || pre;
+      pre.classList.add("has-copy");
+      pre.prepend(copyButton(() => code.textContent, "Copy code"));
+    }
+  }
+
+  /** "‹ 2/3 ›": which of a message's versions (on different branches) is shown; the arrows
+   * switch the thread to the branch of the previous or next one. */
+  function branchSwitcher(threadId, seq, siblings) {
+    const at = siblings.findIndex((s) => s.seq === seq);
+    if (at < 0 || siblings.length < 2) return null;
+    const go = (i) => guarded(() => switchBranch(threadId, siblings[i].branch));
+    return h("span", { class: "branch-switch", role: "group", "aria-label": "Versions" },
+      h("button", { type: "button", class: "link-button branch-prev", "aria-label": "Previous version",
+        disabled: at === 0, onclick: go(at - 1) }, "‹"),
+      h("span", { class: "branch-count" }, `${at + 1}/${siblings.length}`),
+      h("button", { type: "button", class: "link-button branch-next", "aria-label": "Next version",
+        disabled: at === siblings.length - 1, onclick: go(at + 1) }, "›"));
+  }
+
+  async function switchBranch(threadId, branch) {
+    if (state.streams.has(threadId)) throw new ApiError("An answer is still streaming.", "Stop it first, or wait for it.");
+    await api("PUT", `/threads/${enc(threadId)}/branch`, { branch });
+    await reloadHistory(threadId);
+  }
+
+  /** Show the thread as stored (after a branch changed what its active path is). */
+  async function reloadHistory(threadId) {
+    const messages = await loadMessages(threadId);
+    if (threadId === state.threadId && !state.streams.has(threadId)) renderHistory(threadId, messages);
+  }
+
+  /** Answer again: a new branch forks before the answer of `turn`. */
+  async function regenerate(turn) {
+    const threadId = turn.threadId;
+    if (state.streams.has(threadId) || turn.seq === null) return;
+    const seq = turn.seq;
+    const view = new TurnView(threadId);
+    view.setStreaming(true);
+    while (turn.el.nextElementSibling) turn.el.nextElementSibling.remove();
+    turn.el.replaceWith(view.el);
+    await redo(view, threadId, `/messages/${seq}/regenerate`, {});
+  }
+
+  /** Edit a message of the user's in place, then resend it on a new branch. */
+  function editMessage(el) {
+    const { text, info } = el.bubble;
+    if (state.streams.has(info.threadId)) return;
+    const area = h("textarea", { class: "edit-input", rows: 3, "aria-label": "Edit your message" });
+    area.value = text;
+    const cancel = () => form.replaceWith(body);
+    const body = el.querySelector(".body");
+    const form = h("form", { class: "edit-form" }, area,
+      h("div", { class: "row" },
+        h("button", { type: "submit", class: "button primary small-button" }, "Send"),
+        h("button", { type: "button", class: "button small-button", onclick: cancel }, "Cancel")));
+    form.addEventListener("submit", guarded(async (event) => {
+      event.preventDefault();
+      const next = area.value;
+      if (!next.trim()) return;
+      const bubble = userBubble(next, { threadId: info.threadId });
+      el.replaceWith(bubble);
+      while (bubble.nextElementSibling) bubble.nextElementSibling.remove();
+      const view = new TurnView(info.threadId);
+      view.setStreaming(true);
+      messagesEl().append(view.el);
+      view.userBubble = bubble;
+      await redo(view, info.threadId, `/messages/${info.seq}/edit`, { text: next });
+    }));
+    body.replaceWith(form);
+    area.focus();
+  }
+
+  /** Stream a regeneration or an edit into `view`, then show the thread as stored (its new
+   * branch, with "‹ n/m ›" on the versions). */
+  async function redo(view, threadId, path, body) {
+    updateEmpty();
+    scrollToBottom();
+    const controller = new AbortController();
+    const payload = Object.assign({ stream: true }, body);
+    const bot = chosenBot();
+    if (bot) payload.bot = bot;
+    const open = () => api("POST", `/threads/${enc(threadId)}${path}`, payload,
+      { raw: true, signal: controller.signal, accept: "text/event-stream" });
+    await streamTurn(view, threadId, controller, open);
+    // As stored: the new branch, or (refused, failed) the thread as it was; an error stays in
+    // the banner.
+    await reloadHistory(threadId).catch(() => {});
   }
 
   function updateEmpty() {
@@ -647,7 +840,7 @@
         }
         else if (meta.stopped) turn.setNote(`stopped: ${meta.stopped}`, false);
         else if (meta.error) turn.setNote(String(meta.error), true);
-        else if (meta.finish && meta.finish !== "stop") turn.setNote(String(meta.finish), false);
+        else if (meta.finish && meta.finish !== "stop") turn.setNote(finishSentence(meta.finish), false);
       }
       turn = null;
       lastAssistant = null;
@@ -655,11 +848,15 @@
     for (const m of messages) {
       if (m.role === "user") {
         close();
-        root.append(userBubble(m.text ?? ""));
+        root.append(userBubble(m.text ?? "", {
+          seq: m.seq, created_at: m.created_at, siblings: m.siblings, threadId,
+        }));
       } else if (m.role === "assistant" || m.role === "tool") {
         if (!turn) {
           turn = lastTurn = new TurnView(threadId);
           root.append(turn.el);
+          if (typeof m.created_at === "number") turn.setTime(m.created_at);
+          if (m.siblings) turn.setSiblings(m.seq, m.siblings);
         }
         const parts = Array.isArray(m.parts) ? m.parts : [{ kind: "text", text: m.text }];
         for (const part of parts) {
@@ -684,6 +881,9 @@
   function handleEvent(view, name, data, threadId) {
     const d = data || {};
     switch (name) {
+      case "start":
+        setBubbleSeq(view.userBubble, threadId, d.user_seq);
+        break;
       case "text_delta":
       case "delta":
         view.appendText(typeof d === "string" ? d : d.text);
@@ -706,7 +906,7 @@
       case "done":
         view.finish(d);
         view.done = true;
-        if (threadId === state.threadId) refreshThreads();
+        titleThenRefresh(threadId);
         break;
       case "error": {
         const err = new ApiError(d.message || "the turn failed", d.hint, d.type);
@@ -886,8 +1086,10 @@
     const input = $("composer-input");
     input.value = "";
     autosize();
-    messagesEl().append(userBubble(text));
+    const bubble = userBubble(text, { threadId });
+    messagesEl().append(bubble);
     const view = new TurnView(threadId);
+    view.userBubble = bubble;
     view.setStreaming(true);
     messagesEl().append(view.el);
     updateEmpty();
@@ -985,7 +1187,8 @@
 
   function renderHeader() {
     const t = state.thread;
-    $("thread-title").textContent = t ? t.title || "Untitled thread" : "";
+    $("thread-title").textContent = t && t.id ? t.title || "Untitled thread" : "";
+    $("export-menu").hidden = !(t && t.id);
     document.title = t && t.title ? `${t.title} · chatwright` : "chatwright";
     const pins = threadPins(t);
     const bar = $("pins-bar");
@@ -1266,8 +1469,15 @@
     $("collection-empty").hidden = state.collections.length > 0;
     const select = $("upload-collection");
     const previous = select.value;
-    select.replaceChildren(...state.collections.map((c) => h("option", { value: collectionName(c) }, collectionName(c))));
-    if (previous && state.collections.some((c) => collectionName(c) === previous)) select.value = previous;
+    // With several collections nothing is chosen for the user: an upload must not land in
+    // the first one because the selector went unnoticed (the select is required).
+    const several = state.collections.length > 1;
+    select.replaceChildren(
+      ...(several ? [h("option", { value: "", disabled: true }, "Choose a collection…")] : []),
+      ...state.collections.map((c) => h("option", { value: collectionName(c) }, collectionName(c))));
+    const chosen = state.uploadTo || previous;
+    if (chosen && state.collections.some((c) => collectionName(c) === chosen)) select.value = chosen;
+    else select.value = several ? "" : (state.collections[0] ? collectionName(state.collections[0]) : "");
   }
 
   async function setPin(name, on) {
@@ -1293,8 +1503,27 @@
     await api("POST", "/collections", body);
     $("collection-name").value = "";
     $("collection-description").value = "";
+    state.uploadTo = name;  // the new collection is where the next upload goes
     await loadCollections();
-    $("upload-collection").value = name;
+  }
+
+  /** Download the open thread as a file (JSON: every branch, what Import reads; Markdown: the
+   * conversation as shown). Fetched with the API key, then saved from a blob URL. */
+  async function exportThread(format) {
+    const id = state.threadId;
+    if (!id) throw new ApiError("Open a thread first.");
+    $("export-menu").open = false;
+    const res = await api("GET", `/threads/${enc(id)}/export?format=${enc(format)}`, undefined,
+      { raw: true, accept: format === "json" ? "application/json" : "text/markdown" });
+    const disposition = res.headers.get("content-disposition") || "";
+    const named = /filename="?([^";]+)"?/.exec(disposition);
+    const filename = named ? named[1] : `thread.${format === "json" ? "json" : "md"}`;
+    const url = URL.createObjectURL(await res.blob());
+    const link = h("a", { href: url, download: filename, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
   }
 
   async function deleteCollection(name) {
@@ -1309,7 +1538,11 @@
     event.preventDefault();
     const name = $("upload-collection").value;
     const files = $("upload-files").files;
-    if (!name) throw new ApiError("Create a collection first.", "Then choose it here.");
+    if (!name) {
+      throw state.collections.length
+        ? new ApiError("Choose the collection these files go to.", "The Collection selector above.")
+        : new ApiError("Create a collection first.", "Then choose it here.");
+    }
     if (!files || !files.length) throw new ApiError("Choose one or more files.");
     const form = new FormData();
     for (const f of files) form.append("files", f, f.name);
@@ -1493,6 +1726,169 @@
     if ($("app").classList.contains("sidebar-open")) toggleSidebar(false);
   }
 
+  // -- threads: search, import, automatic titles (api_thread_admin.py) ------------------------
+  let searchTimer = null;
+  let searchToken = 0;
+
+  function searchChanged() {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(guarded(runSearch), 200);
+  }
+
+  async function runSearch() {
+    const query = $("thread-search-input").value.trim();
+    const token = ++searchToken;
+    const results = $("search-results");
+    if (!query) {
+      results.hidden = true;
+      results.replaceChildren();
+      $("thread-list").hidden = false;
+      $("thread-empty").hidden = state.threads.length > 0;
+      return;
+    }
+    const data = await api("GET", `/search?q=${enc(query)}&limit=30`);
+    if (token !== searchToken) return; // a newer search is on its way
+    const hits = asList(data, "results");
+    results.replaceChildren(...hits.map((hit) => {
+      const t = hit.thread || {};
+      const title = t.title || "Untitled thread";
+      return h("li", { class: "thread-item search-hit", "data-thread-id": t.id },
+        h("button", { type: "button", class: "thread-open", onclick: guarded(() => openHit(hit)) },
+          h("span", { class: "hit-title" }, title),
+          hit.seq !== null && hit.seq !== undefined
+            ? h("span", { class: "hit-snippet" }, hit.snippet || "") : null));
+    }));
+    if (!hits.length) results.append(h("li", { class: "muted small search-none" }, `No thread matches “${query}”.`));
+    results.hidden = false;
+    $("thread-list").hidden = true;
+    $("thread-empty").hidden = true;
+  }
+
+  /** Open a search hit's thread and show the message that matched. */
+  async function openHit(hit) {
+    selectThread(hit.thread.id);
+    if (state.loading) await state.loading;
+    if (typeof hit.seq !== "number" || state.threadId !== hit.thread.id) return;
+    const el = messagesEl().querySelector(`[data-seq="${hit.seq}"]`);
+    if (!el) return; // on another branch, or not shown
+    for (const old of messagesEl().querySelectorAll(".search-match")) old.classList.remove("search-match");
+    el.classList.add("search-match");
+    el.scrollIntoView({ block: "center" });
+  }
+
+  async function importFiles() {
+    const input = $("import-files");
+    const files = input.files;
+    if (!files || !files.length) return;
+    const form = new FormData();
+    for (const f of files) form.append("files", f, f.name);
+    input.value = "";
+    const data = await api("POST", "/import", form);
+    const made = asList(data, "threads");
+    await refreshThreads();
+    if (made.length) selectThread(made[0].id);
+  }
+
+  /** After a thread's first answer here: ask the server for a title. It replaces only a
+   * placeholder (the first message cut short), so a title the user chose stays. */
+  async function autoTitle(threadId) {
+    if (state.titled.has(threadId)) return;
+    state.titled.add(threadId);
+    const bot = chosenBot();
+    try {
+      await api("POST", `/threads/${enc(threadId)}/title` + (bot ? `?bot=${enc(bot)}` : ""));
+    } catch (e) {
+      console.warn("no automatic title:", e.message);
+    }
+  }
+
+  function titleThenRefresh(threadId) {
+    autoTitle(threadId).finally(() => {
+      if (threadId === state.threadId) refreshThreads();
+    });
+  }
+
+  /** Why an answer stopped, as a sentence (the stored finish reason is a bare word). */
+  function finishSentence(reason) {
+    const known = {
+      length: "stopped: answer length limit",
+      content_filter: "stopped: the provider's content filter",
+      max_tokens: "stopped: answer length limit",
+      tool_calls: "stopped: waiting for tools",
+      interrupted: "cut short",
+    };
+    return known[reason] || `stopped: ${String(reason).replace(/_/g, " ")}`;
+  }
+
+  // -- the welcome state (GET /api/welcome) ----------------------------------------------------
+  async function loadWelcome() {
+    const bot = chosenBot();
+    let data;
+    try {
+      data = await api("GET", "/welcome" + (bot ? `?bot=${enc(bot)}` : ""));
+    } catch (e) {
+      return; // the plain line in index.html stays
+    }
+    const info = data.bot || {};
+    const collections = asList(data.collections, "collections");
+    const box = $("welcome");
+    const prompts = asList(data.prompts, "prompts").map((p) => h("button", {
+      type: "button", class: "prompt-chip",
+      onclick: guarded(async () => {
+        $("composer-input").value = p;
+        autosize();
+        await send(p);
+      }),
+    }, p));
+    box.replaceChildren(
+      h("h2", { class: "welcome-title" }, `Hi, I'm ${info.name || "chatwright"}`),
+      h("p", { class: "muted welcome-model" },
+        info.description ? `${info.description} · ` : "", "model ", h("code", null, info.model || "?")),
+      collections.length
+        ? h("p", { class: "welcome-collections" }, "I can search: ",
+          ...collections.map((c) => h("span", { class: "chip", title: c.description || "" },
+            `${c.name} (${c.documents} document${c.documents === 1 ? "" : "s"})`)))
+        : h("p", { class: "muted small" }, "Add documents under Collections and I will cite them."),
+      h("div", { class: "prompt-list", "aria-label": "Example prompts" }, ...prompts));
+  }
+
+  // -- a cited passage: sanitized Markdown, without leftover HTML tags or admonition markers ----
+  let passageParser = null;
+
+  function textOfHtml(raw) {
+    // The tags dropped, their text kept (escaped by the caller: it is only ever text). Not
+    // parsed as HTML: even an inert document would compile an onerror handler (CSP error).
+    return String(raw || "").replace(/<!--[\s\S]*?-->/g, "").replace(/<\/?[A-Za-z][^>]*>/g, "");
+  }
+
+  function passageFragment(text) {
+    if (!passageParser && window.marked && setUpMarkdown()) {
+      passageParser = new window.marked.Marked({ gfm: true, breaks: false, async: false });
+      passageParser.use({ renderer: {
+        html(token) { return escapeHtml(textOfHtml(token.text ?? token.raw)); },
+        image(token) { return escapeHtml(token.text || ""); },
+      } });
+    }
+    const cleaned = String(text || "")
+      .replace(/^\/{3}\s*\w+(?:\s*\|\s*(.*))?$/gm, (m, title) => (title ? `**${title.trim()}**` : ""))
+      .replace(/^\/{3}\s*$/gm, "");
+    if (!passageParser) {
+      const frag = document.createDocumentFragment();
+      frag.append(h("p", { class: "plain", text: cleaned }));
+      return frag;
+    }
+    return window.DOMPurify.sanitize(passageParser.parse(cleaned), {
+      FORBID_TAGS, FORBID_ATTR, ALLOW_DATA_ATTR: false, ALLOW_ARIA_ATTR: false, RETURN_DOM_FRAGMENT: true,
+    });
+  }
+
+  /** The headings above a cited passage, without the document's title repeated. */
+  function headingPath(c) {
+    const path = Array.isArray(c.heading_path) ? c.heading_path : (c.heading ? [c.heading] : []);
+    const kept = path.filter((x) => typeof x === "string" && x.trim());
+    return kept.length && kept[0] === (c.title || c.source) ? kept.slice(1) : kept;
+  }
+
   // -- bots -------------------------------------------------------------------------------
   function renderBots(me) {
     const bots = asList(me && me.bots, "bots");
@@ -1521,6 +1917,7 @@
       const who = me && (me.user || me.name || me.id);
       $("whoami").textContent = who ? `Signed in as ${who}` : "";
       renderBots(me);
+      loadWelcome();
     } catch (e) {
       showError(e);
       if (e.status === 401) return;
@@ -1547,6 +1944,11 @@
     $("composer-input").addEventListener("input", autosize);
     $("stop-button").addEventListener("click", stop);
     $("new-thread").addEventListener("click", guarded(newThread));
+    $("thread-search").addEventListener("submit", (event) => { event.preventDefault(); guarded(runSearch)(); });
+    $("thread-search-input").addEventListener("input", searchChanged);
+    $("import-open").addEventListener("click", () => $("import-files").click());
+    $("import-files").addEventListener("change", guarded(importFiles));
+    $("bot-select").addEventListener("change", loadWelcome);
     $("banner-close").addEventListener("click", hideBanner);
     $("sidebar-toggle").addEventListener("click", () => toggleSidebar());
     $("sidebar-backdrop").addEventListener("click", closeSidebar);
@@ -1564,6 +1966,10 @@
     }));
     $("collection-create").addEventListener("submit", guarded(createCollection));
     $("upload-form").addEventListener("submit", guarded(upload));
+    for (const b of document.querySelectorAll("#export-menu [data-format]")) {
+      b.addEventListener("click", guarded(() => exportThread(b.dataset.format)));
+    }
+    $("upload-collection").addEventListener("change", (e) => { state.uploadTo = e.target.value; });
     $("settings-open").addEventListener("click", openSettings);
     $("memory-open").addEventListener("click", guarded(async () => {
       closeSidebar();
@@ -1608,5 +2014,5 @@
   else init();
 
   // For tests and debugging: the pure helpers, nothing that holds secrets.
-  window.chatwright = Object.freeze({ markdownFragment, readEvents });
+  window.chatwright = Object.freeze({ markdownFragment, passageFragment, readEvents });
 })();

@@ -1,0 +1,1 @@
+"""Chatwright used from other libraries (optional imports: each module needs its library)."""
