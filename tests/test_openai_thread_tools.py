@@ -14,31 +14,12 @@ import httpx
 import pytest
 
 from chatwright.server import create_app
+from test_openai_clients import TIME, WEATHER
 from test_server_live import make_settings, serving
 
 openai = pytest.importorskip("openai")
 
 THREAD = "X-Chatwright-Thread"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "description": "The time in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 @pytest.fixture(scope="module")

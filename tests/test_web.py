@@ -33,7 +33,9 @@ from web_helpers import (  # noqa: E402
     LiveServer,
     NoteTakingModel,
     StreamCutter,
+    chromium,
     fulfill_cut_short,
+    watched_page,
 )
 
 if not os.access(CHROMIUM, os.X_OK):
@@ -104,12 +106,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 # Console errors a test expects (an HTTP error it provokes), by page.
@@ -120,32 +118,19 @@ def expect_console_error(page: Page, pattern: str) -> None:
     EXPECTED.setdefault(id(page), []).append(re.compile(pattern))
 
 
+def _expected(page: Page, text: str) -> bool:
+    return any(p.search(text) for p in EXPECTED.get(id(page), []))
+
+
 @contextmanager
 def _watched_page(browser: Any, server: LiveServer, **context_args: Any) -> Iterator[Page]:
-    """A fresh browser context on the page; fails the test on console errors and exceptions
-    (a CSP violation is a console error)."""
-    context = browser.new_context(**context_args)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    problems: list[str] = []
-
-    def on_console(message: Any) -> None:
-        if message.type == "error" and not any(
-            p.search(message.text) for p in EXPECTED.get(id(page), [])
-        ):
-            problems.append(f"console error: {message.text}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    try:
-        page.goto(server.url + "/")
-        expect(page.locator("#whoami")).to_contain_text("local")  # the page has started
-        yield page
-        page.wait_for_timeout(50)  # let late console messages arrive
-    finally:
-        EXPECTED.pop(id(page), None)
-        context.close()
-    assert not problems, "errors in the page:\n" + "\n".join(problems)
+    """A fresh browser context on the page (see ``watched_page``), once it has started."""
+    with watched_page(browser, server.url + "/", allowed=_expected, **context_args) as page:
+        try:
+            expect(page.locator("#whoami")).to_contain_text("local")  # the page has started
+            yield page
+        finally:
+            EXPECTED.pop(id(page), None)
 
 
 @pytest.fixture

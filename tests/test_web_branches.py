@@ -23,7 +23,7 @@ pytest.importorskip("sse_starlette", reason="the browser tests need sse-starlett
 
 from chatwright import Chatbot, SQLiteStore  # noqa: E402
 from chatwright.config import Settings  # noqa: E402
-from web_helpers import CHROMIUM, LiveServer  # noqa: E402
+from web_helpers import CHROMIUM, LiveServer, chromium, watched_page  # noqa: E402
 
 if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"the browser tests need Chromium at {CHROMIUM}", allow_module_level=True)
@@ -55,12 +55,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture
@@ -78,21 +74,11 @@ def phone(browser: Any, server: tuple[LiveServer, SQLiteStore]) -> Iterator[Page
 
 @contextmanager
 def _opened(browser: Any, live: LiveServer, **options: Any) -> Iterator[Page]:
-    """The page in a fresh context; fails the test on a console error or a page error."""
-    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"], **options)
-    context.set_default_timeout(15_000)
-    pg = context.new_page()
-    problems: list[str] = []
-    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    try:
-        pg.goto(live.url + "/")
+    """The page in a fresh context (clipboard allowed); fails on console or page errors."""
+    permissions = ["clipboard-read", "clipboard-write"]
+    with watched_page(browser, live.url + "/", permissions=permissions, **options) as pg:
         expect(pg.locator("#whoami")).to_contain_text("local")
         yield pg
-        pg.wait_for_timeout(50)
-    finally:
-        context.close()
-    assert not problems, "errors in the page:\n" + "\n".join(problems)
 
 
 def send(page: Page, text: str) -> None:

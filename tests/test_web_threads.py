@@ -25,7 +25,7 @@ from chatwright import Chatbot, SQLiteStore  # noqa: E402
 from chatwright.config import Settings  # noqa: E402
 from chatwright.models.base import ModelEvent, ModelRequest  # noqa: E402
 from chatwright.types import Done, Message, TextDelta  # noqa: E402
-from web_helpers import CHROMIUM, LiveServer  # noqa: E402
+from web_helpers import CHROMIUM, LiveServer, chromium, watched_page  # noqa: E402
 
 if not os.access(CHROMIUM, os.X_OK):
     pytest.skip(f"the browser tests need Chromium at {CHROMIUM}", allow_module_level=True)
@@ -72,35 +72,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServe
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @contextmanager
 def watched(browser: Any, url: str, expected: str = "", **context_args: Any) -> Iterator[Page]:
     """A fresh page on ``url``; fails on console errors (but ``expected`` ones) and exceptions."""
-    context = browser.new_context(**context_args)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    problems: list[str] = []
 
-    def on_console(message: Any) -> None:
-        if message.type == "error" and not (expected and re.search(expected, message.text)):
-            problems.append(f"console error: {message.text} {message.location}")
+    def allowed(page: Page, text: str) -> bool:
+        return bool(expected and re.search(expected, text))
 
-    page.on("console", on_console)
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    try:
-        page.goto(url)
+    with watched_page(browser, url, allowed=allowed, **context_args) as page:
         yield page
-        page.wait_for_timeout(50)
-    finally:
-        context.close()
-    assert not problems, "errors in the page:\n" + "\n".join(problems)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -20,6 +21,50 @@ from chatwright.models.base import ModelEvent, ModelRequest
 from chatwright.types import Done, TextDelta, ToolCallEvent, ToolCallPart, Usage
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium, driven by Playwright (never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def watched_page(
+    browser: Any,
+    url: str,
+    *,
+    allowed: Callable[[Any, str], bool] = lambda page, text: False,
+    **context_args: Any,
+) -> Iterator[Any]:
+    """A page on ``url`` in a fresh browser context; fails the test on a console error (but
+    those ``allowed(page, text)`` accepts) or an uncaught exception in the page (a CSP
+    violation is a console error)."""
+    context = browser.new_context(**context_args)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    problems: list[str] = []
+
+    def on_console(message: Any) -> None:
+        if message.type == "error" and not allowed(page, message.text):
+            problems.append(f"console error: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    try:
+        page.goto(url)
+        yield page
+        page.wait_for_timeout(50)  # let late console messages arrive
+    finally:
+        context.close()
+    assert not problems, "errors in the page:\n" + "\n".join(problems)
 
 
 class LiveServer:

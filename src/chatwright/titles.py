@@ -25,10 +25,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from chatwright.models import is_remote
-from chatwright.models.base import Model, ModelRequest, ModelSettings
+from chatwright.models.base import Model, ModelRequest, ModelSettings, complete_text
 from chatwright.search.text import STOPWORDS, analyze
 from chatwright.store import Store, ThreadInfo
-from chatwright.types import Message, TextDelta
+from chatwright.types import Message
 
 __all__ = ["Exchange", "auto_title", "is_placeholder", "keyword_title", "model_title"]
 
@@ -126,16 +126,12 @@ async def model_title(model: Model, exchange: Exchange, *, timeout_s: float = 20
         messages=(Message.system(_INSTRUCTIONS), Message.user(transcript)),
         settings=ModelSettings(max_tokens=24, temperature=0.0),
     )
-    pieces: list[str] = []
     try:
-        async with asyncio.timeout(timeout_s):
-            async for event in model.stream(request):
-                if isinstance(event, TextDelta):
-                    pieces.append(event.text)
+        text = await complete_text(model, request, timeout_s)
     except Exception as e:  # a title is a nicety: never fail the caller for it
         log.warning("%s could not write a title (%s): using keywords", model.name, e)
         return keyword_title(exchange)
-    return _clean("".join(pieces)) or keyword_title(exchange)
+    return _clean(text) or keyword_title(exchange)
 
 
 def uses_model(model: Model) -> bool:

@@ -7,15 +7,14 @@ folded in. Runs after the answer was delivered, never on the user's wait.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
 from chatwright.memory.context import Entry
 from chatwright.memory.tokens import TokenCounter
-from chatwright.models.base import Model, ModelRequest, ModelSettings
+from chatwright.models.base import Model, ModelRequest, ModelSettings, complete_text
 from chatwright.store.base import Summary
-from chatwright.types import Message, TextDelta
+from chatwright.types import Message
 
 __all__ = ["SUMMARY_INSTRUCTIONS", "select_batch", "summarize"]
 
@@ -81,12 +80,7 @@ async def summarize(
 ) -> Summary:
     """Fold ``batch`` into ``previous``; raises on model failure or timeout (caller retries)."""
     request = summary_request(previous, batch, limit_words=max(20, int(max_tokens * 0.7)))
-    pieces: list[str] = []
-    async with asyncio.timeout(timeout_s):
-        async for event in model.stream(request):
-            if isinstance(event, TextDelta):
-                pieces.append(event.text)
-    text = "".join(pieces).strip()
+    text = (await complete_text(model, request, timeout_s)).strip()
     if not text:
         raise ValueError(f"{model.name} returned an empty summary")
     return Summary(

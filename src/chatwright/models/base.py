@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
@@ -17,6 +18,7 @@ __all__ = [
     "ResponseFormat",
     "ToolChoice",
     "ToolSpec",
+    "complete_text",
 ]
 
 ModelEvent: TypeAlias = TextDelta | ToolCallEvent | Usage | Done
@@ -93,3 +95,14 @@ class Model(Protocol):
     name: str
 
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]: ...
+
+
+async def complete_text(model: Model, request: ModelRequest, timeout_s: float) -> str:
+    """The text ``model`` answers ``request`` with, whole (a side call: a rewrite, a summary,
+    a title); raises what the model raises, or TimeoutError after ``timeout_s``."""
+    pieces: list[str] = []
+    async with asyncio.timeout(timeout_s):
+        async for event in model.stream(request):
+            if isinstance(event, TextDelta):
+                pieces.append(event.text)
+    return "".join(pieces)

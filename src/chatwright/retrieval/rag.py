@@ -6,7 +6,6 @@ collections, so a plain chat pays nothing for them.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,9 +13,9 @@ from typing import Any
 
 from chatwright.memory.context import Passage
 from chatwright.memory.tokens import TokenCounter
-from chatwright.models.base import Model, ModelRequest, ModelSettings
+from chatwright.models.base import Model, ModelRequest, ModelSettings, complete_text
 from chatwright.retrieval.index import Hit, Nearest, SearchIndex
-from chatwright.types import CitationPart, Message, TextDelta
+from chatwright.types import CitationPart, Message
 
 __all__ = [
     "Retrieved",
@@ -84,15 +83,11 @@ async def rewrite_query(
         ),
         settings=ModelSettings(max_tokens=64, temperature=0.0),
     )
-    pieces: list[str] = []
     try:
-        async with asyncio.timeout(timeout_s):
-            async for event in model.stream(request):
-                if isinstance(event, TextDelta):
-                    pieces.append(event.text)
+        answer = await complete_text(model, request, timeout_s)
     except Exception as e:
         return concat, f"llm failed ({type(e).__name__}), concat"
-    query = " ".join("".join(pieces).split()).strip().strip('"')
+    query = " ".join(answer.split()).strip().strip('"')
     return (query, "llm") if query else (concat, "llm empty, concat")
 
 
