@@ -112,7 +112,6 @@ class Memory:
         self._jobs: dict[tuple[str, str], threading.Thread] = {}
         self._jobs_lock = threading.Lock()
         self._wanted: dict[tuple[str, str], int] = {}  # work asked for while a job ran
-        self._text_wanted: set[tuple[str, str]] = set()  # search text, likewise
         self._failures: dict[tuple[str, str], str] = {}
 
     # -- per turn ---------------------------------------------------------------------------
@@ -250,16 +249,17 @@ class Memory:
 
     # -- after the answer -----------------------------------------------------------------
     def after_turn(self, owner: str, thread_id: str, loaded: Loaded, context: Context) -> bool:
-        """Start background work: index the turn's messages for thread search
-        (``retrieval/thread_search.py``), and if turns fell out of the window index them for
-        recall and fold them into the summary once there is enough. True: a new job started."""
+        """Start background work if turns fell out of the window: index them for recall, and
+        fold them into the summary once there is enough. True: a new job started. (Thread
+        search indexes a thread's text when a search asks for it, not per turn: a turn's cost
+        and storage stay those of the conversation.)"""
         covered = loaded.summary.through_seq if loaded.summary else 0
         window_start = context.window_start_seq
         if window_start is None:  # nothing of the history fit: all of it is out of the window
             window_start = loaded.entries[-1].seq + 1 if loaded.entries else covered + 1
         to_index = self._recalling() and window_start - 1 > self._indexed_through(owner, thread_id)
         if not (to_index or self._summary_due(loaded, window_start)):
-            window_start = 0  # only the thread's search text to index
+            return False
         return self._start(owner, thread_id, window_start)
 
     def _indexed_through(self, owner: str, thread_id: str) -> int:
@@ -285,7 +285,6 @@ class Memory:
         with self._jobs_lock:
             if key in self._jobs:  # a job leaves this dict (under the lock) only once done
                 self._wanted[key] = max(self._wanted.get(key, 0), before_seq)
-                self._text_wanted.add(key)
                 return False
             job = threading.Thread(
                 target=self._job,
@@ -298,30 +297,14 @@ class Memory:
 
     def _job(self, owner: str, thread_id: str, before_seq: int) -> None:
         key = (owner, thread_id)
-        done = 0
         while True:
-            self._index_text(owner, thread_id)
-            if before_seq > done:  # 0: only the search text was asked for
-                self._run_update(owner, thread_id, before_seq)
-                done = before_seq
+            self._run_update(owner, thread_id, before_seq)
             with self._jobs_lock:
                 wanted = self._wanted.pop(key, 0)
-                text = key in self._text_wanted
-                self._text_wanted.discard(key)
-                if wanted <= done and not text:
+                if wanted <= before_seq:
                     del self._jobs[key]
                     return
-            before_seq = max(wanted, done)
-
-    def _index_text(self, owner: str, thread_id: str) -> None:
-        """Index the thread's new messages for thread search, in short transactions of their
-        own; a failure leaves them to the next search's catch-up."""
-        from chatwright.retrieval.thread_search import thread_search  # retrieval builds on this
-
-        try:
-            thread_search(self.store).index_thread(owner, thread_id)
-        except Exception as e:
-            log.warning("indexing thread %s for search failed: %s", thread_id, e)
+            before_seq = wanted
 
     def _run_update(self, owner: str, thread_id: str, before_seq: int) -> None:
         key = (owner, thread_id)

@@ -10,13 +10,15 @@ no text, last in the namespace) saying what is indexed: the last seq read, and t
 message count, title and update time when it was. One read of the mark says whether a
 thread is current, in this process or any later one.
 
-The index is kept current outside the request path: after a turn is stored, the memory's
-background job (``memory/manager.py``, the one that indexes recall) indexes the thread's new
-messages (:meth:`ThreadSearch.index_thread`). Every write is a short transaction of its own:
-at most ``_BATCH`` messages and the mark, so the store's lock is never held long by this
-work. A search (:meth:`ThreadSearch.find`) lists the owner's threads, reads the marks of
-those not known current in this process, and indexes only the threads behind (imports,
-other writers, a crash before the job ran), newest first and bounded per request
+The index is written when searches ask for it, never by a turn: a turn's cost and storage
+stay the conversation's (indexing every turn in the background doubled the bytes stored per
+turn and took a 10,000-turn thread from 2 to 8 ms a turn in ``benchmarks/turn_cost.py``), and
+a user who never searches pays nothing. Every write is a short transaction of its own
+(:meth:`ThreadSearch.index_thread`): at most ``_BATCH`` messages and the mark, so the store's
+lock is never held long by this work. A search (:meth:`ThreadSearch.find`) lists the owner's
+threads, reads the marks of those not known current in this process, and indexes only the
+threads behind (new messages since the last search, imports), newest first and bounded per
+request
 (``_CATCH_UP_THREADS`` threads, ``_CATCH_UP_S`` of work). It answers from what is indexed,
 says how many threads are not indexed yet (``pending``; the API's ``"partial": true``) and
 leaves them to a background thread (:meth:`ThreadSearch.catch_up_later`). The ranking's
@@ -28,10 +30,9 @@ cores, ``benchmarks``-style script kept out of the repo): the first search answe
 no hold of the store's lock by this work exceeds 18 ms. A search once indexed takes
 35-80 ms; after a restart the first takes 0.6-0.9 s (1,000 mark reads, and the chunk index
 loading 1,000 small segments, 21,000 chunks, into memory: its design, one segment per
-namespace), holding the lock 43 ms at most; the next 30-80 ms. A turn's background indexing
-costs about 2 ms. Only the owner's namespaces are searched, so another user's threads cannot
-match. Deleting a thread deletes its namespace's chunks by the ``threads_after_delete``
-trigger, as recall's.
+namespace), holding the lock 43 ms at most; the next 30-80 ms. Only the owner's namespaces
+are searched, so another user's threads cannot match. Deleting a thread deletes its
+namespace's chunks by the ``threads_after_delete`` trigger, as recall's.
 
 The listing is taken before the index is written, so a listed thread may be gone by then,
 and SQLite may have given its key to another user's new thread. Each thread is read again
@@ -293,11 +294,19 @@ class ThreadSearch:
         if not terms or limit <= 0:
             return Found([])
         listed, pending = self.catch_up(owner, max_threads=max_threads, max_s=max_s)
-        if pending:
-            self.catch_up_later(owner)
+        try:
+            hits = self._ranked(query, terms, listed, limit)
+        finally:  # after the ranking: the answer is what was indexed, less ``pending``
+            if pending:
+                self.catch_up_later(owner)
+        return Found(hits, pending)
+
+    def _ranked(
+        self, query: str, terms: set[str], listed: list[ThreadInfo], limit: int
+    ) -> list[ThreadHit]:
         threads = {namespace(t): t for t in listed}
         if not threads:
-            return Found([], pending)
+            return []
         chunks = self.store.chunks
         names = list(threads)
         for start in range(0, len(names), _PRELOAD):  # short lock holds, not one long one
@@ -318,7 +327,7 @@ class ThreadSearch:
                 role = None if is_title else str(row.metadata.get("role"))
                 best[row.namespace] = ThreadHit(info, score, seq, role, _snippet(row.text, terms))
         hits = sorted(best.values(), key=lambda h: (-h.score, -h.thread.updated_at))
-        return Found(hits[:limit], pending)
+        return hits[:limit]
 
     def search(self, owner: str, query: str, *, limit: int = 20) -> list[ThreadHit]:
         """:meth:`find` with every thread caught up first (the CLI: one process, one search)."""
