@@ -13,6 +13,9 @@ What it measures
 
 Data: ``--files`` Markdown files (default 300), each with a title, 4-6 sections of 2-4
 subsections, and paragraphs of 2-7 sentences drawn from a fixed vocabulary; seeded.
+``--format pdf`` writes the same text as PDFs (45 lines a page, one Helvetica text object per
+page): parsing with pypdf then costs about as much as the rest of the keyword-only pipeline,
+the case where running it ahead of embedding (the pipeline's reader thread) can pay.
 
 Target (printed PASS/FAIL, exit code 0 either way): >= 2,000 chunks/s ingested without
 embedding on a 2-core machine.
@@ -31,6 +34,7 @@ import platform
 import random
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -73,22 +77,59 @@ def document(rng: random.Random, i: int) -> str:
     return "\n".join(parts)
 
 
-def make_corpus(root: Path, files: int, seed: int) -> int:
+def make_corpus(root: Path, files: int, seed: int, fmt: str = "md") -> int:
     rng = random.Random(seed)
     total = 0
     for i in range(files):
         folder = root / f"part{i % 10}"
         folder.mkdir(parents=True, exist_ok=True)
-        data = document(rng, i).encode()
-        (folder / f"doc{i:04}.md").write_bytes(data)
+        text = document(rng, i)
+        data = pdf(text, f"Document {i}") if fmt == "pdf" else text.encode()
+        (folder / f"doc{i:04}.{fmt}").write_bytes(data)
         total += len(data)
     return total
+
+
+def pdf(text: str, title: str, lines_per_page: int = 45) -> bytes:
+    """A minimal valid PDF showing ``text``'s lines, wrapped at 90 characters."""
+    lines = [w for line in text.splitlines() for w in (textwrap.wrap(line, 90) or [""])]
+    pages = [lines[i : i + lines_per_page] for i in range(0, len(lines), lines_per_page)]
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    for i, page in enumerate(pages):
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources"
+            f" << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
+        )
+        ops = ["BT /F1 10 Tf 14 TL 50 750 Td"]
+        ops += [
+            "(" + line.replace("\\", "").replace("(", "").replace(")", "") + ") Tj T*"
+            for line in page
+        ]
+        stream = "\n".join([*ops, "ET"]).encode("latin-1")
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+    objects.append(f"<< /Title ({title}) >>".encode())
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (len(objects) + 1, len(objects))
+    out += b"startxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
 
 
 def parse_and_chunk(root: Path, chunk_tokens: int, overlap: int) -> dict[str, Any]:
     start = time.perf_counter()
     chunks = 0
-    for path in sorted(root.rglob("*.md")):
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
         doc = parse(path.name, path.read_bytes())
         chunks += len(chunk_sections(doc.sections, max_tokens=chunk_tokens, overlap=overlap))
     seconds = time.perf_counter() - start
@@ -138,6 +179,7 @@ def main() -> int:
     parser.add_argument("--overlap", type=int, default=45)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-embed", action="store_true", help="skip the embedder run")
+    parser.add_argument("--format", choices=("md", "pdf"), default="md", help="corpus files")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ingest.json")
     args = parser.parse_args()
 
@@ -145,12 +187,12 @@ def main() -> int:
         "benchmark": "ingest",
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-        "corpus": {"files": args.files, "format": "markdown", "seed": args.seed},
+        "corpus": {"files": args.files, "format": args.format, "seed": args.seed},
         "chunking": {"chunk_tokens": args.chunk_tokens, "overlap": args.overlap},
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "corpus"
-        results["corpus"]["bytes"] = make_corpus(root, args.files, args.seed)
+        results["corpus"]["bytes"] = make_corpus(root, args.files, args.seed, args.format)
         results["parse_and_chunk"] = parse_and_chunk(root, args.chunk_tokens, args.overlap)
         results["keyword_only"] = run_ingest(
             Path(tmp) / "k.db", root, None, args.chunk_tokens, args.overlap
@@ -166,7 +208,8 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
     pc, ko = results["parse_and_chunk"], results["keyword_only"]
-    print(f"corpus: {args.files} Markdown files, {results['corpus']['bytes'] / 1e6:.1f} MB")
+    kind = "PDF" if args.format == "pdf" else "Markdown"
+    print(f"corpus: {args.files} {kind} files, {results['corpus']['bytes'] / 1e6:.1f} MB")
     print(f"parse + chunk:          {pc['chunks']} chunks, {pc['chunks_per_s']:,} chunks/s")
     print(
         f"ingest, keyword only:   {ko['chunks']} chunks in {ko['seconds']} s: "

@@ -396,8 +396,8 @@ def test_progress_is_reported_per_file(tmp_path, ingestor):
 
 
 # -- the commands ---------------------------------------------------------------------------
-@pytest.fixture
-def cli(data_dir):
+def make_cli(data_dir):
+    """``invoke(*args, code=0, stdin=None)``: the ingest commands on ``data_dir``."""
     app = typer.Typer()
     register(app)
     runner = CliRunner()
@@ -408,6 +408,11 @@ def cli(data_dir):
         return result
 
     return invoke
+
+
+@pytest.fixture
+def cli(data_dir):
+    return make_cli(data_dir)
 
 
 def test_ingest_command_prints_a_summary_and_the_skipped_files(tmp_path, cli):

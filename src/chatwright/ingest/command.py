@@ -24,6 +24,7 @@ from rich.progress import (
     Task,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.progress import Progress as Bar
 from rich.table import Table
@@ -34,6 +35,7 @@ from chatwright.config import Settings, load_settings
 from chatwright.errors import ChatwrightError, UserError
 from chatwright.ingest.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from chatwright.ingest.pipeline import Ingestor, IngestReport, Progress, has_vectors
+from chatwright.ingest.ray_engine import RayEngine, import_ray
 from chatwright.ingest.web import WebIngest, is_url
 from chatwright.retrieval.index import SearchIndex
 from chatwright.store import Store, open_store
@@ -173,6 +175,22 @@ def ingest(
             "the embedder setting].",
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local (threads on this machine) or ray (a Ray Data pipeline; needs "
+            'pip install "chatwright[ray]").',
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="--engine ray: auto (the cluster on this machine) or ray://host:10001 "
+            "\\[default: a new local Ray].",
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     user: UserOpt = None,
@@ -182,9 +200,11 @@ def ingest(
     chatwright ingest docs/ --collection handbook
     chatwright ingest 'notes/**/*.md' report.pdf -C handbook --sync
     chatwright ingest https://example.com/docs/ -C docs --depth 2 --max-pages 100
+    chatwright ingest corpus/ -C papers --engine ray --ray-address auto
     """
     settings = load_settings(config, data_dir=data_dir, user=user)
     urls = [p for p in paths if is_url(p)]
+    ray = _ray_engine(engine, ray_address, settings, bool(urls))
     if urls and (len(urls) < len(paths) or sync):
         raise UserError(
             "web pages are ingested on their own: without files and without --sync",
@@ -209,7 +229,7 @@ def ingest(
             else None
         )
         try:
-            report = _run(ingestor, paths, collection, sync, description or "", web)
+            report = _run(ingestor, paths, collection, sync, description or "", web, ray)
         except BaseException:
             if new:
                 _drop_if_empty(store, owner, collection)
@@ -226,12 +246,43 @@ def ingest(
         raise typer.Exit(1)
 
 
+def _ray_engine(
+    engine: str, address: str | None, settings: Settings, urls: bool
+) -> RayEngine | None:
+    """The Ray engine for ``--engine ray`` (Ray checked up front), None for ``local``."""
+    if engine not in ("local", "ray"):
+        raise UserError(f"unknown --engine {engine!r}", hint="use --engine local or --engine ray")
+    if engine == "local":
+        if address is not None:
+            raise UserError("--ray-address goes with --engine ray")
+        return None
+    if urls:
+        raise UserError("web pages are ingested by the local engine", hint="leave out --engine ray")
+    import_ray()
+    return RayEngine(address=address, settings=settings)
+
+
 def _drop_if_empty(store: Store, owner: str, collection: str) -> None:
     """Remove a collection this command created when nothing went into it: a failed ingest
     leaves no empty collection behind (one that now has documents is kept)."""
     info = store.find_collection(owner, collection)
     if info is not None and info.documents == 0:
         store.delete_collection(owner, collection)
+
+
+def _columns(unit: str) -> tuple[ProgressColumn, ...]:
+    """The progress bar: files done of total, files/s, chunks and chunks/s, elapsed, ETA."""
+    return (
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        _Rates(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),  # from the files done so far and their pace
+    )
 
 
 def _run(
@@ -241,17 +292,14 @@ def _run(
     sync: bool,
     description: str,
     web: WebIngest | None = None,
+    ray: RayEngine | None = None,
 ) -> IngestReport:
-    columns = (
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("pages" if web is not None else "files"),
-        _Rates(),
-        TimeElapsedColumn(),
-    )
-    with Bar(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+    with Bar(
+        *_columns("pages" if web is not None else "files"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
         task = bar.add_task(f"ingesting into {collection}", total=None, chunks=0)
 
         def show(event: Progress) -> None:
@@ -259,6 +307,10 @@ def _run(
 
         if web is not None:
             return web.ingest(paths, collection, description=description, progress=show)
+        if ray is not None:
+            return ray.ingest(
+                ingestor, paths, collection, sync=sync, description=description, progress=show
+            )
         return ingestor.ingest(paths, collection, sync=sync, description=description, progress=show)
 
 

@@ -11,10 +11,16 @@ For each file found (``files.py``), in order:
    ``"<document id>:<sha1 of its text, 16 hex>"`` (``.2``, ``.3``… for a repeated text), so
    the vectors of the document's unchanged chunks are read back and reused, and texts
    repeated across files in one run are embedded once. Texts are embedded in batches across
-   documents (``embed_batch``), outside any transaction: a slow embedder never holds the
-   database's write lock.
+   documents, sized by characters (``embed_chars``, a proxy for tokens: long chunks make
+   small batches, short ones large) and capped at ``embed_batch`` texts, outside any
+   transaction: a slow embedder never holds the database's write lock.
 4. **Write** the document's record, its chunks, and the removal of its chunks that are gone,
    in ONE ``store.transaction()``: a failure (or a crash) leaves the previous version whole.
+
+With an embedder, steps 1-2 (reading, hashing, parsing, chunking: CPU-bound Python) run in a
+worker thread ahead of steps 3-4, through a queue of at most ``_AHEAD`` documents, so parsing
+the next files overlaps embedding (the ONNX and numpy embedders release the GIL) while memory
+stays bounded; the store is only touched by the calling thread.
 
 With ``sync=True``, documents of the collection that the given directories or globs cover
 (see :class:`~chatwright.ingest.files.Scope`) but whose file is gone are removed with their
@@ -25,8 +31,10 @@ stays, and a re-run resumes by hash); unreadable files never do.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -64,7 +72,12 @@ Status = Literal["added", "updated", "unchanged", "skipped", "removed"]
 # so larger calls go faster (measured with the numpy encoder on 2 cores: 34 texts/s in calls of
 # 640, 24 in calls of 64).
 EMBED_BATCH = 256
+# Characters per embed() call (about 4 per token): 256 chunks of the default 300 tokens.
+# Bounds the embedder's activations whatever the chunk size; short chunks batch up to
+# EMBED_BATCH.
+EMBED_CHARS = 256 * 1_200
 _GROUP_TEXTS = EMBED_BATCH  # chunks gathered across documents before embedding them
+_AHEAD = 8  # parsed documents the worker may hold ahead of embedding and writing
 _GROUP_DOCS = 32
 _CACHE_VECTORS = 20_000  # vectors kept by text hash within a run
 
@@ -159,6 +172,7 @@ class Ingestor:
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         overlap: int = DEFAULT_OVERLAP,
         embed_batch: int = EMBED_BATCH,
+        embed_chars: int = EMBED_CHARS,
     ) -> None:
         check_sizes(chunk_tokens, overlap)
         if max_bytes < 1:
@@ -171,6 +185,7 @@ class Ingestor:
         self.chunk_tokens = chunk_tokens
         self.overlap = overlap
         self.embed_batch = max(1, embed_batch)
+        self.embed_chars = max(1, embed_chars)
         self.embedder = index.embedder
         self._cache: dict[str, np.ndarray] = {}
 
@@ -229,27 +244,33 @@ class Ingestor:
     ) -> _Prepared:
         """Parse (unless ``doc`` is given: a web page, parsed already) and chunk one file, and
         read back its old version's vectors."""
-        doc = doc if doc is not None else parse(file.path.name, data)
-        chunks = chunk_sections(
-            doc.sections,
-            max_tokens=self.chunk_tokens,
-            overlap=self.overlap,
-            count=self.counter.count,
+        return self.read_back(info, self.parse_file(file, data, digest, old, doc))
+
+    def parse_file(
+        self,
+        file: SourceFile,
+        data: bytes,
+        digest: str,
+        old: DocumentInfo | None,
+        doc: LoadedDocument | None = None,
+    ) -> _Prepared:
+        """Parse and chunk one file; touches no store (the worker thread calls it)."""
+        return self.reader.parse(file, data, digest, old, doc)
+
+    @property
+    def reader(self) -> FileReader:
+        """What reading, parsing and chunking a file needs, without the store: picklable,
+        for another thread or another machine (``ray_engine.py``)."""
+        return FileReader(
+            self.max_bytes, self.chunk_tokens, self.overlap, self.counter, self.settings
         )
-        old_vectors: dict[str, np.ndarray | None] = {}
-        if old is not None and old.metadata.get("embedder") == _name(self.embedder):
-            stored = self.index.chunks.vectors(info.namespace, f"{old.id}:")
-            old_vectors = {_hash_of_key(key): vector for key, vector in stored.items()}
-        return _Prepared(
-            file=file,
-            digest=digest,
-            size=len(data),
-            doc=doc,
-            chunks=chunks,
-            hashes=[text_hash(c.text) for c in chunks],
-            old=old,
-            old_vectors=old_vectors,
-        )
+
+    def read_back(self, info: CollectionInfo, p: _Prepared) -> _Prepared:
+        """Fill ``p.old_vectors`` with the stored vectors of its old version."""
+        if p.old is not None and p.old.metadata.get("embedder") == _name(self.embedder):
+            stored = self.index.chunks.vectors(info.namespace, f"{p.old.id}:")
+            p.old_vectors = {_hash_of_key(key): vector for key, vector in stored.items()}
+        return p
 
     def _stored_keys(self, namespace: str, document_id: int) -> set[str]:
         """The keys of the document's chunks (``"<id>:…"``)."""
@@ -267,12 +288,27 @@ class Ingestor:
                 if h not in self._cache and p.old_vectors.get(h) is None:
                     todo.setdefault(h, chunk.text)
         items = list(todo.items())
-        for i in range(0, len(items), self.embed_batch):
-            batch = items[i : i + self.embed_batch]
+        for batch in self.batches(items):
             vectors = np.asarray(self.embedder.embed([text for _, text in batch]), np.float32)
             for (h, _), vector in zip(batch, vectors, strict=True):
                 self._cache[h] = vector
         return len(items)
+
+    def batches(self, items: Sequence[tuple[str, str]]) -> Iterable[list[tuple[str, str]]]:
+        """``(hash, text)`` pairs in runs of at most ``embed_batch`` texts and ``embed_chars``
+        characters (a text longer than that goes alone)."""
+        batch: list[tuple[str, str]] = []
+        chars = 0
+        for item in items:
+            if batch and (
+                len(batch) >= self.embed_batch or chars + len(item[1]) > self.embed_chars
+            ):
+                yield batch
+                batch, chars = [], 0
+            batch.append(item)
+            chars += len(item[1])
+        if batch:
+            yield batch
 
     def vector(self, p: _Prepared, h: str) -> Any:
         if self.embedder is None:
@@ -350,6 +386,65 @@ def _name(embedder: Any) -> str:
     return embedder.name if embedder is not None else "none"
 
 
+@dataclass(frozen=True, slots=True)
+class FileReader:
+    """Reads, hashes, parses and chunks files with an :class:`Ingestor`'s settings; holds no
+    store, so it runs in the reader thread or, pickled, on a Ray worker."""
+
+    max_bytes: int
+    chunk_tokens: int
+    overlap: int
+    counter: TokenCounter
+    settings: str  # Ingestor.settings: an unchanged file has the same hash and settings
+
+    def read(self, file: SourceFile, old: DocumentInfo | None) -> _Read:
+        """One file: unchanged (same hash and settings as ``old``), skipped, or parsed."""
+        try:
+            data = read_limited(file.real, self.max_bytes)
+        except UnreadableFile as e:
+            return _Read(file, 0, skipped=e.message)
+        digest = hashlib.sha256(data).hexdigest()
+        if (
+            old is not None
+            and old.content_hash == digest
+            and old.metadata.get("settings") == self.settings
+        ):
+            return _Read(file, len(data))
+        try:
+            prepared = self.parse(file, data, digest, old)
+        except UnreadableFile as e:
+            return _Read(file, len(data), skipped=e.message)
+        except RecursionError:
+            return _Read(file, len(data), skipped="too deeply nested to parse")
+        return _Read(file, len(data), prepared=prepared)
+
+    def parse(
+        self,
+        file: SourceFile,
+        data: bytes,
+        digest: str,
+        old: DocumentInfo | None,
+        doc: LoadedDocument | None = None,
+    ) -> _Prepared:
+        doc = doc if doc is not None else parse(file.path.name, data)
+        chunks = chunk_sections(
+            doc.sections,
+            max_tokens=self.chunk_tokens,
+            overlap=self.overlap,
+            count=self.counter.count,
+        )
+        return _Prepared(
+            file=file,
+            digest=digest,
+            size=len(data),
+            doc=doc,
+            chunks=chunks,
+            hashes=[text_hash(c.text) for c in chunks],
+            old=old,
+            old_vectors={},
+        )
+
+
 class IngestRun:
     """One call of :meth:`Ingestor.ingest`: its state and report."""
 
@@ -372,6 +467,7 @@ class IngestRun:
         }
         self.group: list[_Prepared] = []
         self.done = 0
+        self.reader = ingestor.reader
 
     def tell(self, path: Path | str, status: Status) -> None:
         if status != "removed":
@@ -384,41 +480,34 @@ class IngestRun:
             )
 
     def go(self) -> None:
-        for file in self.found.files:
-            self.one(file)
-            if (
-                len(self.group) >= _GROUP_DOCS
-                or sum(len(p.chunks) for p in self.group) >= _GROUP_TEXTS
-            ):
-                self.flush()
-        self.flush()
+        """Parse in a worker thread (:class:`_Reader`) while this one embeds and writes.
+        Without an embedder, here: nothing would release the GIL to overlap with (measured:
+        the thread cost 10-15% of keyword-only Markdown ingest)."""
+        reader = _Reader(self) if self.ing.embedder is not None else None
+        try:
+            for item in reader if reader is not None else map(self.read, self.found.files):
+                self.take(item)
+                if self.full():
+                    self.flush()
+            self.flush()
+        finally:
+            if reader is not None:
+                reader.stop()
 
-    def one(self, file: SourceFile) -> None:
-        try:
-            data = read_limited(file.real, self.ing.max_bytes)
-        except UnreadableFile as e:
-            self.skip(file, e.message)
-            return
-        self.report.bytes += len(data)
-        digest = hashlib.sha256(data).hexdigest()
-        old = self.existing.get(file.source)
-        if (
-            old is not None
-            and old.content_hash == digest
-            and old.metadata.get("settings") == self.ing.settings
-        ):
+    def take(self, item: _Read) -> None:
+        """Account for one file the reader handled: unchanged, skipped or parsed."""
+        self.report.bytes += item.size
+        if item.skipped is not None:
+            self.skip(item.file, item.skipped)
+        elif item.prepared is None:
             self.report.unchanged += 1
-            self.tell(file.path, "unchanged")
-            return
-        try:
-            prepared = self.ing.prepare(self.info, file, data, digest, old)
-        except UnreadableFile as e:
-            self.skip(file, e.message)
-            return
-        except RecursionError:
-            self.skip(file, "too deeply nested to parse")
-            return
-        self.group.append(prepared)
+            self.tell(item.file.path, "unchanged")
+        else:
+            self.group.append(self.ing.read_back(self.info, item.prepared))
+
+    def read(self, file: SourceFile) -> _Read:
+        """Read, hash, parse and chunk one file; touches no store (the reader's thread)."""
+        return self.reader.read(file, self.existing.get(file.source))
 
     def skip(self, file: SourceFile, reason: str) -> None:
         self.report.skipped.append(Skipped(str(file.path), reason))
@@ -427,7 +516,7 @@ class IngestRun:
     def flush(self) -> None:
         if not self.group:
             return
-        self.report.embedded += self.ing.embed(self.group)
+        self.report.embedded += self.embed_group()
         for p in self.group:
             added, reused, removed = self.ing.write(self.info, p)
             self.report.chunks_added += added
@@ -440,6 +529,16 @@ class IngestRun:
             self.tell(p.file.path, "added" if p.old is None else "updated")
         self.group = []
 
+    def embed_group(self) -> int:
+        """Make the vectors of ``self.group``'s new texts; how many texts were embedded."""
+        return self.ing.embed(self.group)
+
+    def full(self) -> bool:
+        """Whether the group is large enough to embed and write."""
+        return (
+            len(self.group) >= _GROUP_DOCS or sum(len(p.chunks) for p in self.group) >= _GROUP_TEXTS
+        )
+
     def sync(self) -> None:
         seen = {f.source for f in self.found.files}
         for source, doc in sorted(self.existing.items()):
@@ -448,3 +547,64 @@ class IngestRun:
             self.report.chunks_removed += self.ing.remove(self.info, doc)
             self.report.removed += 1
             self.tell(source, "removed")
+
+
+@dataclass(slots=True)
+class _Read:
+    """What the reader made of one file: parsed (``prepared``), unchanged, or ``skipped``."""
+
+    file: SourceFile
+    size: int  # bytes read
+    prepared: _Prepared | None = None
+    skipped: str | None = None  # the reason
+
+
+_DONE = object()
+
+
+class _Reader:
+    """Runs :meth:`IngestRun.read` over the run's files in a worker thread, at most ``_AHEAD``
+    files ahead of the consumer; iterate it for the results, in order. An error in the worker
+    is raised in the consumer; :meth:`stop` ends the worker early (the consumer failed)."""
+
+    def __init__(self, run: IngestRun) -> None:
+        self.run = run
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=_AHEAD)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(
+            target=self.work, name="chatwright-ingest-reader", daemon=True
+        )
+        self.thread.start()
+
+    def work(self) -> None:
+        try:
+            for file in self.run.found.files:
+                if not self.put(self.run.read(file)):
+                    return
+            self.put(_DONE)
+        except BaseException as e:  # handed to the consumer, raised there
+            self.put(e)
+
+    def put(self, item: Any) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[_Read]:
+        while True:
+            item = self.queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """End the worker: at once when it waits on the queue, else after the file it is
+        parsing (not waited for: it touches no store)."""
+        self.stopped.set()
+        self.thread.join(timeout=1.0)

@@ -1598,19 +1598,41 @@
   async function pollJob(jobId) {
     const progress = $("upload-progress");
     const text = $("upload-text");
+    let first = null; // the first poll that saw the job running: rates are measured from it
     for (;;) {
       const job = await api("GET", `/jobs/${enc(jobId)}`);
       const total = typeof job.total === "number" ? job.total : 0;
       const done = typeof job.done === "number" ? job.done : 0;
+      const chunks = typeof job.chunks === "number" ? job.chunks : 0;
       if (total > 0) {
         progress.max = total;
         progress.value = done;
       }
       if (job.status === "done" || job.status === "failed") return job;
+      if (job.status === "running" && !first) first = { at: performance.now(), done, chunks };
       text.textContent = job.status === "queued" ? "Queued…"
-        : `Ingesting ${done}/${total || "?"}${job.current ? ": " + job.current : ""}…`;
+        : `Ingesting ${done} of ${total || "?"} files · ${chunks} passages` +
+          jobRates(first, done, total, chunks) + (job.current ? ` · ${job.current}` : "") + "…";
       await new Promise((r) => setTimeout(r, JOB_POLL_MS));
     }
+  }
+
+  // " · 12 passages/s · about 40 s left", from what changed since the ``first`` running poll
+  // (the browser's clock: no skew with the server's).
+  function jobRates(first, done, total, chunks) {
+    const seconds = first ? (performance.now() - first.at) / 1000 : 0;
+    if (seconds < 1) return "";
+    let out = ` · ${((chunks - first.chunks) / seconds).toFixed(1)} passages/s`;
+    const filesPerS = (done - first.done) / seconds;
+    if (filesPerS > 0 && total > done) out += ` · about ${duration((total - done) / filesPerS)} left`;
+    return out;
+  }
+
+  function duration(seconds) {
+    const s = Math.max(1, Math.round(seconds));
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+    return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
   }
 
   // -- memory -----------------------------------------------------------------------------
