@@ -23,7 +23,7 @@ from chatwright.retrieval.index import Hit, SearchIndex
 from chatwright.retrieval.rag import passages_from
 from chatwright.server import create_app
 from chatwright.types import CitationPart, Message, dump_json, load_message
-from test_ingest_loaders import texts
+from test_ingest_loaders import pdf_from_objects, texts
 from test_server_api import LOCAL, make_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -203,19 +203,7 @@ def pdf_with_ligatures(text: bytes) -> bytes:
         b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
         b"<< /Length %d >>\nstream\n%s\nendstream" % (len(cmap), cmap),
     ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
+    return pdf_from_objects(objects)
 
 
 def test_pdf_ligatures_become_letters() -> None:

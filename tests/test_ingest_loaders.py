@@ -52,6 +52,12 @@ def make_pdf(pages: list[str], title: str | None = None) -> bytes:
     if title:
         objects.append(f"<< /Title ({_pdf_string(title)}) >>".encode("latin-1"))
         info = len(objects)
+    return pdf_from_objects(objects, info)
+
+
+def pdf_from_objects(objects: list[bytes], info: int | None = None) -> bytes:
+    """A PDF file of ``objects`` (numbered from 1, the catalog first), with its cross-reference
+    table; ``info``: the number of the document-information object."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, 1):

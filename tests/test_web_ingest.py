@@ -23,6 +23,7 @@ from chatwright.models.embeddings import get_embedder
 from chatwright.netguard import NetPolicy
 from chatwright.retrieval.index import SearchIndex
 from chatwright.retrieval.rag import retrieve
+from test_ingest_loaders import make_pdf
 from web_site import Resp, Seen, Site
 
 pytest.importorskip("trafilatura")
@@ -47,31 +48,6 @@ COFFEE = (
 )
 HOURS = "The cafe opens at seven in the morning and closes at six in the evening on weekdays."
 TEA = "Darjeeling tea is picked by hand in the spring, in gardens high on the Himalayan slopes."
-
-
-def simple_pdf(text: str) -> bytes:
-    content = b"BT /F1 12 Tf 72 720 Td (" + text.encode("latin-1") + b") Tj ET"
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792]"
-        b" /Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content),
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
 
 
 def with_etag(body: bytes, etag: str):
@@ -276,7 +252,7 @@ def test_a_site_with_ten_thousand_links_stops_at_the_page_limit(site, store, mak
 def test_a_pdf_is_read_with_the_pdf_loader(site, store, make):
     pytest.importorskip("pypdf")
     site.routes["/manual.pdf"] = Resp(
-        simple_pdf("The espresso machine needs descaling every month."),
+        make_pdf(["The espresso machine needs descaling every month."]),
         content_type="application/pdf",
     )
     report = make().ingest([site.url("/manual.pdf")], "web")
@@ -288,7 +264,7 @@ def test_a_pdf_is_read_with_the_pdf_loader(site, store, make):
 def test_unusable_pages_are_skipped_with_a_reason_and_store_nothing(site, store, make):
     site.routes["/data.zip"] = Resp(b"PK\x03\x04", content_type="application/zip")
     site.routes["/empty"] = Resp(b"<html><body></body></html>")
-    site.routes["/big.pdf"] = Resp(simple_pdf("x" * 2000), content_type="application/pdf")
+    site.routes["/big.pdf"] = Resp(make_pdf(["x" * 2000]), content_type="application/pdf")
     site.routes["/redirect"] = Resp(status=302, headers={"Location": "http://127.0.0.2:1/"})
     urls = [site.url(p) for p in ("/missing", "/data.zip", "/empty", "/big.pdf", "/redirect")]
     report = make(max_bytes=1000).ingest(urls, "web")

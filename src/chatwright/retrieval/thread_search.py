@@ -14,7 +14,7 @@ The index is written when searches ask for it, never by a turn: a turn's cost an
 stay the conversation's (indexing every turn in the background doubled the bytes stored per
 turn and took a 10,000-turn thread from 2 to 8 ms a turn in ``benchmarks/turn_cost.py``), and
 a user who never searches pays nothing. Every write is a short transaction of its own
-(:meth:`ThreadSearch.index_thread`): at most ``_BATCH`` messages and the mark, so the store's
+(``_catch_up_thread``): at most ``_BATCH`` messages and the mark, so the store's
 lock is never held long by this work. A search (:meth:`ThreadSearch.find`) lists the owner's
 threads, reads the marks of those not known current in this process, and indexes only the
 threads behind (new messages since the last search, imports), newest first and bounded per
@@ -144,12 +144,6 @@ class ThreadSearch:
                 return out
 
     # -- indexing ---------------------------------------------------------------------------
-    def index_thread(self, owner: str, thread_id: str) -> bool:
-        """Index what is new in the thread (all of it, a short transaction per batch): the
-        background job after a turn. False where there is no such thread."""
-        info = self.store.find_thread(owner, thread_id)
-        return info is not None and bool(self._catch_up_thread(info, None))
-
     def catch_up(
         self, owner: str, *, max_threads: int | None = None, max_s: float | None = None
     ) -> tuple[list[ThreadInfo], int]:

@@ -2,8 +2,8 @@
 bringing in and naming threads, and what a new page shows before the first message.
 
 - Search ranks the user's own threads by their titles and message text with the search engine
-  (BM25 over the chunk index: ``retrieval/thread_search.py``, kept current after each turn
-  in the background); a search catches up only a few threads and says ``"partial": true``
+  (BM25 over the chunk index: ``retrieval/thread_search.py``, indexed when a search asks,
+  never by a turn); a search catches up only a few threads and says ``"partial": true``
   when some are not indexed yet. Another user's threads are never searched.
 - Import takes exports as a multipart upload (form field ``files``), under the upload size
   limit (``max_upload_bytes``: a larger body is refused with 413 before it is read), parses
