@@ -135,7 +135,7 @@ def median(rows: list[dict[str, float]], key: str) -> float:
 
 def load_average() -> str:
     try:
-        return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "?"
 
