@@ -20,6 +20,7 @@ from chatwright.routing import (
     AllRouter,
     ChitChatRouter,
     CollectionProfile,
+    KeywordEvidence,
     LlmRouter,
     ProfileCache,
     Route,
@@ -200,6 +201,81 @@ def test_semantic_runner_up_named_by_keywords(profiles: list[CollectionProfile])
     assert "keyword matches" in route.why["hr"]
     off = SemanticRouter(margin=0.0, keyword_share=0.6, keyword_margin=1.0).route(q, vec(q), seen)
     assert off is not None and off.collections == ["devices"]
+
+
+def test_semantic_keywords_single_out_a_collection(profiles: list[CollectionProfile]) -> None:
+    """Rule 3: the collection holding the best keyword match, by keyword_lead x any other's,
+    is taken instead of the best when its score is within keyword_lead_margin."""
+    q = "Gold Plus account"
+    seen = _evidence(
+        profiles, {"devices": [0.62], "hr": [0.6]}, keywords={"hr": 20.0, "devices": 9.0}
+    )
+    options = {"margin": 0.0, "chunk_weight": 1.0, "size_penalty": 0.0, "clauses": False}
+    route = SemanticRouter(keyword_lead=1.8, keyword_lead_margin=0.1, **options).route(
+        q, vec(q), seen
+    )
+    assert route is not None and route.collections == ["hr"]
+    assert route.why["hr"].startswith("taken") and "keyword match" in route.why["hr"]
+    assert "keywords single out hr" in route.why["devices"]
+    assert "singled out by the keywords" in route.reason
+    off = SemanticRouter(keyword_lead=0.0, **options).route(q, vec(q), seen)
+    assert off is not None and off.collections == ["devices"]
+
+
+def test_semantic_keyword_lead_needs_a_lead_and_a_close_score(
+    profiles: list[CollectionProfile],
+) -> None:
+    """Rule 3 does not fire when the keyword lead is small or the score is far behind."""
+    q = "Gold Plus account"
+    options = {"margin": 0.0, "chunk_weight": 1.0, "size_penalty": 0.0, "clauses": False}
+    router = SemanticRouter(keyword_lead=1.8, keyword_lead_margin=0.1, **options)
+    small = _evidence(
+        profiles, {"devices": [0.62], "hr": [0.6]}, keywords={"hr": 12.0, "devices": 9.0}
+    )
+    assert router.route(q, vec(q), small).collections == ["devices"]  # type: ignore[union-attr]
+    far = _evidence(
+        profiles, {"devices": [0.8], "hr": [0.6]}, keywords={"hr": 20.0, "devices": 9.0}
+    )
+    assert router.route(q, vec(q), far).collections == ["devices"]  # type: ignore[union-attr]
+    alone = _evidence(profiles, {"devices": [0.62], "hr": [0.6]}, keywords={"hr": 5.0})
+    route = router.route(q, vec(q), alone)  # no other collection matched any keyword
+    assert route is not None and route.collections == ["hr"]
+
+
+def test_keyword_search_only_when_a_rival_is_close(profiles: list[CollectionProfile]) -> None:
+    """The keyword search is made only when the lead rule could change the decision (another
+    collection within keyword_lead_margin of the best); else it is skipped."""
+    q = "Gold Plus account"
+    calls: list[int] = []
+
+    def search() -> list[tuple[str, float]]:
+        calls.append(1)
+        return [("collection:hr", 20.0), ("collection:devices", 9.0)]
+
+    options = {"margin": 0.0, "chunk_weight": 1.0, "size_penalty": 0.0, "clauses": False}
+    router = SemanticRouter(keyword_lead=1.8, keyword_lead_margin=0.1, **options)
+    hits = [("collection:devices", 0.9), ("collection:hr", 0.5)]
+    clear = evidence_from_hits(profiles, hits, 2, KeywordEvidence(search, 2))
+    route = router.route(q, vec(q), clear)
+    assert route is not None and route.collections == ["devices"] and calls == []
+    assert "keywords" not in route.why["devices"]  # no search made, none claimed
+    close = evidence_from_hits(
+        profiles,
+        [("collection:devices", 0.62), ("collection:hr", 0.6)],
+        2,
+        KeywordEvidence(search, 2),
+    )
+    route = router.route(q, vec(q), close)
+    assert route is not None and route.collections == ["hr"] and calls == [1]
+
+
+def test_evidence_keeps_each_collections_best_keyword_match(
+    profiles: list[CollectionProfile],
+) -> None:
+    seen = _evidence(profiles, {"devices": [0.6, 0.5]}, keywords={"hr": 7.5, "devices": 3.0})
+    best = {p.name: p.keyword_best for p in seen}
+    assert best == {"devices": 3.0, "hr": 7.5, "recipes": 0.0}
+    assert all(p.keyword_best is None for p in _evidence(profiles, {"devices": [0.6]}))
 
 
 def test_semantic_size_penalty_stops_a_big_collection_winning_by_chance(

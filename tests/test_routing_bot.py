@@ -110,8 +110,15 @@ def test_the_route_command_prints_the_decision(tmp_path):
 
 def test_routing_makes_one_vector_search_across_collections(store):
     """The evidence comes from ONE search of all the collections, with the query vector that
-    retrieval reuses (and one keyword search only when the keyword rule is on)."""
-    for options, modes in (({}, ["nearest"]), ({"keyword_share": 0.5}, ["nearest", "keyword"])):
+    retrieval reuses; and one keyword search only when a keyword rule could change the
+    decision: by default, when a second collection scores close to the best."""
+    off = {"keyword_lead": 0.0}
+    for options, modes in (
+        (off, ["nearest"]),
+        ({}, ["nearest"]),  # clear-cut: the keyword lead could not change it
+        ({"keyword_lead_margin": 10.0}, ["nearest", "keyword"]),  # every rival is close
+        ({**off, "keyword_share": 0.5}, ["nearest", "keyword"]),
+    ):
         settings = Settings(embedder="test:hash", routing=RoutingSettings(**options))
         bot = Chatbot("test:echo", store=store, settings=settings)
         if not store.list_collections("local"):

@@ -153,6 +153,11 @@ class RoutingSettings(_Section):
     size_penalty: float = Field(default=0.06, ge=0.0)  # score - this * ln(chunks)
     keyword_share: float = Field(default=2.0, ge=0.0)  # > 1: off (measured: no gain)
     keyword_margin: float = Field(default=0.03, ge=0.0)
+    # the keywords single a collection out (its best BM25 match >= keyword_lead x any other
+    # collection's; 0: off) and it is taken instead of the best when within keyword_lead_margin
+    # (the keyword search is made only when a second collection scores that close)
+    keyword_lead: float = Field(default=1.8, ge=0.0)
+    keyword_lead_margin: float = Field(default=0.15, ge=0.0)
     clauses: bool = True  # a message asking two things: route each clause (an embedding each)
     clause_score: float = 0.1  # ...and add a clause's best collection scoring at least this
     floor: float = 0.0  # best chunk below this: unsure, search unsure_k collections

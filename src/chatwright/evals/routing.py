@@ -101,7 +101,7 @@ def strategies_for(
     options = {**SEMANTIC_DEFAULTS, **semantic}
     sem = SemanticRouter(chitchat=embed_exemplars(embedder), **options)
     plain = {"mix": 0.0, "chunk_weight": 0.0, "vote_weight": 0.0, "size_penalty": 0.0}
-    plain |= {"margin": 0.0, "floor": -1.0}
+    plain |= {"margin": 0.0, "floor": -1.0, "keyword_lead": 0.0}
     baseline = SemanticRouter(clauses=False, keyword_share=2.0, **plain)
     out: dict[str, list[Router]] = {
         "semantic": [ChitChatRouter(), sem],

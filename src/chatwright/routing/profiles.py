@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chatwright.routing.router import CollectionProfile, Route, SemanticRouter, clauses
+from chatwright.routing.router import (
+    CollectionProfile,
+    KeywordEvidence,
+    Route,
+    SemanticRouter,
+    clauses,
+)
 
 if TYPE_CHECKING:
     from chatwright.models.embeddings import Embedder
@@ -154,8 +160,8 @@ def with_evidence(
     """``profiles`` carrying this query's evidence, from ONE exact vector search across all
     the collections (``nearest``, made here when not given: ``SearchIndex.nearest`` over
     :func:`searched`; retrieval reuses it): each collection's best chunk and the ``k``
-    nearest chunks over all; and (``keywords``) one keyword search of the ``k`` best matches
-    (see :class:`CollectionProfile`)."""
+    nearest chunks over all; and (``keywords``) one keyword search of the ``k`` best matches,
+    made only if the router asks (:class:`KeywordEvidence`, see :class:`CollectionProfile`)."""
     namespaces = searched(profiles)
     if not namespaces:
         return list(profiles)
@@ -165,8 +171,13 @@ def with_evidence(
     if keywords:
         # a message's first words say what it is about; a 30,000-character paste must not
         # cost a BM25 pass over thousands of terms
-        hits = index.search(query[:_KEYWORD_CHARS], namespaces, k=k, mode="keyword")
-        matched = [(h.namespace, float(h.scores.get("keyword", h.score))) for h in hits]
+        text = query[:_KEYWORD_CHARS]
+
+        def search() -> list[tuple[str, float]]:
+            hits = index.search(text, namespaces, k=k, mode="keyword")
+            return [(h.namespace, float(h.scores.get("keyword", h.score))) for h in hits]
+
+        matched = KeywordEvidence(search, k)
     return evidence_from_hits(profiles, nearest.top(k), k, matched, best=nearest.best())
 
 
@@ -174,24 +185,33 @@ def evidence_from_hits(
     profiles: Sequence[CollectionProfile],
     hits: Sequence[tuple[str, float]],
     k: int,
-    keyword_hits: Sequence[tuple[str, float]] | None = None,
+    keyword_hits: Sequence[tuple[str, float]] | KeywordEvidence | None = None,
     *,
     best: Mapping[str, float] | None = None,
 ) -> list[CollectionProfile]:
     """``profiles`` with the evidence of ``hits`` ((namespace, cosine), best first) and
-    ``keyword_hits`` ((namespace, BM25)), of which the first ``k`` count; ``best``: each
-    namespace's best cosine where known (else bounded by the k-th hit). Pure: the evaluation
-    reuses one search for several ``k``."""
+    ``keyword_hits`` ((namespace, BM25)), of which the first ``k`` count, or a
+    :class:`KeywordEvidence` the router asks when it needs it; ``best``: each namespace's
+    best cosine where known (else bounded by the k-th hit). Pure: the evaluation reuses one
+    search for several ``k``."""
     hits = list(hits)[:k]
-    shares: dict[str, float] | None = None
-    if keyword_hits is not None:
-        mass: dict[str, float] = {}
-        for namespace, score in list(keyword_hits)[:k]:
-            mass[namespace] = mass.get(namespace, 0.0) + max(0.0, score)
-        total = sum(mass.values())
-        shares = {n: m / total for n, m in mass.items()} if total > 0 else {}
+    lazy: KeywordEvidence | None = None
+    found: dict[str, tuple[float, float]] | None = None
+    if isinstance(keyword_hits, KeywordEvidence):
+        lazy = keyword_hits
+    elif keyword_hits is not None:
+        found = KeywordEvidence.of(keyword_hits, k).get()
+
+    def keyword(p: CollectionProfile) -> dict[str, Any]:
+        if found is None:
+            return {"keyword_search": lazy}
+        share, kw_best = found.get(p.namespace, (0.0, 0.0))
+        return {"keyword_share": share, "keyword_best": kw_best}
+
     if not hits:
-        return list(profiles)
+        if found is None and lazy is None:
+            return list(profiles)
+        return [dataclasses.replace(p, **keyword(p)) for p in profiles]
     top = hits[0][1]
     # A collection with none of the k nearest chunks scores at most the k-th cosine (when the
     # search returned all k; otherwise it has no vectors at all).
@@ -206,11 +226,8 @@ def evidence_from_hits(
             nearest = best[p.namespace]
         else:
             nearest = mine[0] if mine else (bound if p.chunks else None)
-        share = None if shares is None else shares.get(p.namespace, 0.0)
         out.append(
-            dataclasses.replace(
-                p, best_chunk=nearest, top_chunks=mine, top_best=top, keyword_share=share
-            )
+            dataclasses.replace(p, best_chunk=nearest, top_chunks=mine, top_best=top, **keyword(p))
         )
     return out
 

@@ -7,9 +7,9 @@ Pure logic, no database: routers look at the query, its embedding and a
 - :class:`RulesRouter`: regular expressions mapped to collections.
 - :class:`ChitChatRouter`: greetings, thanks and small talk route to no collection.
 - :class:`SemanticRouter`: what the collections contain: the query's nearest chunks across all
-  collections (best match and similarity-weighted votes) and each collection's profile (its
-  description's embedding and its chunks' centroid); decisions relative to the best
-  collection; no model call.
+  collections (best match and similarity-weighted votes), its best keyword matches, and each
+  collection's profile (its description's embedding and its chunks' centroid); decisions
+  relative to the best collection; no model call.
 - :class:`LlmRouter`: the chat model picks collections as JSON (multi-select with a confidence
   each), validated against the known names; nonsense, errors and timeouts give ``None``.
 - :class:`AllRouter`: every collection (the baseline).
@@ -44,6 +44,7 @@ __all__ = [
     "ChitChatRouter",
     "CollectionProfile",
     "Evidence",
+    "KeywordEvidence",
     "LlmRouter",
     "Route",
     "Router",
@@ -73,7 +74,9 @@ class CollectionProfile:
     ``top_chunks``: the cosines of its chunks among the query's ``k`` nearest, best first, and
     ``top_best`` the best cosine of those ``k`` over all collections (votes are relative to it).
     ``keyword_share``: its share of the BM25 score of the query's ``k`` best keyword matches
-    across all collections (None: no keyword search was made).
+    across all collections, and ``keyword_best`` the BM25 score of its best match among them
+    (0.0: none of them; both None: no keyword search was made, or ``keyword_search`` will make
+    it: a :class:`KeywordEvidence` that the router asks only when its decision needs it).
     """
 
     name: str
@@ -87,6 +90,46 @@ class CollectionProfile:
     top_chunks: tuple[float, ...] = ()
     top_best: float | None = None
     keyword_share: float | None = None
+    keyword_best: float | None = None
+    keyword_search: KeywordEvidence | None = None
+
+
+class KeywordEvidence:
+    """The query's ``k`` best keyword (BM25) matches across the collections, searched at most
+    once and only when :meth:`get` is called: a router asks only when a keyword rule could
+    change its decision, so a clear-cut query costs no keyword search. ``search`` returns
+    (namespace, BM25) pairs, best first."""
+
+    def __init__(self, search: Callable[[], Sequence[tuple[str, float]]], k: int) -> None:
+        self._search = search
+        self.k = k
+        self._found: dict[str, tuple[float, float]] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, hits: Sequence[tuple[str, float]], k: int) -> KeywordEvidence:
+        """Evidence from matches already found."""
+        return cls(lambda: hits, k)
+
+    @property
+    def searched(self) -> bool:
+        return self._found is not None
+
+    def get(self) -> dict[str, tuple[float, float]]:
+        """Per namespace with a match: (its share of the BM25 of the first ``k`` matches, the
+        BM25 of its best one)."""
+        with self._lock:
+            if self._found is None:
+                mass: dict[str, float] = {}
+                best: dict[str, float] = {}
+                for namespace, score in list(self._search())[: self.k]:
+                    mass[namespace] = mass.get(namespace, 0.0) + max(0.0, score)
+                    best[namespace] = max(best.get(namespace, 0.0), max(0.0, score))
+                total = sum(mass.values())
+                self._found = {
+                    n: (m / total if total > 0 else 0.0, best[n]) for n, m in mass.items()
+                }
+            return self._found
 
 
 @dataclass
@@ -210,6 +253,10 @@ CHITCHAT_EXEMPLARS: tuple[str, ...] = (
     "nice to meet you",
     "have a nice day",
     "I'm back again",
+    "do you ever get tired or need rest?",
+    "do you have feelings?",
+    "what do you like to do for fun?",
+    "are you having a good day?",
 )
 
 
@@ -321,6 +368,7 @@ class Evidence:
     profile: float | None  # cosine with its profile vector (description + centroid)
     keywords: float | None  # its share of the query's best keyword matches
     score: float  # the weighted sum the decision ranks by
+    keyword_best: float | None = None  # BM25 of its best keyword match (0.0: none)
 
 
 class SemanticRouter:
@@ -343,7 +391,12 @@ class SemanticRouter:
        + ``chitchat_margin`` needs no knowledge: no collection.
     2. **no evidence** (no collection has chunks or a description vector): unsure (None), and
        the chain falls back to all collections.
-    3. **the best** collection by score is taken.
+    3. **the best** collection by score is taken, unless **the keywords single one out**: the
+       collection holding the query's best keyword (BM25) match, when that match scores at
+       least ``keyword_lead`` times the best match of any other collection (``(best + 1) /
+       (other + 1)``; 0: off) and its own score is within ``keyword_lead_margin`` of the best,
+       is taken instead. Rare words (a product's name, a gene, an acronym) name the collection
+       that holds them where the embedding only sees the topic.
     4. **close runners-up**: another collection is added when its score is within ``margin``
        of the best *and* it holds at least ``min_share`` of the votes (a question spanning
        collections draws its nearest chunks from each), or within ``keyword_margin`` with at
@@ -373,6 +426,8 @@ class SemanticRouter:
         temperature: float = 0.05,
         keyword_share: float = 2.0,
         keyword_margin: float = 0.03,
+        keyword_lead: float = 1.8,
+        keyword_lead_margin: float = 0.15,
         size_penalty: float = 0.06,
         floor: float = 0.0,
         unsure_k: int = 2,
@@ -399,6 +454,8 @@ class SemanticRouter:
         self.size_penalty = size_penalty
         self.keyword_share = keyword_share
         self.keyword_margin = keyword_margin
+        self.keyword_lead = keyword_lead
+        self.keyword_lead_margin = keyword_lead_margin
         self.floor = floor
         self.clauses = clauses
         self.clause_score = clause_score
@@ -411,8 +468,8 @@ class SemanticRouter:
 
     @property
     def uses_keywords(self) -> bool:
-        """Whether the keyword rule can fire (else the keyword search is not worth making)."""
-        return self.keyword_share <= 1.0
+        """Whether a keyword rule can fire (else the keyword search is not worth making)."""
+        return self.keyword_share <= 1.0 or self.keyword_lead > 0
 
     def vector(self, profile: CollectionProfile) -> np.ndarray | None:
         """``normalize(mix * description + (1 - mix) * centroid)``, remembered while the
@@ -479,8 +536,50 @@ class SemanticRouter:
             )
             if self.size_penalty and p.chunks > 1:
                 score -= self.size_penalty * math.log(p.chunks)
-            out[p.name] = Evidence(p.best_chunk, share, profile, p.keyword_share, round(score, 4))
+            out[p.name] = Evidence(
+                p.best_chunk, share, profile, p.keyword_share, round(score, 4), p.keyword_best
+            )
+        pending = [
+            p
+            for p in profiles
+            if p.keyword_search is not None and p.keyword_share is None and p.name in out
+        ]
+        if pending and self.needs_keywords(out):
+            for p in pending:
+                assert p.keyword_search is not None
+                kw_share, kw_best = p.keyword_search.get().get(p.namespace, (0.0, 0.0))
+                out[p.name] = replace(out[p.name], keywords=kw_share, keyword_best=kw_best)
         return out
+
+    def needs_keywords(self, found: Mapping[str, Evidence]) -> bool:
+        """Whether a keyword rule could change this decision: the runner-up rule is on, or
+        the lead rule is and a second collection scores within ``keyword_lead_margin`` of
+        the best (else the keyword search is skipped: it could only confirm the best)."""
+        if self.keyword_share <= 1.0:
+            return True
+        if self.keyword_lead <= 0 or len(found) < 2:
+            return False
+        first, second = sorted((e.score for e in found.values()), reverse=True)[:2]
+        return second >= first - self.keyword_lead_margin
+
+    def keyword_leader(
+        self, found: Mapping[str, Evidence], top_score: float
+    ) -> tuple[str, float, float] | None:
+        """(name, its best keyword match's BM25, the best of any other collection) of the
+        collection the keywords single out (rule 3), or None."""
+        if self.keyword_lead <= 0:
+            return None
+        known = {n: e.keyword_best for n, e in found.items() if e.keyword_best is not None}
+        if len(known) < 2:
+            return None
+        leader = max(known, key=lambda n: known[n])
+        lead = known[leader]
+        other = max(v for n, v in known.items() if n != leader)
+        if lead <= 0 or (lead + 1.0) < self.keyword_lead * (other + 1.0):
+            return None
+        if found[leader].score < top_score - self.keyword_lead_margin:
+            return None
+        return leader, lead, other
 
     def scores(
         self, query_vector: np.ndarray, profiles: Sequence[CollectionProfile]
@@ -525,6 +624,23 @@ class SemanticRouter:
         ranked = sorted(found.items(), key=lambda kv: -kv[1].score)
         top, top_e = ranked[0]
         why = {top: f"best score {top_e.score:.2f}{_detail(top_e)}"}
+        lead = self.keyword_leader(found, top_e.score)
+        demoted = None
+        if lead is not None and lead[0] != top:
+            name, best_kw, other_kw = lead
+            demoted = top
+            why[demoted] = (
+                f"left out: best score {top_e.score:.2f}, but the keywords single out {name}"
+                f"{_detail(top_e)}"
+            )
+            ranked = [(name, found[name])] + [kv for kv in ranked if kv[0] != name]
+            top, top_e = ranked[0]
+            why[top] = (
+                f"taken: its best keyword match (BM25 {best_kw:.1f}) beats any other "
+                f"collection's ({other_kw:.1f}) by {self.keyword_lead:g}x or more, score "
+                f"{top_e.score:.2f} within {self.keyword_lead_margin:.2f} of the best"
+                f"{_detail(top_e)}"
+            )
         if best_chunk < self.floor:
             chosen = [n for n, _ in ranked[: self.unsure_k]]
             for n, e in ranked[1:]:
@@ -540,6 +656,8 @@ class SemanticRouter:
             return Route(chosen, self.name, scores, reason=reason, why=why, unsure=True)
         chosen = [top]
         for n, e in ranked[1:]:
+            if n == demoted:
+                continue
             close = e.score >= top_e.score - self.margin
             share = e.votes if e.votes is not None else 1.0  # no search: closeness alone
             named = (
@@ -564,6 +682,8 @@ class SemanticRouter:
             else:
                 why[n] = f"left out: already {self.max_collections} collections"
         reason = f"best {top} {top_e.score:.2f}"
+        if demoted is not None:
+            reason = f"{top} singled out by the keywords over {demoted} ({scores[demoted]:.2f})"
         if len(chosen) > 1:
             reason += f"; also {', '.join(chosen[1:])} (within {self.margin:.2f})"
         return Route(chosen, self.name, scores, reason=reason, why=why)
@@ -580,6 +700,8 @@ SEMANTIC_OPTIONS = frozenset(
         "temperature",
         "keyword_share",
         "keyword_margin",
+        "keyword_lead",
+        "keyword_lead_margin",
         "size_penalty",
         "floor",
         "unsure_k",
