@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from chatwright.config import RoutingSettings
+from chatwright.errors import UserError
 from chatwright.retrieval.index import Nearest
 from chatwright.routing import (
     SEMANTIC_OPTIONS,
@@ -328,7 +329,12 @@ def ingest_dataset(
     index = SearchIndex.for_store(store, embedder)
     ingestor = Ingestor(store, index, "eval")
     for name, description, folder in read_collections(root) if ingest else ():
-        ingestor.ingest([folder], name, description=description)
+        report = ingestor.ingest([folder], name, description=description)
+        if report.skipped and not report.files:
+            raise UserError(
+                f"collection {name!r} read nothing from {folder}: {report.skipped[0].reason}",
+                hint="check the dataset folder's layout (collections/<name>/*.md)",
+            )
     return store, index, store.list_collections("eval")
 
 

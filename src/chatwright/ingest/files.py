@@ -77,6 +77,17 @@ def _has_dotdot(path: str) -> bool:
     return ".." in Path(path).parts
 
 
+def _without_dotdot(arg: str) -> str | None:
+    """``arg`` (``../docs``, ``../notes/*.md``) with its part up to the last ``..`` resolved
+    on the file system, as the shell user meant it; None where a glob comes before a ``..``
+    (``docs/*/../x``: nothing to resolve it against)."""
+    parts = Path(arg).expanduser().parts
+    last = max(i for i, part in enumerate(parts) if part == "..")
+    if any(glob.has_magic(part) for part in parts[:last]):
+        return None
+    return str(Path(*parts[: last + 1]).resolve().joinpath(*parts[last + 1 :]))
+
+
 class _Finder:
     def __init__(self, literal: bool = False) -> None:
         self.literal = literal
@@ -89,8 +100,11 @@ class _Finder:
 
     def argument(self, arg: str) -> None:
         if _has_dotdot(arg):
-            self.skip(arg, "the path has a '..' component; give the directory itself instead")
-            return
+            resolved = None if self.literal else _without_dotdot(arg)
+            if resolved is None:
+                self.skip(arg, "the path has a '..' component; give the directory itself instead")
+                return
+            arg = resolved
         if not self.literal and glob.has_magic(arg):
             self.glob(arg)
             return
