@@ -170,8 +170,14 @@ def engines(args: argparse.Namespace) -> list[Engine]:
         "onnxruntime": lambda: _Encoder(
             OnnxMiniLM(model_dir(), args.threads), args.batch_size, "onnxruntime"
         ),
+        "onnxruntime-int8": lambda: _Encoder(
+            OnnxMiniLM(model_dir(), args.threads, precision="int8"), args.batch_size, "ort-int8"
+        ),
     }
-    chosen = list(makers) if args.engine == "both" else [args.engine]
+    chosen = {
+        "both": ["numpy", "onnxruntime"],
+        "precisions": ["onnxruntime", "onnxruntime-int8"],
+    }.get(args.engine, [args.engine])
     return [Engine(label, makers[label]) for label in chosen]
 
 
@@ -211,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     parser.add_argument(
         "--engine",
-        choices=["both", "onnxruntime", "numpy", "auto"],
+        choices=["both", "precisions", "onnxruntime", "onnxruntime-int8", "numpy", "auto"],
         default="both",
-        help="the local model's engine(s); auto: what LocalEmbedder picks",
+        help="the local model's engine(s): both = numpy and onnxruntime (float32); precisions "
+        "= onnxruntime in float32 and in int8 (the default); auto: what LocalEmbedder picks",
     )
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--passages", type=int, default=128)
@@ -297,10 +304,10 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"load average {result['load_average_before'][0]} -> {result['load_average_after'][0]}")
     print(f"{t['count']} texts ({t['source']}{tokens}), batch {s['batch_size']}, ", end="")
     print(f"{s['threads']} threads, OPENBLAS_NUM_THREADS={result['openblas_num_threads']}")
-    print(f"{'engine':12} {'load s':>7} {'passages/s':>11} {'best':>6} {'per CPU s':>10} ", end="")
+    print(f"{'engine':16} {'load s':>7} {'passages/s':>11} {'best':>6} {'per CPU s':>10} ", end="")
     print(f"{'query ms':>9} {'p90':>6}")
     for label, f in result["engines"].items():
-        print(f"{label:12} {f['load_s']:7.2f} {f['passages_per_s_median']:11.1f} ", end="")
+        print(f"{label:16} {f['load_s']:7.2f} {f['passages_per_s_median']:11.1f} ", end="")
         print(f"{f['passages_per_s_best']:6.1f} {f['passages_per_cpu_s_median']:10.1f} ", end="")
         print(f"{f['query_ms_median']:9.2f} {f['query_ms_p90']:6.2f}")
 

@@ -8,7 +8,8 @@ What it measures
   writes, FTS5 included) into a SQLite file with the store's settings (WAL,
   ``synchronous=FULL``: one fsync per document). Chunks per second over the run.
 * **re-ingest, unchanged**: the same files again; each is read and hashed, nothing parsed.
-* **ingest with the local embedder** (``local:all-minilm-l6-v2``, when installed): the same,
+* **ingest with the local embedder** (``local:all-minilm-l6-v2``, when installed, or
+  ``--embedder``: ``local:all-minilm-l6-v2?precision=fp32`` for the float32 graph): the same,
   with every chunk embedded; skipped when the model cannot load.
 
 Data: ``--files`` Markdown files (default 300), each with a title, 4-6 sections of 2-4
@@ -160,11 +161,11 @@ def run_ingest(
     }
 
 
-def local_embedder() -> Any:
+def local_embedder(name: str) -> Any:
     from chatwright.models.embeddings import get_embedder
 
     try:
-        embedder = get_embedder("local:all-minilm-l6-v2")
+        embedder = get_embedder(name)
         embedder.embed(["warm up"])  # loads the weights: not counted
         return embedder
     except ChatwrightError as e:
@@ -179,6 +180,11 @@ def main() -> int:
     parser.add_argument("--overlap", type=int, default=45)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-embed", action="store_true", help="skip the embedder run")
+    parser.add_argument(
+        "--embedder",
+        default="local:all-minilm-l6-v2",
+        help="for the embedder run; local:all-minilm-l6-v2?precision=fp32 for float32",
+    )
     parser.add_argument("--format", choices=("md", "pdf"), default="md", help="corpus files")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ingest.json")
     args = parser.parse_args()
@@ -189,6 +195,8 @@ def main() -> int:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "corpus": {"files": args.files, "format": args.format, "seed": args.seed},
         "chunking": {"chunk_tokens": args.chunk_tokens, "overlap": args.overlap},
+        "embedder": None if args.no_embed else args.embedder,
+        "load_average": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "corpus"
@@ -197,7 +205,7 @@ def main() -> int:
         results["keyword_only"] = run_ingest(
             Path(tmp) / "k.db", root, None, args.chunk_tokens, args.overlap
         )
-        embedder = None if args.no_embed else local_embedder()
+        embedder = None if args.no_embed else local_embedder(args.embedder)
         if embedder is not None:
             results["local_minilm"] = run_ingest(
                 Path(tmp) / "e.db", root, embedder, args.chunk_tokens, args.overlap

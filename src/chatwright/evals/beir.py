@@ -153,8 +153,11 @@ def _cache_file(data: BeirData, embedder: Embedder, cache_dir: Path) -> Path:
     with (data.path / "corpus.jsonl").open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    digest.update(b"\0title\\ntext\0" + embedder.name.encode())
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", embedder.name)
+    # the int8 default keeps the plain name, yet its vectors are not float32's
+    precision = getattr(embedder, "precision", None)
+    name = embedder.name if precision in (None, "fp32") else f"{embedder.name}#{precision}"
+    digest.update(b"\0title\\ntext\0" + name.encode())
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     return cache_dir / f"corpus-{digest.hexdigest()[:20]}-{slug}.npy"
 
 

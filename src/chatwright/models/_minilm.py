@@ -51,7 +51,7 @@ BATCH_TOKENS = 2048
 log = logging.getLogger("chatwright.embeddings")
 _lock = threading.RLock()  # load_encoder holds it while the fallback calls load_minilm
 _cached: MiniLM | None = None
-_encoders: dict[int, Encoder] = {}
+_encoders: dict[tuple[int, str], Encoder] = {}  # by (threads, precision)
 
 
 def load_minilm() -> MiniLM:
@@ -70,30 +70,31 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def load_encoder(threads: int | None = None) -> Encoder:
+def load_encoder(threads: int | None = None, precision: str = "fp32") -> Encoder:
     """The process's fastest encoder for ``threads`` threads, loaded on first call.
 
-    ONNX Runtime when installed, else the numpy :class:`MiniLM` (with a warning, once): numpy's
-    BLAS sizes its own thread pool (``OPENBLAS_NUM_THREADS``), so ``threads`` does not apply.
+    ONNX Runtime when installed (``precision``: ``"fp32"`` or ``"int8"``, its 8-bit graph),
+    else the numpy :class:`MiniLM` in float32 (with a warning, once): numpy's BLAS sizes its
+    own thread pool (``OPENBLAS_NUM_THREADS``), so ``threads`` does not apply.
     """
-    threads = threads or default_threads()
-    encoder = _encoders.get(threads)
+    key = (threads or default_threads(), precision)
+    encoder = _encoders.get(key)
     if encoder is None:
         with _lock:
-            encoder = _encoders.get(threads)
+            encoder = _encoders.get(key)
             if encoder is None:
-                encoder = _encoders[threads] = _new_encoder(threads)
+                encoder = _encoders[key] = _new_encoder(*key)
     return encoder
 
 
-def _new_encoder(threads: int) -> Encoder:
+def _new_encoder(threads: int, precision: str) -> Encoder:
     if importlib.util.find_spec("onnxruntime") is None:
         if not _encoders:
             log.warning(NUMPY_NOTE)
         return load_minilm()
     from chatwright.models._minilm_onnx import OnnxMiniLM
 
-    return OnnxMiniLM(model_dir(), threads)
+    return OnnxMiniLM(model_dir(), threads, precision=precision)
 
 
 def model_dir() -> Path:
