@@ -75,6 +75,8 @@ DEFAULT_OUT_POSTGRES = HERE / "results" / "turn_cost_postgres.json"
 TARGET_MS = 2.0
 TARGET_RATIO_VS_TURN_10 = 1.5
 TARGET_BYTES_RATIO = 2.0
+# --memory default (issue 14): the query embedding is in every turn, so the reference is turn 100
+DEFAULT_MEMORY_TARGETS = {"ms": 15.0, "ratio": 1.5, "vs_turn": 100, "bytes": 2.5, "restart": 200.0}
 
 # -- realistic user messages ------------------------------------------------------------------
 _WORD_LIST = (
@@ -469,6 +471,10 @@ async def long_thread(
     try:
         for turn in range(1, total_turns + 1):
             if turn in starts:
+                # Old turns are embedded in the pauses between turns (SearchIndex.
+                # embed_background), and these turns come back to back: each window starts
+                # on a thread indexed to date, as after a real conversation's pauses.
+                bot.wait_background()
                 waits[turn] = await disk.wait_quiet()
                 psi_start[turn] = pressure()
                 server_at[-turn] = server.now()
@@ -508,6 +514,9 @@ async def long_thread(
             profile_text = out.getvalue()
     finally:
         bot.close()
+    restart = restart_turns(
+        directory, pg_url, [messages[(total_turns + i) % len(messages)] for i in range(3)]
+    )
     windows = {}
     for c in checkpoints:
         turns = range(c, c + window)
@@ -542,6 +551,7 @@ async def long_thread(
     result = {
         "turns": total_turns,
         "drive_seconds": round(drive_s, 3),
+        "restart": restart,
         "all_turns_ms": {
             **summarize(wall_ms[1:]),
             "cpu_median_ms": round(statistics.median(cpu_ms[1:]), 4),
@@ -566,6 +576,66 @@ async def long_thread(
     if profile_text:
         result["profile_text"] = profile_text
     return result
+
+
+# Run in a fresh process by restart_turns: a bot opened on the long thread's data, then its
+# first turns timed (what a restarted server's first request on a long thread costs).
+_RESTART_PROBE = """
+import asyncio, json, sys, time
+from pathlib import Path
+args = json.loads(sys.argv[1])
+sys.path.insert(0, args["here"])
+import turn_cost
+turn_cost.memory_mode = args["memory"]
+start = time.perf_counter()
+bot = turn_cost.Chatbot(settings=turn_cost.make_settings(Path(args["dir"]), args["url"]))
+opened = time.perf_counter() - start
+start = time.perf_counter()
+embedder = bot.index.embedder if args["warm"] and bot.index is not None else None
+if embedder is not None:  # what a server could do before taking requests
+    embedder.embed(["warm-up"])
+warmed = time.perf_counter() - start
+async def turns():
+    out = []
+    for text in args["texts"]:
+        start = time.perf_counter()
+        await bot.achat("long", text)
+        out.append(round((time.perf_counter() - start) * 1000, 3))
+    return out
+ms = asyncio.run(turns())
+bot.close()
+print(json.dumps({"open_ms": round(opened * 1000, 3), "warm_ms": round(warmed * 1000, 3),
+                  "turns_ms": ms}))
+"""
+
+
+def restart_turns(directory: Path, database_url: str | None, texts: list[str]) -> dict[str, Any]:
+    """The long thread's next turns in a new process (see ``_RESTART_PROBE``): the bot's
+    opening, then each turn's wall ms; the first pays for whatever a restart reloads (the
+    embedding model, the thread's recall index). Twice: cold, and with the embedding model
+    loaded once the bot is open (``warm_ms``), as a server could before taking requests."""
+    import subprocess
+
+    out: dict[str, Any] = {}
+    for warm in (False, True):
+        probe = {
+            "here": str(HERE),
+            "memory": memory_mode,
+            "dir": str(directory),
+            "url": database_url,
+            "texts": texts[1:] if warm else texts[:1],  # never a turn already in the thread
+            "warm": warm,
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", _RESTART_PROBE, json.dumps(probe)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            return {"error": done.stderr.strip()[-500:]}
+        out["warm" if warm else "cold"] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
 
 
 async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -845,22 +915,26 @@ def main(argv: list[str] | None = None) -> int:
 
     last = max(checkpoints)
     last_median = windows[last]["median_ms"]
-    ref = fresh.get(10) or windows.get(10)
+    target_ms, ratio, bytes_ratio = TARGET_MS, TARGET_RATIO_VS_TURN_10, TARGET_BYTES_RATIO
+    vs_turn = 10
+    if memory_mode == "default":
+        t = DEFAULT_MEMORY_TARGETS
+        target_ms, ratio, vs_turn, bytes_ratio = t["ms"], t["ratio"], t["vs_turn"], t["bytes"]
+    ref = fresh.get(vs_turn) or windows.get(vs_turn)
     targets = [
         {
-            "name": f"median at turn {last:,} <= {TARGET_MS:g} ms",
+            "name": f"median at turn {last:,} <= {target_ms:g} ms",
             "value": last_median,
-            "limit": TARGET_MS,
-            "pass": last_median <= TARGET_MS,
+            "limit": target_ms,
+            "pass": last_median <= target_ms,
             "disk_busy": windows[last]["disk_busy"],
         }
     ]
     if ref:
-        limit = round(TARGET_RATIO_VS_TURN_10 * ref["median_ms"], 4)
+        limit = round(ratio * ref["median_ms"], 4)
         targets.append(
             {
-                "name": f"median at turn {last:,} <= {TARGET_RATIO_VS_TURN_10:g}x"
-                " median at turn 10",
+                "name": f"median at turn {last:,} <= {ratio:g}x median at turn {vs_turn}",
                 "value": last_median,
                 "limit": limit,
                 "pass": last_median <= limit,
@@ -868,10 +942,25 @@ def main(argv: list[str] | None = None) -> int:
                 "disk_busy": windows[last]["disk_busy"] or ref["disk_busy"],
             }
         )
-    limit = round(TARGET_BYTES_RATIO * storage["raw_text_bytes_per_turn"], 1)
+    restart = rounds[0]["long_thread"]["restart"]
+    if memory_mode == "default":
+        # a probe that failed fails its target (value None), never drops it
+        first = restart["warm"]["turns_ms"][0] if "warm" in restart else None
+        limit = DEFAULT_MEMORY_TARGETS["restart"]
+        targets.append(
+            {
+                "name": f"first turn of the {last + args.window - 1:,}-turn thread after a"
+                f" restart (the embedding model loaded at start) <= {limit:g} ms",
+                "value": first,
+                "limit": limit,
+                "pass": first is not None and first <= limit,
+                "disk_busy": False,
+            }
+        )
+    limit = round(bytes_ratio * storage["raw_text_bytes_per_turn"], 1)
     targets.append(
         {
-            "name": f"bytes stored per turn <= {TARGET_BYTES_RATIO:g}x raw text of a turn",
+            "name": f"bytes stored per turn <= {bytes_ratio:g}x raw text of a turn",
             "value": storage["bytes_per_turn"],
             "limit": limit,
             "pass": storage["bytes_per_turn"] <= limit,
@@ -1019,13 +1108,25 @@ def main(argv: list[str] | None = None) -> int:
         for s in storage["segments"]
     )
     print(f"  bytes/turn by stretch of the thread: {segs}")
+    restart = rounds[0]["long_thread"]["restart"]
+    if "warm" in restart:
+        cold, warm = restart["cold"], restart["warm"]
+        print(
+            f"after a restart (a new process): bot opened in {cold['open_ms']:.0f} ms; the long"
+            f" thread's next turn {cold['turns_ms'][0]:.1f} ms cold; with the embedding model"
+            f" loaded first ({warm['warm_ms']:.0f} ms),"
+            f" {', '.join(f'{t:.1f}' for t in warm['turns_ms'])} ms"
+        )
+    else:
+        print(f"restart probe failed: {restart.get('error')}")
     print()
     failed = []
     for t in targets:
         verdict = "PASS" if t["pass"] else "FAIL"
         extra = f" (x{t['ratio']:.2f})" if "ratio" in t else ""
         busy = " [measured on a busy disk]" if t["disk_busy"] else ""
-        print(f"{verdict}  {t['name']}: {t['value']:g} vs limit {t['limit']:g}{extra}{busy}")
+        value = "no value" if t["value"] is None else format(t["value"], "g")
+        print(f"{verdict}  {t['name']}: {value} vs limit {t['limit']:g}{extra}{busy}")
         if not t["pass"]:
             failed.append(t["name"])
     print()

@@ -262,3 +262,79 @@ def test_a_turn_with_a_failing_embedder_still_recalls_by_keyword(store):
     answer, texts = context_of(bot, "t", "What is my sister's name?")
     assert any(t.startswith("Earlier") and "Priya" in t for t in texts)
     assert any("keywords only" in n for n in answer.trace.notes)
+
+
+def test_names_are_counted_without_a_keyword_search_each(store, monkeypatch):
+    greetings = [(f"Hi there, number {i}.", f"Hello Ada, how are you {i}?") for i in range(10)]
+    recall = recall_over(store, chat(*greetings, ("I adopted a cat named Miso.", "Lovely!")))
+    calls = []
+    keyword = recall.index.chunks.keyword
+    monkeypatch.setattr(
+        recall.index.chunks, "keyword", lambda *a, **k: calls.append(a[0]) or keyword(*a, **k)
+    )
+    found = ask(recall, "Did Ada, Bob or Miso adopt Carol's cat?")
+    assert calls == ["Did Ada, Bob or Miso adopt Carol's cat?"]  # the ranking's, no more
+    assert found[0].first_seq == 21
+
+
+def test_old_turns_are_embedded_in_short_passes(store):
+    from chatwright.retrieval import index as index_module
+
+    spy = SpyEmbedder()
+    calls = []
+    embed = spy.embed
+    spy.embed = lambda texts: calls.append(len(texts)) or embed(texts)
+    pairs = [(f"Turn {i} about the garden and the weather.", "Noted.") for i in range(40)]
+    recall = recall_over(store, chat(*pairs), spy)
+    assert sum(calls) == 40 and max(calls) <= index_module._PASS_TEXTS
+    assert recall.index.count("thread:1") == 40
+
+
+def test_a_backlog_of_old_turns_is_indexed_in_one_go(store):
+    from chatwright.types import Message
+
+    bot = make_bot(store)
+    bot.chat("t", "Hello.")
+    for i in range(700):  # more than a background job's batch of 500 turns
+        store.append("local", "t", [Message.user(f"Old turn {i}."), Message.assistant("Ok.")])
+    bot.chat("t", "And now?")
+    bot.wait_background()
+    recall = bot.memory.recall
+    through = recall.indexed_through("local", "t")
+    total = store.get_thread("local", "t").message_count
+    assert through > 2 * 500 and total - through < 100  # all out of the window, not 1 batch
+
+
+def test_closing_finishes_the_batch_in_progress_and_leaves_the_backlog(store):
+    """A bot closed while a long backlog is indexed does not wait for all of it: the next
+    process goes on from what was indexed."""
+    import threading
+
+    from chatwright.types import Message
+
+    bot = make_bot(store)
+    bot.chat("t", "Hello.")
+    for i in range(1200):  # three background batches of 500 turns
+        store.append("local", "t", [Message.user(f"Old turn {i}."), Message.assistant("Ok.")])
+    recall = bot.memory.recall
+    index_turns = recall.index_turns
+    started, go_on = threading.Event(), threading.Event()
+    batches = []
+
+    def gated(*args, **kwargs):
+        batches.append(len(args[2]))
+        started.set()
+        assert go_on.wait(10)
+        return index_turns(*args, **kwargs)
+
+    recall.index_turns = gated
+    bot.chat("t", "And now?")
+    assert started.wait(10)
+    closing = threading.Thread(target=bot.close)
+    closing.start()
+    while not bot.memory._closing.is_set():
+        closing.join(0.01)
+    go_on.set()
+    closing.join(10)
+    assert not closing.is_alive()
+    assert len(batches) == 1  # the batch in progress, no other

@@ -500,3 +500,174 @@ def test_query_embeddings_are_memoized_across_searches() -> None:
     _np.testing.assert_array_equal(first, index.embed_query("why do cats purr"))
     index.search("dogs", ["ns"], k=1)
     assert embedder.calls[-1] == ["dogs"]
+
+
+# -- cost that does not grow with the namespace (issue 14 item 3) ---------------------------
+def test_adding_a_few_documents_never_merges_the_large_old_block() -> None:
+    rng = np.random.default_rng(3)
+    docs = [[f"w{x}" for x in rng.integers(0, 50, size=8)] for _ in range(600)]
+    postings = Postings()
+    postings.add(docs[:500])
+    old = postings._blocks[0]
+    for doc in docs[500:]:  # one document a turn, as recall indexes a thread
+        postings.add([doc])
+        assert postings._blocks[0] is old  # merged with blocks of its size only
+    assert len(postings._blocks) <= 1 + math.ceil(math.log2(100)) <= MAX_BLOCKS
+    whole = Postings()
+    whole.add(docs)
+    terms = ["w1", "w7", "w49"]
+    np.testing.assert_array_equal(
+        score_bm25([(postings, None)], terms)[0], score_bm25([(whole, None)], terms)[0]
+    )
+
+
+def test_matching_counts_what_keyword_search_would_rank(index: SearchIndex) -> None:
+    fill(index)
+    fill(index, "collection:2")
+    chunks = index.chunks
+    for query in ["cats", "Cat dogs", "vitamin study elderly", "the", "zebra", "", "Ada's"]:
+        ranked = chunks.keyword(query, ["collection:1"], None, 1000)
+        assert chunks.matching(query, "collection:1") == len(ranked), query  # type: ignore[attr-defined]
+        for at_least in (1, len(ranked), len(ranked) + 1):
+            assert index.matching(query, "collection:1", at_least) == (len(ranked) >= at_least)
+    assert chunks.matching("cats", "collection:9") == 0  # type: ignore[attr-defined]
+
+
+def test_matching_falls_back_to_a_keyword_search_where_the_backend_cannot_count(
+    db: sqlite3.Connection,
+) -> None:
+    class Plain:  # a ChunkIndex without ``matching`` (as PostgreSQL's)
+        def __init__(self, inner: SQLiteChunks) -> None:
+            self.inner, self.depths = inner, []
+
+        def keyword(self, query, namespaces, filters, depth):  # type: ignore[no-untyped-def]
+            self.depths.append(depth)
+            return self.inner.keyword(query, namespaces, filters, depth)
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            if name == "matching":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    inner = SQLiteChunks(db)
+    fill(SearchIndex(inner))
+    plain = Plain(inner)
+    index = SearchIndex(plain)  # type: ignore[arg-type]
+    assert index.matching("cats", "collection:1", 1)
+    assert not index.matching("cats", "collection:1", 100)
+    assert plain.depths == [1, 100]
+
+
+class GatedEmbedder:
+    """``test:hash`` whose next query embedding blocks until released; records batches."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.inner = get_embedder("test:hash")
+        self.name, self.dim = "gated", self.inner.dim
+        self.calls: list[list[str]] = []
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if list(texts) == ["the query"]:
+            self.entered.set()
+            assert self.release.wait(5)
+        self.calls.append(list(texts))
+        return self.inner.embed(texts)
+
+
+def test_background_embedding_waits_for_a_query_and_goes_in_short_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time
+
+    import chatwright.retrieval.index as index_module
+
+    monkeypatch.setattr(index_module, "_QUIET_S", 0.05)
+    monkeypatch.setattr(index_module, "_QUIET_MAX_S", 10.0)  # a slow machine: still waiting
+    embedder = GatedEmbedder()
+    index = SearchIndex(SQLiteChunks(sqlite3.connect(":memory:")), embedder)  # type: ignore[arg-type]
+    query = threading.Thread(target=index.embed_query, args=("the query",))
+    query.start()
+    assert embedder.entered.wait(5)
+    texts = [f"old turn {i} " + "x" * 300 for i in range(20)]
+    out: list[np.ndarray] = []
+    background = threading.Thread(target=lambda: out.append(index.embed_background(texts)))
+    background.start()
+    time.sleep(0.2)
+    assert embedder.calls == []  # nothing embedded while the turn's query is
+    released = time.monotonic()
+    embedder.release.set()
+    query.join(5)
+    background.join(5)
+    assert embedder.calls[0] == ["the query"]
+    passes = embedder.calls[1:]
+    assert [t for p in passes for t in p] == texts  # all of them, in order
+    assert max(len(p) for p in passes) <= index_module._PASS_TEXTS
+    assert all(sum(len(t) for t in p) <= index_module._PASS_CHARS for p in passes)
+    assert time.monotonic() - released >= 0.05  # a quiet moment after the query first
+    np.testing.assert_allclose(out[0], embedder.inner.embed(texts), rtol=1e-6)
+
+
+def test_background_embedding_still_progresses_under_a_stream_of_queries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import chatwright.retrieval.index as index_module
+
+    monkeypatch.setattr(index_module, "_QUIET_S", 10.0)  # never quiet...
+    monkeypatch.setattr(index_module, "_QUIET_FACTOR", 1e9)
+    monkeypatch.setattr(index_module, "_QUIET_MAX_S", 0.05)  # ...but each pass waits this long
+    embedder = CountingEmbedder()
+    index = SearchIndex(SQLiteChunks(sqlite3.connect(":memory:")), embedder)  # type: ignore[arg-type]
+    index.embed_query("a question")
+    start = time.monotonic()
+    vectors = index.embed_background(["one", "two", "three"])
+    assert vectors.shape == (3, embedder.dim)
+    assert 0.05 <= time.monotonic() - start < 5
+
+
+def test_an_embedder_that_costs_nothing_is_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import chatwright.retrieval.index as index_module
+
+    monkeypatch.setattr(index_module, "_QUIET_S", 5.0)  # what a slow query would be given
+    index = SearchIndex(SQLiteChunks(sqlite3.connect(":memory:")), CountingEmbedder())  # type: ignore[arg-type]
+    index.embed_query("a question")  # test:hash: microseconds
+    start = time.monotonic()
+    index.embed_background(["one", "two"])
+    assert time.monotonic() - start < 0.9  # not 5 s, nor the 1 s cap
+
+
+def test_a_remote_embedder_gets_its_usual_batches_and_no_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Short passes spare this machine's cores; a server's embedder would only get 8x the
+    requests (and each pass a wait)."""
+    import time
+
+    import chatwright.retrieval.index as index_module
+    from chatwright.models._remote import RemoteModel
+
+    class RemoteCounting(RemoteModel, CountingEmbedder):
+        provider = "openai"
+
+        def __init__(self) -> None:
+            CountingEmbedder.__init__(self)
+
+    monkeypatch.setattr(index_module, "_QUIET_S", 10.0)
+    monkeypatch.setattr(index_module, "_QUIET_FACTOR", 1e9)
+    embedder = RemoteCounting()
+    index = SearchIndex(SQLiteChunks(sqlite3.connect(":memory:")), embedder)  # type: ignore[arg-type]
+    index.embed_query("a question")
+    start = time.monotonic()
+    vectors = index.embed_background([f"old turn {i}" for i in range(100)])
+    assert vectors.shape == (100, embedder.dim)
+    assert embedder.batches[1:] == [64, 36]
+    assert time.monotonic() - start < 0.9  # no pass waited for a quiet moment

@@ -301,3 +301,19 @@ def test_files_of_shrunk_namespaces_are_swept(db: sqlite3.Connection, path: Path
     index.preload(["collection:b"])  # writing b's file sweeps a's
     (file,) = segment_files(path)
     assert file.name == SegmentFiles(file.parent, "").path("collection:b").name
+
+
+def test_a_namespace_grown_by_appends_in_memory_is_persisted_as_it_grows(
+    db: sqlite3.Connection, path: Path, analyzed: list[int]
+) -> None:
+    live = SQLiteChunks(db, persist_min_chunks=SMALL)
+    live.write(NS, chunks(0, 3))
+    results(live)  # in memory from now on: every write below extends it in place
+    for start in range(3, 200, 3):  # a thread's recall index: a few rows a turn
+        live.write(NS, chunks(start, 3))
+    assert len(segment_files(path)) == 1  # written as it grew, never loaded again
+    before = results(live)
+    analyzed[0] = 0
+    restarted = SQLiteChunks(db, persist_min_chunks=SMALL)
+    assert results(restarted) == before == rebuilt(db)
+    assert analyzed[0] - 201 < SMALL // 10 + 3  # rebuilt(db) tokenized 201 rows

@@ -825,7 +825,7 @@ class Chatbot:
         self.memory.wait(timeout)
 
     def close(self) -> None:
-        self.memory.wait()
+        self.memory.close()
         for server in self._mcp or ():
             server.close()
         self.store.close()

@@ -112,6 +112,7 @@ class Memory:
         self._jobs: dict[tuple[str, str], threading.Thread] = {}
         self._jobs_lock = threading.Lock()
         self._wanted: dict[tuple[str, str], int] = {}  # work asked for while a job ran
+        self._closing = threading.Event()  # see close
         self._failures: dict[tuple[str, str], str] = {}
 
     # -- per turn ---------------------------------------------------------------------------
@@ -310,7 +311,7 @@ class Memory:
         key = (owner, thread_id)
         try:
             if self._recalling():
-                self.index_old_turns(owner, thread_id, before_seq=before_seq)
+                self._index_all(owner, thread_id, before_seq)
             if self.strategy_for(self._metadata(owner, thread_id)) == "summary":
                 asyncio.run(self.update_summary(owner, thread_id, before_seq=before_seq))
             self._failures.pop(key, None)
@@ -321,6 +322,21 @@ class Memory:
     def _metadata(self, owner: str, thread_id: str) -> dict[str, Any]:
         info = self.store.find_thread(owner, thread_id)
         return info.metadata if info else {}
+
+    def _index_all(self, owner: str, thread_id: str, before_seq: int) -> None:
+        """Index batch after batch until every turn before ``before_seq`` is (a backlog
+        builds up while turns come back to back: the embedding of old turns waits for the
+        pauses between them). Stops when a batch moves the path's mark no further (the
+        active branch changed meanwhile: the next turn's job goes on from its mark)."""
+        assert self.recall is not None
+        mark = self.recall.indexed_through(owner, thread_id)
+        while self.index_old_turns(owner, thread_id, before_seq=before_seq):
+            if self._closing.is_set():  # the rest is indexed by the next turn's job
+                return
+            moved = self.recall.indexed_through(owner, thread_id)
+            if moved <= mark:
+                return
+            mark = moved
 
     def index_old_turns(self, owner: str, thread_id: str, *, before_seq: int) -> int:
         """Index for recall the whole turns that ended before ``before_seq`` (a batch)."""
@@ -366,6 +382,12 @@ class Memory:
         )
         self.store.save_summary(owner, thread_id, summary)
         return summary
+
+    def close(self) -> None:
+        """Finish the batches in progress and start no other (a long backlog is left for the
+        next process: what is indexed is read back from the index), then wait for them."""
+        self._closing.set()
+        self.wait()
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for background work (tests, and before a process exits)."""

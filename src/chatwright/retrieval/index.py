@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,6 +52,18 @@ FLOORS = {"keyword": 0.0, "vector": -1.0}
 _EMBED_BATCH = 64
 _QUERY_CACHE = 64  # recent query embeddings kept
 _TEXT_CACHE = 2048  # recent embeddings of quoted sentences (see embed_texts)
+# Background embedding (embed_background): passes of at most this many texts and characters
+# (each text counted up to _PASS_TEXT_CHARS, about the 256 tokens MiniLM reads), so that a
+# query arriving meanwhile waits for one short pass (~50 ms on 2 cores), never a whole batch;
+# each pass starts once no query has been embedded for _QUIET_S (or _QUIET_FACTOR times what
+# the last query took, if less: an embedder that costs nothing is never waited for), or after
+# _QUIET_MAX_S.
+_PASS_TEXTS = 8
+_PASS_CHARS = 2000
+_PASS_TEXT_CHARS = 1000
+_QUIET_S = 0.1
+_QUIET_FACTOR = 10.0
+_QUIET_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +206,10 @@ class SearchIndex:
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()  # see embed_query
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()  # see embed_texts
         self._queries_lock = threading.Lock()
+        self._foreground = threading.Condition()  # see embed_background
+        self._embedding = 0  # query embeddings in progress
+        self._embedded_at = -math.inf  # time.monotonic() when the last one ended
+        self._query_s = 0.0  # how long the last one took
 
     @classmethod
     def for_store(cls, store: Store, embedder: Embedder | None) -> SearchIndex:
@@ -249,6 +267,15 @@ class SearchIndex:
     def count(self, namespace: str) -> int:
         """How many chunks ``namespace`` holds."""
         return self.chunks.count(namespace)
+
+    def matching(self, query: str, namespace: str, at_least: int) -> bool:
+        """Whether at least ``at_least`` chunks of ``namespace`` hold one of the query's
+        keywords. Where the backend counts them without ranking (``matching``: SQLite), the
+        cost does not grow with the namespace; elsewhere it is a keyword search that deep."""
+        counted = getattr(self.chunks, "matching", None)
+        if counted is not None:
+            return bool(counted(query, namespace) >= at_least)
+        return len(self.chunks.keyword(query, [namespace], None, at_least)) >= at_least
 
     # -- searching ------------------------------------------------------------------------
     def search(
@@ -355,7 +382,8 @@ class SearchIndex:
             if cached is not None:
                 self._queries.move_to_end(query)
                 return cached
-        vector = np.asarray(self.embedder.embed([query]), dtype=np.float32)[0]
+        with self._turn():
+            vector = np.asarray(self.embedder.embed([query]), dtype=np.float32)[0]
         with self._queries_lock:
             self._queries[query] = vector
             while len(self._queries) > _QUERY_CACHE:
@@ -370,7 +398,8 @@ class SearchIndex:
         with self._queries_lock:
             missing = [t for t in dict.fromkeys(texts) if t not in self._texts]
         if missing:
-            vectors = np.asarray(self.embedder.embed(missing), dtype=np.float32)
+            with self._turn():
+                vectors = np.asarray(self.embedder.embed(missing), dtype=np.float32)
             with self._queries_lock:
                 self._texts.update(zip(missing, vectors, strict=True))
                 while len(self._texts) > _TEXT_CACHE:
@@ -383,6 +412,61 @@ class SearchIndex:
         if not texts:
             return np.zeros((0, getattr(self.embedder, "dim", 0)), dtype=np.float32)
         return np.stack([found[t] for t in texts])
+
+    def embed_background(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts`` for work that no turn waits on (indexing a thread's old
+        turns), yielding the embedder to turns: in short passes (at most ``_PASS_TEXTS``
+        texts, ``_PASS_CHARS`` characters), each started once no query embedding
+        (:meth:`embed_query`, :meth:`embed_texts`) has run for ``_QUIET_S``, or after
+        ``_QUIET_MAX_S`` of waiting, so that the work still gets done under a steady stream of
+        turns. A turn's query then waits for one short pass at most, and turns sent back to
+        back leave the embedding of old turns for the pauses between them."""
+        if self.embedder is None:
+            raise UserError("embedding needs an embedder")
+        parts = []
+        if _is_remote(self.embedder):  # a server's cores, not ours: its usual batches
+            batches = [
+                list(texts[i : i + _EMBED_BATCH]) for i in range(0, len(texts), _EMBED_BATCH)
+            ]
+        else:
+            batches = list(_passes(texts))
+        for batch in batches:
+            if not _is_remote(self.embedder):
+                self._wait_quiet()
+            parts.append(np.asarray(self.embedder.embed(batch), dtype=np.float32))
+        if not parts:
+            return np.zeros((0, getattr(self.embedder, "dim", 0)), dtype=np.float32)
+        return np.concatenate(parts)
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """A query embedding in progress: background passes wait for it (and _QUIET_S)."""
+        with self._foreground:
+            self._embedding += 1
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._foreground:
+                self._embedding -= 1
+                self._embedded_at = time.monotonic()
+                self._query_s = self._embedded_at - start
+                self._foreground.notify_all()
+
+    def _wait_quiet(self) -> None:
+        deadline = time.monotonic() + _QUIET_MAX_S
+        with self._foreground:
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                wait = deadline - now
+                if not self._embedding:
+                    quiet = min(_QUIET_S, _QUIET_FACTOR * self._query_s)
+                    wait = self._embedded_at + quiet - now
+                    if wait <= 0:
+                        return
+                self._foreground.wait(min(wait, deadline - now))
 
     @property
     def memoized(self) -> Any:
@@ -422,6 +506,28 @@ class SearchIndex:
             for pk, score, ranks in chosen
             if pk in rows
         ]
+
+
+def _is_remote(embedder: Embedder) -> bool:
+    """Whether ``embedder`` runs on a server (an HTTP API), not on this machine's cores."""
+    from chatwright.models._remote import RemoteModel
+
+    return isinstance(embedder, RemoteModel)
+
+
+def _passes(texts: Sequence[str]) -> Iterator[list[str]]:
+    """``texts`` in order, cut into background passes (see ``_PASS_TEXTS``)."""
+    batch: list[str] = []
+    chars = 0
+    for text in texts:
+        size = min(len(text), _PASS_TEXT_CHARS)
+        if batch and (len(batch) == _PASS_TEXTS or chars + size > _PASS_CHARS):
+            yield batch
+            batch, chars = [], 0
+        batch.append(text)
+        chars += size
+    if batch:
+        yield batch
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,6 @@ _TIME_BOOST = 0.2  # added to the fused score (in [0, 1]) of a unit said when th
 _TIME_SLACK_S = 3 * 86400.0  # "on 9 May": said that day, give or take
 _NAME_SHARE = 0.08  # a name in at least this share of the thread's units is its own
 _NAME_MIN = 5  # ... and in at least this many
-_EMBED_BATCH = 64
 _MARK_PAGE = 64  # units read at a time looking for the newest one on the active path
 _PROPER = re.compile(r"(?<=[\w,;:)\"'] )([A-Z][\w'\u2019-]*)")
 _POSSESSIVE = re.compile(r"['\u2019]s?$")
@@ -215,16 +214,13 @@ class ThreadRecall:
         self._through[info.uid] = (info.created_at, kept)
 
     def _embed(self, texts: list[str], thread_id: str) -> list[np.ndarray] | None:
-        """The texts' vectors; None without an embedder or when it fails (keywords only)."""
-        embedder = self.index.embedder
-        if embedder is None:
+        """The texts' vectors; None without an embedder or when it fails (keywords only).
+        Embedded in the background's short passes, yielding the embedder to turns' queries
+        (``SearchIndex.embed_background``)."""
+        if self.index.embedder is None:
             return None
         try:
-            return [
-                v
-                for start in range(0, len(texts), _EMBED_BATCH)
-                for v in np.asarray(embedder.embed(texts[start : start + _EMBED_BATCH]))
-            ]
+            return list(self.index.embed_background(texts))
         except Exception as e:
             log.warning(
                 "recall indexes thread %s without vectors: embedder failed: %s", thread_id, e
@@ -251,7 +247,8 @@ class ThreadRecall:
         keyword = dict(self.index.chunks.keyword(query, [namespace], None, _DEPTH))
         vector = self._vector_ranking(query, namespace, notes)
         rows = self.index.chunks.fetch(list(keyword.keys() | dict(vector).keys()))
-        units = {pk: _Unit.of(row) for pk, row in rows.items()}
+        # rows of this namespace only: a pk that another namespace reuses is not this thread's
+        units = {pk: _Unit.of(row) for pk, row in rows.items() if row.namespace == namespace}
         nearby = self._with_neighbours(keyword, units)
         fused = convex_fusion(
             {
@@ -304,8 +301,7 @@ class ThreadRecall:
         if total < _NAME_MIN:
             return query
         floor = max(_NAME_MIN, math.ceil(_NAME_SHARE * total))
-        chunks = self.index.chunks
-        common = [n for n in names if len(chunks.keyword(n, [namespace], None, floor)) >= floor]
+        common = [n for n in names if self.index.matching(n, namespace, floor)]
         if not common:
             return query
         pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, common)) + r")(?:['\u2019]s?)?\b")

@@ -60,13 +60,13 @@ def reciprocal_rank_fusion(
         for position, item in enumerate(ranking, start=1):
             ranks.setdefault(item, {}).setdefault(name, position)
     fused = [Fused(item, rrf_score(r, weights, k), r) for item, r in ranks.items()]
-    return _sorted(fused, list(ranks), limit)
+    return _sorted(fused, limit)
 
 
-def _sorted(fused: list[Fused[T]], order: list[T], limit: int | None) -> list[Fused[T]]:
-    """Best score first; ties by the best single rank, then by first appearance."""
-    position = {item: i for i, item in enumerate(order)}
-    fused.sort(key=lambda f: (-f.score, min(f.ranks.values()), position[f.item]))
+def _sorted(fused: list[Fused[T]], limit: int | None) -> list[Fused[T]]:
+    """Best score first; ties by the best single rank, then by first appearance (``fused``
+    is in order of first appearance, and the sort is stable)."""
+    fused.sort(key=lambda f: (-f.score, min(f.ranks.values())))
     return fused if limit is None else fused[:limit]
 
 
@@ -106,12 +106,12 @@ def convex_fusion(
             ranks.setdefault(item, {}).setdefault(name, position)
             scaled[name].setdefault(item, value)
         lowest[name] = min(values)
-    fused = [
-        Fused(
-            item,
-            sum(weights.get(n, 1.0) * scaled[n].get(item, lowest[n]) for n in scaled),
-            r,
-        )
-        for item, r in ranks.items()
-    ]
-    return _sorted(fused, list(ranks), limit)
+    # sum(weight * scaled score) over the lists, in their order (as sum() would add them)
+    parts = [(weights.get(n, 1.0), scaled[n], lowest[n]) for n in scaled]
+    fused = []
+    for item, r in ranks.items():
+        score = 0.0
+        for weight, values, low in parts:
+            score += weight * values.get(item, low)
+        fused.append(Fused(item, score, r))
+    return _sorted(fused, limit)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sqlite3
 import threading
 import zlib
@@ -70,6 +69,7 @@ class _Segment:
         self.vectors: Grow | None = None  # created with the first vector's width
         self.has_vector = Grow(np.bool_)
         self.metadata = MetadataIndex()
+        self.unsaved = 0  # rows not in the namespace's persisted file (see _persist_grown)
 
     def add(
         self,
@@ -274,6 +274,7 @@ class SQLiteChunks:
                 ],
             )
             self._after_write(namespace, before, replaced == 0, pks, chunks, blobs)
+        self._persist_grown(namespace)
 
     def _check_dim(self, namespace: str, blobs: Sequence[bytes | None]) -> None:
         sizes = {len(b) for b in blobs if b is not None}
@@ -306,6 +307,7 @@ class SQLiteChunks:
         if appended and segment.version == before:
             segment.add(pks, [c.text for c in chunks], [c.metadata for c in chunks], blobs)
             segment.version = self._version(namespace)
+            segment.unsaved += len(pks)
         else:
             del self._segments[namespace]
 
@@ -403,16 +405,17 @@ class SQLiteChunks:
     def fetch(self, ids: Sequence[int]) -> dict[int, ChunkRecord]:
         if not ids:
             return {}
+        out: dict[int, ChunkRecord] = {}
         with self._lock:
-            rows = self.db.execute(
-                "SELECT pk, namespace, key, text, metadata FROM chunks"
-                f" WHERE pk IN ({_placeholders(len(ids))})",
-                list(ids),
-            ).fetchall()
-        return {
-            pk: ChunkRecord(ns, key, text, json.loads(meta) if meta else {})
-            for pk, ns, key, text, meta in rows
-        }
+            for start in range(0, len(ids), _SQL_BATCH):
+                batch = list(ids[start : start + _SQL_BATCH])
+                for pk, ns, key, text, meta in self.db.execute(
+                    "SELECT pk, namespace, key, text, metadata FROM chunks"
+                    f" WHERE pk IN ({_placeholders(len(batch))})",
+                    batch,
+                ):
+                    out[pk] = ChunkRecord(ns, key, text, json.loads(meta) if meta else {})
+        return out
 
     # -- rankings -------------------------------------------------------------------------
     def keyword(
@@ -434,6 +437,30 @@ class SQLiteChunks:
             pairs = [(s.postings, s.mask(filters)) for s in segments]
             scores = score_bm25(pairs, terms, k1=self.k1, b=self.b)
             return _top(segments, scores, depth, positive=True)
+
+    def matching(self, query: str, namespace: str) -> int:
+        """How many chunks of ``namespace`` hold at least one of the query's keywords: those
+        ``keyword`` would rank, however deep. Counted from the postings' document lists (the
+        memory backend: no scoring, whatever the namespace's size) or by FTS5."""
+        with self._lock:
+            if self.keyword_backend == "fts5":
+                match = fts5_query(query)
+                if not match:
+                    return 0
+                row = self.db.execute(
+                    "SELECT count(*) FROM chunks_fts JOIN chunks AS c ON c.pk = chunks_fts.rowid"
+                    " WHERE chunks_fts MATCH ? AND c.namespace = ?",
+                    (match, namespace),
+                ).fetchone()
+                return int(row[0])
+            terms = list(dict.fromkeys(analyze(query)))
+            segments = self._fresh_segments([namespace]) if terms else []
+            if not segments:
+                return 0
+            lists = [docs for t in terms for docs, _ in segments[0].postings.postings(t)]
+            if len(terms) == 1:  # the blocks' documents are disjoint
+                return sum(len(docs) for docs in lists)
+            return len(np.unique(np.concatenate(lists))) if lists else 0
 
     def _keyword_fts5(
         self,
@@ -553,11 +580,35 @@ class SQLiteChunks:
             after = int(segment.pks.array[-1]) if segment is not None else 0
             segment = segment or _Segment(version, count)
             loaded = self._load(namespace, segment, after)
+            segment.unsaved = loaded
             persist = large and own and loaded >= self._refresh_rows()
             last = self._fingerprint(namespace, segment) if persist else None
         if files is not None and last is not None:
             self._persist(files, namespace, segment, count, last)
+            segment.unsaved = 0
         return segment
+
+    def _persist_grown(self, namespace: str) -> None:
+        """Rewrite the file of a namespace that grew in memory by appends (a thread's recall
+        index grows a turn at a time, and is never loaded again while the process runs) once
+        it lacks ``_refresh_rows`` of the rows: a restart then tokenizes at most about that
+        many (a thread indexed from 0 to 10,000 turns by one process made the first turn
+        after a restart load all 10,000: ~0.5 s). Only after a commit of this object's own."""
+        segment = self._segments.get(namespace)
+        if segment is None or segment.unsaved < self._refresh_rows():
+            return
+        with self._lock:
+            files = self._files()
+            if files is None or self.db.in_transaction:  # the caller's: may be rolled back
+                return
+            with self._snapshot():
+                version, count = self._state(namespace)
+                fits = version == segment.version and count == segment.pks.size
+                large = count >= (self.persist_min_chunks or 0)
+                last = self._fingerprint(namespace, segment) if fits and large else None
+            if last is not None:
+                self._persist(files, namespace, segment, count, last)
+                segment.unsaved = 0
 
     def _refresh_rows(self) -> int:
         """Rows tokenized by a load past which the file is rewritten: a tenth of the size
@@ -730,7 +781,8 @@ def _top(
     # best first; ties by pk (insertion order) so results are deterministic
     order = np.lexsort((pks[candidates], -flat[candidates]))
     best = candidates[order]
-    return [(int(pks[i]), float(flat[i])) for i in best if not math.isnan(flat[i])]
+    best = best[~np.isnan(flat[best])]
+    return list(zip(pks[best].tolist(), flat[best].tolist(), strict=True))
 
 
 def _sql_condition(column: str, path: str, value: Scalar) -> tuple[str, list[Any]]:
