@@ -243,19 +243,15 @@ class LocalEmbedder:
     @property
     def engine(self) -> str:
         """What runs the model: ``"onnxruntime"``, or ``"numpy"`` without it (loads it)."""
-        return _local_encoder(self.threads, self.precision).engine
+        from chatwright.models._minilm import load_encoder
+
+        return load_encoder(self.threads, self.precision).engine
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         _check_texts(texts)
-        return _local_encoder(self.threads, self.precision).encode(texts, self.batch_size)
+        from chatwright.models._minilm import load_encoder
 
-
-def _local_encoder(threads: int | None, precision: str) -> Any:
-    """The process's encoder for ``threads`` and ``precision``, loaded on first use (see
-    :func:`chatwright.models._minilm.load_encoder`: float32 in numpy without ONNX Runtime)."""
-    from chatwright.models._minilm import load_encoder
-
-    return load_encoder(threads, precision)
+        return load_encoder(self.threads, self.precision).encode(texts, self.batch_size)
 
 
 def _importable(module: str) -> bool:

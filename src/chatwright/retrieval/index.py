@@ -424,14 +424,15 @@ class SearchIndex:
         if self.embedder is None:
             raise UserError("embedding needs an embedder")
         parts = []
-        if _is_remote(self.embedder):  # a server's cores, not ours: its usual batches
+        remote = _is_remote(self.embedder)  # a server's cores, not ours: its usual batches
+        if remote:
             batches = [
                 list(texts[i : i + _EMBED_BATCH]) for i in range(0, len(texts), _EMBED_BATCH)
             ]
         else:
             batches = list(_passes(texts))
         for batch in batches:
-            if not _is_remote(self.embedder):
+            if not remote:
                 self._wait_quiet()
             parts.append(np.asarray(self.embedder.embed(batch), dtype=np.float32))
         if not parts:

@@ -104,9 +104,9 @@ class MetadataIndex:
             raise ValueError("metadata groups do not match their row numbers")
         if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= size):
             raise ValueError("a metadata row number is out of range")
-        if any(g[1] not in _TAGS for g in groups):
-            tag = next(g[1] for g in groups if g[1] not in _TAGS)
-            raise ValueError(f"unknown metadata value tag {tag!r}")
+        unknown = [g[1] for g in groups if g[1] not in _TAGS]
+        if unknown:
+            raise ValueError(f"unknown metadata value tag {unknown[0]!r}")
         index = cls()
         index.size = size
         index._restored = (groups, rows)
