@@ -266,9 +266,9 @@ def test_a_threads_recall_namespace_is_still_its_own(source: Source, target: Pos
         assert target.chunks.count(namespace) == sqlite.chunks.count(namespace)
         before, after = sqlite.chunks.vectors(namespace, ""), target.chunks.vectors(namespace, "")
         assert after.keys() == before.keys()
-        for key, vector in after.items():  # float16 -> float32, made unit length again
+        for key, vector in after.items():  # 8 bits -> float32, made unit length again
             assert vector is not None and abs(float(np.linalg.norm(vector)) - 1) < 1e-6
-            assert np.allclose(vector, before[key], atol=2e-3)
+            assert np.allclose(vector, before[key], atol=5e-3)  # half a step of 8 bits
     finally:
         sqlite.close()
     hits = SearchIndex.for_store(target, get_embedder("test:hash")).search(

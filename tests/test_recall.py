@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -338,3 +339,68 @@ def test_closing_finishes_the_batch_in_progress_and_leaves_the_backlog(store):
     closing.join(10)
     assert not closing.is_alive()
     assert len(batches) == 1  # the batch in progress, no other
+
+
+def test_units_keyed_by_their_first_seq_alone_are_still_recalled(store):
+    """Units indexed before branches have the key ``<first seq>`` and their span in the
+    metadata; recall reads the span from the key where it can, from the metadata otherwise."""
+    bot = make_bot(store)
+    bot.chat("t", "My sister's name is Priya.")
+    talk(bot, "t", 40)
+    db = store.connection
+    old = db.execute(
+        "SELECT pk, key, metadata FROM chunks WHERE namespace LIKE 'thread:%' AND text LIKE ?",
+        ("%Priya%",),
+    ).fetchone()
+    first = json.loads(old[2])["first_seq"]
+    with db:
+        db.execute("UPDATE chunks SET key = ? WHERE pk = ?", (f"{first:012d}", old[0]))
+    answer, texts = context_of(bot, "t", "What is my sister's name?")
+    assert any("Priya" in t for t in texts if t.startswith("Earlier in this conversation"))
+    assert answer.trace.stage("context").data["recalled_seqs"] == [first]
+
+
+def test_a_ranked_row_of_another_namespace_is_never_recalled(store, monkeypatch):
+    """However a pk of another thread reaches the ranking (a reused id), its row is not used."""
+    bot = make_bot(store)
+    bot.chat("t", "My sister's name is Priya.", owner="ada")
+    talk(bot, "t", 40, owner="ada")
+    bot.chat("t", "My sister's name is Zoraida.", owner="bob")
+    talk(bot, "t", 40, owner="bob")
+    chunks = bot.index.chunks
+    bobs = f"thread:{store.find_thread('bob', 't').uid}"
+    other = [pk for pk, _ in chunks.keyword("Zoraida", [bobs], None, 5)]
+    assert other
+    real = chunks.keyword
+    monkeypatch.setattr(
+        chunks, "keyword", lambda q, ns, f, d: [(pk, 50.0) for pk in other] + real(q, ns, f, d)
+    )
+    _, texts = context_of(bot, "t", "What is my sister's name?", owner="ada")
+    recalled = [t for t in texts if t.startswith("Earlier in this conversation")]
+    assert recalled and "Priya" in recalled[0] and "Zoraida" not in recalled[0]
+
+
+def test_a_unit_replaced_after_ranking_is_passed_over_for_the_next(store, monkeypatch):
+    bot = make_bot(store)
+    bot.chat("t", "My sister's name is Priya.")
+    bot.chat("t", "My sister Priya lives in Lisbon.")
+    bot.chat("t", "Priya is a doctor, my sister says.")
+    talk(bot, "t", 40)
+    recall = bot.memory.recall
+    before = recall.recall("local", "t", "sister Priya", k=2, before_seq=10**6)
+    assert len(before) == 2
+    chunks = bot.index.chunks
+    real = chunks.fetch
+    first = before[0].text
+
+    def fetch(ids):  # the best unit's row now holds another unit (its pk reused)
+        rows = real(ids)
+        return {
+            pk: replace(r, key="000000000999-000000000999") if r.text == first else r
+            for pk, r in rows.items()
+        }
+
+    monkeypatch.setattr(chunks, "fetch", fetch)
+    after = recall.recall("local", "t", "sister Priya", k=2, before_seq=10**6)
+    assert len(after) == 2 and after[0].text == before[1].text  # and the third best
+    assert first not in [r.text for r in after]

@@ -23,6 +23,7 @@ from chatwright.search.bm25 import MAX_BLOCKS, Postings, score_bm25
 from chatwright.search.fusion import rrf_score
 from chatwright.search.text import analyze, fts5_query
 from chatwright.store.migrations import m003_search_index as m003_retrieval
+from chatwright.store.migrations import migrate
 from chatwright.store.sqlite_chunks import SQLiteChunks
 
 DIM = get_embedder("test:hash").dim
@@ -449,6 +450,44 @@ def test_fts5_keyword_search_loads_nothing_in_memory(db: sqlite3.Connection) -> 
     fill(index)
     assert index.search("wolves", ["collection:1"], mode="keyword")[0].key == "dogs"
     assert index.chunks._segments == {}
+
+
+def test_the_fts5_index_is_made_only_where_the_fts5_backend_searches(tmp_path: Path) -> None:
+    db = connect(tmp_path / "full.db")
+    migrate(db)  # schema 12: no FTS5 index to keep up for the default backend
+    fts = "SELECT count(*) FROM sqlite_master WHERE name LIKE 'chunks_fts%'"
+    assert db.execute(fts).fetchone()[0] == 0
+    memory = make(db)
+    fill(memory)
+    assert memory.search("wolves", ["collection:1"], mode="keyword")[0].key == "dogs"
+    assert db.execute(fts).fetchone()[0] == 0
+    count = db.execute("SELECT chunks FROM chunk_namespaces").fetchone()[0]
+    assert count == len(DOCS)  # the counters' triggers still count
+    index = make(db, keyword_backend="fts5")
+    assert index.search("wolves", ["collection:1"], mode="keyword")[0].key == "dogs"  # rebuilt
+    assert db.execute(fts).fetchone()[0] > 0
+    memory.add("collection:1", [Chunk("bees", "Bees make honey from nectar.")])  # either one
+    memory.remove("collection:1", ["cats"])  # writes: the FTS5 index keeps up
+    assert index.search("honey", ["collection:1"], mode="keyword")[0].key == "bees"
+    assert index.search("purr", ["collection:1"], mode="keyword") == []
+    assert index.chunks.matching("nectar honey", "collection:1") == 1
+    assert db.execute("SELECT chunks FROM chunk_namespaces").fetchone()[0] == len(DOCS)
+    db.close()
+
+
+def test_the_migration_drops_an_fts5_index_and_keeps_the_counts(db: sqlite3.Connection) -> None:
+    from chatwright.store.migrations import m012_fts_on_demand
+
+    fill(make(db))  # schema 3's triggers: FTS5 and the counters
+    db.execute("BEGIN")
+    m012_fts_on_demand(db)
+    db.execute("COMMIT")
+    fts = db.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'chunks_fts%'")
+    assert fts.fetchone()[0] == 0
+    db.execute("INSERT INTO chunks (namespace, key, text) VALUES ('collection:1', 'z', 'zeta')")
+    db.execute("DELETE FROM chunks WHERE key = 'cats'")
+    assert db.execute("SELECT chunks FROM chunk_namespaces").fetchone()[0] == len(DOCS)
+    assert make(db, keyword_backend="fts5").search("zeta", ["collection:1"])[0].key == "z"
 
 
 def test_keyword_mode_does_not_embed_the_query(db: sqlite3.Connection) -> None:

@@ -34,7 +34,10 @@ from chatwright.routing import (
     evidence_from_hits,
     is_chitchat,
     merge_clauses,
+    phrases,
+    with_evidence,
 )
+from chatwright.routing.router import PHRASE_TEXTS
 from chatwright.store.base import CollectionInfo
 from chatwright.store.migrations import m003_search_index as m003_retrieval
 from chatwright.store.sqlite_chunks import SQLiteChunks
@@ -276,6 +279,112 @@ def test_evidence_keeps_each_collections_best_keyword_match(
     best = {p.name: p.keyword_best for p in seen}
     assert best == {"devices": 3.0, "hr": 7.5, "recipes": 0.0}
     assert all(p.keyword_best is None for p in _evidence(profiles, {"devices": [0.6]}))
+
+
+def test_phrases_are_neighbouring_index_terms() -> None:
+    """Stopwords dropped and words stemmed as keyword search does, so the same phrase is
+    found in a query and a chunk however either is worded."""
+    assert phrases("Can you explain parent or guardian requirements?") == [
+        ("explain", "parent"),
+        ("parent", "guardian"),
+        ("guardian", "requir"),
+    ]
+    assert phrases("the Gold Plus account, gold plus") == [
+        ("gold", "plus"),
+        ("plus", "account"),
+        ("account", "gold"),
+    ]
+    assert phrases("hello") == [] and phrases("") == []
+
+
+def _phrase_evidence(
+    profiles: list[CollectionProfile], texts: dict[str, list[str]], query: str
+) -> list[CollectionProfile]:
+    """``profiles`` whose nearest chunks put devices just ahead of hr, with keyword matches
+    of ``texts`` (per name, BM25 10 each) for ``query``."""
+    hits = [("collection:devices", 0.62), ("collection:hr", 0.6)]
+    kw = [(f"collection:{n}", 10.0, t) for n, ts in texts.items() for t in ts]
+    return evidence_from_hits(profiles, hits, 40, kw, query=query)
+
+
+_PLAIN = {"margin": 0.0, "chunk_weight": 1.0, "size_penalty": 0.0, "clauses": False}
+
+
+def test_semantic_phrases_single_out_a_collection(profiles: list[CollectionProfile]) -> None:
+    """Rule 3: the only collection whose keyword matches hold the query's phrases (at least
+    phrase_lead of them) is taken instead of the best when within phrase_margin; the words
+    alone (BM25 about even) would not single it out."""
+    q = "Sky Blue card free period"
+    seen = _phrase_evidence(
+        profiles,
+        {
+            "hr": ["The Sky Blue card has a free period of 30 days."],
+            "devices": ["blue sky firmware: a free card reader, for a trial period"],
+        },
+        q,
+    )
+    held = {p.name: p.keyword_phrases for p in seen}
+    assert held["hr"] == ("blue card", "card free", "free period", "sky blue")
+    assert held["devices"] == () and held["recipes"] == ()
+    route = SemanticRouter(phrase_lead=2, phrase_margin=0.1, **_PLAIN).route(q, vec(q), seen)
+    assert route is not None and route.collections == ["hr"]
+    assert route.why["hr"].startswith("taken") and "'sky blue'" in route.why["hr"]
+    assert "phrases single out hr" in route.why["devices"]
+    assert "singled out by the phrases" in route.reason
+    off = SemanticRouter(phrase_lead=0, **_PLAIN).route(q, vec(q), seen)
+    assert off is not None and off.collections == ["devices"]
+    far = SemanticRouter(phrase_lead=2, phrase_margin=0.01, **_PLAIN).route(q, vec(q), seen)
+    assert far is not None and far.collections == ["devices"]  # score too far behind
+
+
+def test_semantic_phrases_need_enough_and_no_rival(profiles: list[CollectionProfile]) -> None:
+    """Rule 3 does not fire on one phrase only, nor when another collection holds one too."""
+    q = "Sky Blue card free period"
+    router = SemanticRouter(phrase_lead=2, phrase_margin=0.1, **_PLAIN)
+    one = _phrase_evidence(profiles, {"hr": ["a sky blue wall"], "devices": ["card"]}, q)
+    assert router.route(q, vec(q), one).collections == ["devices"]  # type: ignore[union-attr]
+    shared = _phrase_evidence(
+        profiles,
+        {"hr": ["the Sky Blue card has a free period"], "devices": ["the free period ends"]},
+        q,
+    )
+    assert router.route(q, vec(q), shared).collections == ["devices"]  # type: ignore[union-attr]
+    no_text = evidence_from_hits(
+        profiles,
+        [("collection:devices", 0.62), ("collection:hr", 0.6)],
+        2,
+        [("collection:hr", 10.0)],
+        query=q,
+    )
+    assert all(p.keyword_phrases is None for p in no_text)  # matches without text: not known
+
+
+def test_phrases_read_each_collections_best_matches_only() -> None:
+    """The cost stays bounded: only each collection's best PHRASE_TEXTS matches are read."""
+    q = "Sky Blue card"
+    deep = [("collection:hr", 9.0, "nothing here")] * PHRASE_TEXTS
+    hits = [*deep, ("collection:hr", 8.0, "Sky Blue card"), ("collection:devices", 7.0, "sky blue")]
+    held = KeywordEvidence.of(hits, 40, q).phrases_found()
+    assert held == {"collection:hr": (), "collection:devices": ("sky blue",)}
+    assert KeywordEvidence.of(hits, 40).phrases_found() is None  # no query: not known
+
+
+def test_phrases_found_by_the_routes_keyword_search(index: SearchIndex) -> None:
+    """with_evidence's keyword search keeps the matched chunks' text, so the lazy evidence
+    knows which of the query's phrases each collection holds, searched once on demand."""
+    index.add("collection:1", [{"key": "a", "text": "The Gold Plus account pays interest"}])
+    index.add("collection:2", [{"key": "b", "text": "gold medals; a plus sign; account names"}])
+    profiles = build_profiles(index, [info("bank", 1), info("misc", 2)], EMB, cache=ProfileCache())
+    q = "gold plus account interest"
+    seen = with_evidence(index, profiles, q, vec(q))
+    search = seen[0].keyword_search
+    assert search is not None and not search.searched
+    held = search.phrases_found()
+    assert held == {
+        "collection:1": ("gold plus", "plus account"),
+        "collection:2": (),
+    }
+    assert search.searched
 
 
 def test_semantic_size_penalty_stops_a_big_collection_winning_by_chance(

@@ -258,6 +258,20 @@ def test_a_broken_router_falls_back_to_all_collections_with_a_note(store):
     assert any("routing failed" in n and "profiles unreadable" in n for n in decision.notes)
 
 
+def test_a_turns_route_takes_the_collection_the_phrases_single_out(store):
+    """[routing] phrase_lead reaches the turn's router: hr scores best, but only manuals'
+    keyword matches hold the query's phrases ("skylink router", "reset button")."""
+    q = "leave paid sick employees doctor note days year skylink router reset button"
+    options = {"keyword_lead": 0.0, "clauses": False, "phrase_margin": 10.0}
+    off, _, _ = asyncio.run(make_bot(store, phrase_lead=0, **options).route(q))
+    assert off.collections == ["hr"]
+    for info in store.list_collections("local"):
+        store.delete_collection("local", info.name)
+    route, _, _ = asyncio.run(make_bot(store, phrase_lead=2, **options).route(q))
+    assert route.collections == ["manuals"] and "singled out by the phrases" in route.reason
+    assert "'skylink router'" in route.why["manuals"]
+
+
 def test_the_eval_command_reports_every_figure(tmp_path):
     """``chatwright eval routing`` prints exact set, small talk → none, over- and
     under-inclusion, p50/p95 and exact set per expected collection."""

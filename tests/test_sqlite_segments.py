@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from chatwright.errors import UserError
 from chatwright.models.embeddings import get_embedder
 from chatwright.retrieval import SearchIndex
 from chatwright.store import sqlite_chunks
@@ -317,3 +318,87 @@ def test_a_namespace_grown_by_appends_in_memory_is_persisted_as_it_grows(
     restarted = SQLiteChunks(db, persist_min_chunks=SMALL)
     assert results(restarted) == before == rebuilt(db)
     assert analyzed[0] - 201 < SMALL // 10 + 3  # rebuilt(db) tokenized 201 rows
+
+
+# -- how vectors are stored ---------------------------------------------------------------------
+def test_vectors_are_stored_in_8_bits_and_read_back_close(db: sqlite3.Connection) -> None:
+    index = SQLiteChunks(db, persist_min_chunks=None)
+    written = chunks(0, 20)
+    index.write(NS, written)
+    sizes = {n for (n,) in db.execute("SELECT length(vector) FROM chunks")}
+    assert sizes == {EMB.dim + 5}  # 1 byte a dimension and a header: float16 took 2 * dim
+    assert index.dimension(NS) == EMB.dim
+    back = index.vectors(NS, "")
+    for c in written:
+        v = back[c.key]
+        assert v is not None and v.dtype == np.float32
+        assert float(v @ c.vector) > 0.995 and np.max(np.abs(v - c.vector)) < 4e-3
+    query = EMB.embed(["alpha beta"])[0]  # the search's cosines are the stored vectors'
+    expected = sorted(((float(back[c.key] @ query), c.key) for c in written), reverse=True)
+    found = index.vector(query, [NS], None, 5)
+    keys = {pk: r.key for pk, r in index.fetch([pk for pk, _ in found]).items()}
+    assert [keys[pk] for pk, _ in found] == [k for _, k in expected[:5]]
+    assert [s for _, s in found] == pytest.approx([s for s, _ in expected[:5]], abs=1e-5)
+
+
+def test_a_vector_read_back_and_written_again_is_stored_the_same() -> None:
+    from chatwright.retrieval.index import _unit
+
+    rng = np.random.default_rng(3)
+    for v in [*EMB.embed(WORDS), *rng.normal(size=(50, 384)).astype(np.float32)]:
+        first = sqlite_chunks._blob(_unit(v, "k"))
+        back = sqlite_chunks._unblob(first)
+        assert back is not None and abs(float(np.linalg.norm(back)) - 1) < 1e-6  # unit
+        assert sqlite_chunks._blob(_unit(back, "k")) == first
+
+
+def test_float16_vectors_written_before_are_read_beside_8_bit_ones(
+    db: sqlite3.Connection,
+) -> None:
+    old = chunks(0, 10)
+    index = SQLiteChunks(db, persist_min_chunks=None)
+    index.write(NS, old)
+    with db:  # as an older version stored them: float16, two bytes a dimension
+        for c in old:
+            db.execute(
+                "UPDATE chunks SET vector = ? WHERE key = ?",
+                (c.vector.astype(np.float16).tobytes(), c.key),
+            )
+    fresh = SQLiteChunks(db, persist_min_chunks=None)
+    fresh.write(NS, chunks(10, 10))  # the same dimension, whatever the format: no error
+    assert {n for (n,) in db.execute("SELECT length(vector) FROM chunks")} == {
+        2 * EMB.dim,
+        EMB.dim + 5,
+    }
+    assert fresh.dimension(NS) == EMB.dim
+    back = fresh.vectors(NS, "")
+    for c in old + chunks(10, 10):
+        assert float(back[c.key] @ c.vector) > 0.995
+    centroid, count = fresh.centroid(NS)
+    assert count == 20 and centroid is not None
+    query = EMB.embed(["gamma omega kappa"])[0]  # each row ranked by its own stored vector
+    keys = {pk: r.key for pk, r in fresh.fetch(range(1, 100)).items()}
+    top = fresh.vector(query, [NS], None, 20)
+    assert len(top) == 20
+    assert [s for _, s in top] == pytest.approx([float(back[keys[pk]] @ query) for pk, _ in top])
+    assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+
+
+def test_a_vector_with_nan_or_infinity_is_refused(db: sqlite3.Connection) -> None:
+    index = SQLiteChunks(db, persist_min_chunks=None)
+    for bad in (np.nan, np.inf):
+        v = np.ones(4, dtype=np.float32)
+        v[1] = bad
+        with pytest.raises(UserError, match="NaN or infinite"):
+            index.write(NS, [IndexedChunk("a", "alpha", {}, v)])
+    assert index.count(NS) == 0
+
+
+def test_vectors_of_an_odd_dimension_stay_float16(db: sqlite3.Connection) -> None:
+    index = SQLiteChunks(db, persist_min_chunks=None)
+    v = np.ones(5, dtype=np.float32) / 5**0.5
+    index.write(NS, [IndexedChunk("a", "alpha", {}, v)])
+    assert db.execute("SELECT length(vector) FROM chunks").fetchone()[0] == 10
+    assert index.dimension(NS) == 5
+    back = index.vectors(NS, "")["a"]
+    assert back is not None and np.allclose(back, v, atol=1e-3)

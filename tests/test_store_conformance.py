@@ -436,6 +436,29 @@ def test_chunk_reads_for_ingest_recall_and_routing(store: Store) -> None:
         chunks.write("ns", [IndexedChunk("x", "x", {}, np.ones(8, np.float32) / 8**0.5)])
 
 
+def test_labels_read_a_field_of_the_chunks_without_their_text(store: Store) -> None:
+    chunks = store.chunks
+    chunks.write(
+        "thread:1",
+        [
+            IndexedChunk("0001-0002", "alpha", {"created_at": 1.5, "first_seq": 1}, None),
+            IndexedChunk("0003-0004", "beta", {"first_seq": 3}, None),
+        ],
+    )
+    chunks.write("thread:2", [IndexedChunk("0001-0002", "gamma", {"created_at": 7}, None)])
+    pks = {
+        text: chunks.keyword(text, [namespace], None, 1)[0][0]
+        for text, namespace in (("alpha", "thread:1"), ("beta", "thread:1"), ("gamma", "thread:2"))
+    }
+    got = chunks.labels([pks["alpha"], pks["beta"], pks["gamma"], 10**9], "created_at")
+    assert got == {
+        pks["alpha"]: ("thread:1", "0001-0002", 1.5),
+        pks["beta"]: ("thread:1", "0003-0004", None),  # no such field
+        pks["gamma"]: ("thread:2", "0001-0002", 7),
+    }
+    assert chunks.labels([], "created_at") == {}
+
+
 # -- the engine on each backend -------------------------------------------------------------
 def test_ingest_is_idempotent(store: Store, tmp_path: Path) -> None:
     docs = tmp_path / "docs"

@@ -102,7 +102,7 @@ def strategies_for(
     options = {**SEMANTIC_DEFAULTS, **semantic}
     sem = SemanticRouter(chitchat=embed_exemplars(embedder), **options)
     plain = {"mix": 0.0, "chunk_weight": 0.0, "vote_weight": 0.0, "size_penalty": 0.0}
-    plain |= {"margin": 0.0, "floor": -1.0, "keyword_lead": 0.0}
+    plain |= {"margin": 0.0, "floor": -1.0, "keyword_lead": 0.0, "phrase_lead": 0}
     baseline = SemanticRouter(clauses=False, keyword_share=2.0, **plain)
     out: dict[str, list[Router]] = {
         "semantic": [ChitChatRouter(), sem],
@@ -372,7 +372,7 @@ class _Prepared:
         ]
         self.keyword_hits = [
             [
-                (h.namespace, float(h.scores["keyword"]))
+                (h.namespace, float(h.scores["keyword"]), h.text)
                 for h in index.search(t, namespaces, _SEARCH_K, mode="keyword")
             ]
             for t in texts
@@ -385,17 +385,21 @@ class _Prepared:
         return (
             v,
             index.nearest(v, namespaces, _SEARCH_K),
-            [(h.namespace, float(h.scores["keyword"])) for h in kw],
+            [(h.namespace, float(h.scores["keyword"]), h.text) for h in kw],
         )
 
-    def _evidence(self, nearest: Nearest, k: int, keywords: Any) -> list[CollectionProfile]:
-        return evidence_from_hits(self.profiles, nearest.top(k), k, keywords, best=nearest.best())
+    def _evidence(
+        self, nearest: Nearest, k: int, keywords: Any, query: str
+    ) -> list[CollectionProfile]:
+        return evidence_from_hits(
+            self.profiles, nearest.top(k), k, keywords, best=nearest.best(), query=query
+        )
 
     def accuracy(self, routers: Sequence[Router], vote_k: int) -> tuple[float, list[Route]]:
         if vote_k not in self._seen:
             self._seen[vote_k] = [
-                self._evidence(n, vote_k, kw)
-                for n, kw in zip(self.nearest, self.keyword_hits, strict=True)
+                self._evidence(n, vote_k, kw, q["question"])
+                for n, kw, q in zip(self.nearest, self.keyword_hits, self.questions, strict=True)
             ]
         sem = next(r for r in routers if isinstance(r, SemanticRouter))
         routes = []
@@ -405,7 +409,8 @@ class _Prepared:
             route = chain(routers, seen, q["question"], v)
             if parts and sem.clauses:
                 routed = [
-                    (c, sem.route(c, pv, self._evidence(n, vote_k, kw))) for c, (pv, n, kw) in parts
+                    (c, sem.route(c, pv, self._evidence(n, vote_k, kw, c)))
+                    for c, (pv, n, kw) in parts
                 ]
                 route = merge_clauses(route, routed, min_score=sem.clause_score)
             routes.append(route)

@@ -134,8 +134,20 @@ def _relative(kind: str, g: dict[str, str], today: dt.date) -> Period | None:
     return _span(dt.date(year, 1, 1), dt.date(year, 12, 31))
 
 
+# What every pattern above needs somewhere in the text: a digit, a month's name (each starts
+# with its three-letter abbreviation), or the words of a relative period. Most messages have
+# none, and this one search spares them the ten patterns.
+_ANY = re.compile(
+    r"\d|\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|yesterday|today|tonight|ago\b)"
+    r"|\b(?:last|this|past)\s+(?:week|month|year|night)",
+    re.I,
+)
+
+
 def periods(text: str, now: float) -> list[Period]:
     """The periods ``text`` names, relative ones counted back from ``now``."""
+    if not _ANY.search(text):
+        return []
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
     found: list[Period] = []
     for kind, pattern in _PATTERNS:

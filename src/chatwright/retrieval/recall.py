@@ -28,19 +28,21 @@ search.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from chatwright.memory.context import Recalled, Turn
 from chatwright.retrieval.dates import periods
 from chatwright.retrieval.index import FLOORS, Chunk, SearchIndex, default_weights
-from chatwright.search.fusion import convex_fusion
+from chatwright.search.fusion import convex_scores
 from chatwright.search.text import analyze
 from chatwright.store.base import ChunkRecord, IndexedChunk, Store
 
@@ -95,14 +97,24 @@ class _Unit:
     first: int
     last: int
     created_at: float
-    text: str
+    key: str
 
     @classmethod
     def of(cls, row: ChunkRecord) -> _Unit:
         meta = row.metadata
         first = int(meta["first_seq"])
         last = int(meta.get("last_seq", first))
-        return cls(first, last, float(meta.get("created_at", 0.0)), row.text)
+        return cls(first, last, float(meta.get("created_at", 0.0)), row.key)
+
+    @classmethod
+    def labelled(cls, key: str, created_at: Any) -> _Unit | None:
+        """The unit a key ``<first seq>-<last seq>`` names (None: a key of another form,
+        such as the first seq alone of units indexed before branches)."""
+        first, dash, last = key.partition("-")
+        if not (dash and first.isdigit() and last.isdigit()):
+            return None
+        when = float(created_at) if isinstance(created_at, (int, float)) else 0.0
+        return cls(int(first), int(last), when, key)
 
 
 class ThreadRecall:
@@ -246,32 +258,74 @@ class ThreadRecall:
         namespace = found[0]
         keyword = dict(self.index.chunks.keyword(query, [namespace], None, _DEPTH))
         vector = self._vector_ranking(query, namespace, notes)
-        rows = self.index.chunks.fetch(list(keyword.keys() | dict(vector).keys()))
-        # rows of this namespace only: a pk that another namespace reuses is not this thread's
-        units = {pk: _Unit.of(row) for pk, row in rows.items() if row.namespace == namespace}
+        units = self._units(list(keyword.keys() | dict(vector).keys()), namespace)
         nearby = self._with_neighbours(keyword, units)
-        fused = convex_fusion(
-            {
-                "keyword": sorted(nearby.items(), key=lambda item: -item[1]),
-                "vector": [(pk, s) for pk, s in vector if pk in units],
-            },
-            weights=default_weights("convex"),
-            floors=FLOORS,
-        )
-        scores = {f.item: f.score for f in fused}
+        rankings = {
+            "keyword": sorted(nearby.items(), key=lambda item: -item[1]),
+            "vector": [(pk, s) for pk, s in vector if pk in units],
+        }
+        scores = convex_scores(rankings, weights=default_weights("convex"), floors=FLOORS)
         self._lift_dated(query, units, scores)
         similar = dict(vector)
+        rank: dict[int, int] = {}  # the best rank in either list: ties as fusion breaks them
+        for ranking in rankings.values():
+            for position, (pk, _) in enumerate(ranking, 1):
+                rank[pk] = min(rank.get(pk, position), position)
+        eligible = (
+            pk
+            for pk in sorted(scores, key=lambda pk: (-scores[pk], units[pk].first, rank[pk]))
+            if units[pk].first < before_seq
+            and (pk in nearby or similar.get(pk, -1.0) >= self.min_similarity)
+        )
+        return self._read(eligible, units, scores, namespace, k)
+
+    def _read(
+        self,
+        eligible: Iterator[int],
+        units: dict[int, _Unit],
+        scores: dict[int, float],
+        namespace: str,
+        k: int,
+    ) -> list[Recalled]:
+        """The first ``k`` of ``eligible`` whose rows are still the units ranked (same
+        namespace and key: a unit deleted meanwhile, its pk reused, is passed over for the
+        next), with their text."""
         out: list[Recalled] = []
-        for pk in sorted(scores, key=lambda pk: (-scores[pk], units[pk].first)):
-            unit = units[pk]
-            matched = pk in nearby or similar.get(pk, -1.0) >= self.min_similarity
-            if unit.first < before_seq and matched:
-                out.append(
-                    Recalled(unit.first, unit.created_at, unit.text, 0, scores[pk], unit.last)
-                )
-            if len(out) == k:
+        while len(out) < k:
+            wanted = list(itertools.islice(eligible, k - len(out)))
+            if not wanted:
                 break
+            rows = self.index.chunks.fetch(wanted)
+            for pk in wanted:
+                row, unit = rows.get(pk), units[pk]
+                if row is not None and row.namespace == namespace and row.key == unit.key:
+                    out.append(
+                        Recalled(unit.first, unit.created_at, row.text, 0, scores[pk], unit.last)
+                    )
         return out
+
+    def _units(self, pks: list[int], namespace: str) -> dict[int, _Unit]:
+        """The units of these chunk ids that are this namespace's (a pk that another
+        namespace reuses is not this thread's), read from their keys and ``created_at``
+        alone where the index can (``labels``): their text is read for the few recalled."""
+        units: dict[int, _Unit] = {}
+        unlabelled = []
+        labels = getattr(self.index.chunks, "labels", None)
+        found = labels(pks, "created_at") if labels is not None else {}
+        for pk, (ns, key, when) in found.items():
+            if ns != namespace:
+                continue
+            unit = _Unit.labelled(key, when)
+            if unit is None:
+                unlabelled.append(pk)
+            else:
+                units[pk] = unit
+        if labels is None:
+            unlabelled = pks
+        if unlabelled:
+            rows = self.index.chunks.fetch(unlabelled)
+            units |= {pk: _Unit.of(row) for pk, row in rows.items() if row.namespace == namespace}
+        return units
 
     def _vector_ranking(
         self, query: str, namespace: str, notes: list[str] | None

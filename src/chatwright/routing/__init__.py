@@ -28,6 +28,7 @@ from chatwright.routing.router import (
     embed_exemplars,
     is_chitchat,
     merge_clauses,
+    phrases,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "evidence_from_hits",
     "is_chitchat",
     "merge_clauses",
+    "phrases",
     "route_clauses",
     "searched",
     "with_evidence",

@@ -23,6 +23,7 @@ import numpy as np
 from chatwright.routing.router import (
     CollectionProfile,
     KeywordEvidence,
+    KeywordHit,
     Route,
     SemanticRouter,
     clauses,
@@ -173,11 +174,11 @@ def with_evidence(
         # cost a BM25 pass over thousands of terms
         text = query[:_KEYWORD_CHARS]
 
-        def search() -> list[tuple[str, float]]:
+        def search() -> list[tuple[str, float, str]]:
             hits = index.search(text, namespaces, k=k, mode="keyword")
-            return [(h.namespace, float(h.scores.get("keyword", h.score))) for h in hits]
+            return [(h.namespace, float(h.scores.get("keyword", h.score)), h.text) for h in hits]
 
-        matched = KeywordEvidence(search, k)
+        matched = KeywordEvidence(search, k, query=text)
     return evidence_from_hits(profiles, nearest.top(k), k, matched, best=nearest.best())
 
 
@@ -185,28 +186,33 @@ def evidence_from_hits(
     profiles: Sequence[CollectionProfile],
     hits: Sequence[tuple[str, float]],
     k: int,
-    keyword_hits: Sequence[tuple[str, float]] | KeywordEvidence | None = None,
+    keyword_hits: Sequence[KeywordHit] | KeywordEvidence | None = None,
     *,
     best: Mapping[str, float] | None = None,
+    query: str | None = None,
 ) -> list[CollectionProfile]:
     """``profiles`` with the evidence of ``hits`` ((namespace, cosine), best first) and
-    ``keyword_hits`` ((namespace, BM25)), of which the first ``k`` count, or a
+    ``keyword_hits`` ((namespace, BM25), or with the chunk's text as a third item: then the
+    ``query``'s phrases each collection's matches hold), of which the first ``k`` count, or a
     :class:`KeywordEvidence` the router asks when it needs it; ``best``: each namespace's
     best cosine where known (else bounded by the k-th hit). Pure: the evaluation reuses one
     search for several ``k``."""
     hits = list(hits)[:k]
     lazy: KeywordEvidence | None = None
     found: dict[str, tuple[float, float]] | None = None
+    held: dict[str, tuple[str, ...]] | None = None
     if isinstance(keyword_hits, KeywordEvidence):
         lazy = keyword_hits
     elif keyword_hits is not None:
-        found = KeywordEvidence.of(keyword_hits, k).get()
+        matched = KeywordEvidence.of(keyword_hits, k, query)
+        found, held = matched.get(), matched.phrases_found()
 
     def keyword(p: CollectionProfile) -> dict[str, Any]:
         if found is None:
             return {"keyword_search": lazy}
         share, kw_best = found.get(p.namespace, (0.0, 0.0))
-        return {"keyword_share": share, "keyword_best": kw_best}
+        phrases = None if held is None else held.get(p.namespace, ())
+        return {"keyword_share": share, "keyword_best": kw_best, "keyword_phrases": phrases}
 
     if not hits:
         if found is None and lazy is None:

@@ -21,6 +21,7 @@ searching too much beats searching the wrong collection.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import re
@@ -56,6 +57,7 @@ __all__ = [
     "embed_exemplars",
     "is_chitchat",
     "merge_clauses",
+    "phrases",
 ]
 
 T = TypeVar("T")
@@ -77,6 +79,8 @@ class CollectionProfile:
     across all collections, and ``keyword_best`` the BM25 score of its best match among them
     (0.0: none of them; both None: no keyword search was made, or ``keyword_search`` will make
     it: a :class:`KeywordEvidence` that the router asks only when its decision needs it).
+    ``keyword_phrases``: the query's phrases (:func:`phrases`) that its best
+    :data:`PHRASE_TEXTS` keyword matches among those ``k`` hold (None: not known).
     """
 
     name: str
@@ -92,24 +96,48 @@ class CollectionProfile:
     keyword_share: float | None = None
     keyword_best: float | None = None
     keyword_search: KeywordEvidence | None = None
+    keyword_phrases: tuple[str, ...] | None = None
+
+
+def phrases(text: str) -> list[tuple[str, str]]:
+    """The phrases of ``text``: each two neighbouring words as keyword search indexes them
+    (case-folded, stemmed, stopwords dropped, so "parent or guardian" is ``("parent",
+    "guardian")``), in order, without repeats."""
+    from chatwright.search.text import analyze
+
+    terms = analyze(text)
+    return list(dict.fromkeys(itertools.pairwise(terms)))
+
+
+#: How many of each collection's best keyword matches are read for the query's phrases.
+PHRASE_TEXTS = 3
+
+#: (namespace, BM25) or (namespace, BM25, the matched chunk's text): a keyword match.
+KeywordHit = tuple[str, float] | tuple[str, float, str]
 
 
 class KeywordEvidence:
     """The query's ``k`` best keyword (BM25) matches across the collections, searched at most
     once and only when :meth:`get` is called: a router asks only when a keyword rule could
     change its decision, so a clear-cut query costs no keyword search. ``search`` returns
-    (namespace, BM25) pairs, best first."""
+    (namespace, BM25) pairs, best first, or (namespace, BM25, text) triples: then, given the
+    ``query``, :meth:`phrases_found` says which of its phrases each collection's best
+    :data:`PHRASE_TEXTS` matches hold."""
 
-    def __init__(self, search: Callable[[], Sequence[tuple[str, float]]], k: int) -> None:
+    def __init__(
+        self, search: Callable[[], Sequence[KeywordHit]], k: int, query: str | None = None
+    ) -> None:
         self._search = search
         self.k = k
+        self.query = query
         self._found: dict[str, tuple[float, float]] | None = None
+        self._phrases: dict[str, tuple[str, ...]] | None = None
         self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, hits: Sequence[tuple[str, float]], k: int) -> KeywordEvidence:
+    def of(cls, hits: Sequence[KeywordHit], k: int, query: str | None = None) -> KeywordEvidence:
         """Evidence from matches already found."""
-        return cls(lambda: hits, k)
+        return cls(lambda: hits, k, query)
 
     @property
     def searched(self) -> bool:
@@ -120,16 +148,43 @@ class KeywordEvidence:
         BM25 of its best one)."""
         with self._lock:
             if self._found is None:
-                mass: dict[str, float] = {}
-                best: dict[str, float] = {}
-                for namespace, score in list(self._search())[: self.k]:
-                    mass[namespace] = mass.get(namespace, 0.0) + max(0.0, score)
-                    best[namespace] = max(best.get(namespace, 0.0), max(0.0, score))
-                total = sum(mass.values())
-                self._found = {
-                    n: (m / total if total > 0 else 0.0, best[n]) for n, m in mass.items()
-                }
+                self._gather()
+            assert self._found is not None
             return self._found
+
+    def phrases_found(self) -> dict[str, tuple[str, ...]] | None:
+        """Per namespace with a match: the query's phrases (:func:`phrases`, each as "word
+        word") that its best :data:`PHRASE_TEXTS` matches among the first ``k`` hold; None
+        when the matches came without their text or there is no query."""
+        with self._lock:
+            if self._found is None:
+                self._gather()
+            return self._phrases
+
+    def _gather(self) -> None:
+        hits = list(self._search())[: self.k]
+        mass: dict[str, float] = {}
+        best: dict[str, float] = {}
+        for hit in hits:
+            namespace, score = hit[0], hit[1]
+            mass[namespace] = mass.get(namespace, 0.0) + max(0.0, score)
+            best[namespace] = max(best.get(namespace, 0.0), max(0.0, score))
+        total = sum(mass.values())
+        self._found = {n: (m / total if total > 0 else 0.0, best[n]) for n, m in mass.items()}
+        if self.query is None or any(len(hit) < 3 for hit in hits):
+            return
+        from chatwright.search.text import analyze
+
+        held: dict[str, set[tuple[str, str]]] = {n: set() for n in mass}
+        wanted = set(phrases(self.query))
+        read: dict[str, int] = {}
+        for hit in hits if wanted else ():
+            # each collection's best few matches: analyzing a chunk costs ~70 µs
+            if read.get(hit[0], 0) < PHRASE_TEXTS:
+                read[hit[0]] = read.get(hit[0], 0) + 1
+                terms = analyze(str(hit[2]))  # type: ignore[misc]
+                held[hit[0]] |= wanted.intersection(itertools.pairwise(terms))
+        self._phrases = {n: tuple(" ".join(p) for p in sorted(found)) for n, found in held.items()}
 
 
 @dataclass
@@ -369,6 +424,7 @@ class Evidence:
     keywords: float | None  # its share of the query's best keyword matches
     score: float  # the weighted sum the decision ranks by
     keyword_best: float | None = None  # BM25 of its best keyword match (0.0: none)
+    phrases: tuple[str, ...] | None = None  # the query's phrases its keyword matches hold
 
 
 class SemanticRouter:
@@ -396,7 +452,14 @@ class SemanticRouter:
        least ``keyword_lead`` times the best match of any other collection (``(best + 1) /
        (other + 1)``; 0: off) and its own score is within ``keyword_lead_margin`` of the best,
        is taken instead. Rare words (a product's name, a gene, an acronym) name the collection
-       that holds them where the embedding only sees the topic.
+       that holds them where the embedding only sees the topic. Before that, **the phrases
+       single one out**: when the query's phrases (two neighbouring words as keyword search
+       indexes them, :func:`phrases`: "Sky Blue", "free period") occur in the best keyword
+       matches of only one collection, at least ``phrase_lead`` of them (0: off), and its
+       score is within ``phrase_margin`` of the best, it is taken. Common words make BM25
+       scores even across collections; a name of two common words ("Everyone Pay") is still
+       found as a phrase in one place only. Both read the same one keyword search, made only
+       when a second collection scores within the larger of the two margins.
     4. **close runners-up**: another collection is added when its score is within ``margin``
        of the best *and* it holds at least ``min_share`` of the votes (a question spanning
        collections draws its nearest chunks from each), or within ``keyword_margin`` with at
@@ -428,6 +491,8 @@ class SemanticRouter:
         keyword_margin: float = 0.03,
         keyword_lead: float = 1.8,
         keyword_lead_margin: float = 0.15,
+        phrase_lead: int = 2,
+        phrase_margin: float = 0.15,
         size_penalty: float = 0.06,
         floor: float = 0.0,
         unsure_k: int = 2,
@@ -456,6 +521,8 @@ class SemanticRouter:
         self.keyword_margin = keyword_margin
         self.keyword_lead = keyword_lead
         self.keyword_lead_margin = keyword_lead_margin
+        self.phrase_lead = max(0, phrase_lead)
+        self.phrase_margin = phrase_margin
         self.floor = floor
         self.clauses = clauses
         self.clause_score = clause_score
@@ -469,7 +536,7 @@ class SemanticRouter:
     @property
     def uses_keywords(self) -> bool:
         """Whether a keyword rule can fire (else the keyword search is not worth making)."""
-        return self.keyword_share <= 1.0 or self.keyword_lead > 0
+        return self.keyword_share <= 1.0 or self.keyword_lead > 0 or self.phrase_lead > 0
 
     def vector(self, profile: CollectionProfile) -> np.ndarray | None:
         """``normalize(mix * description + (1 - mix) * centroid)``, remembered while the
@@ -537,7 +604,13 @@ class SemanticRouter:
             if self.size_penalty and p.chunks > 1:
                 score -= self.size_penalty * math.log(p.chunks)
             out[p.name] = Evidence(
-                p.best_chunk, share, profile, p.keyword_share, round(score, 4), p.keyword_best
+                p.best_chunk,
+                share,
+                profile,
+                p.keyword_share,
+                round(score, 4),
+                p.keyword_best,
+                p.keyword_phrases,
             )
         pending = [
             p
@@ -548,19 +621,45 @@ class SemanticRouter:
             for p in pending:
                 assert p.keyword_search is not None
                 kw_share, kw_best = p.keyword_search.get().get(p.namespace, (0.0, 0.0))
-                out[p.name] = replace(out[p.name], keywords=kw_share, keyword_best=kw_best)
+                held = p.keyword_search.phrases_found()
+                out[p.name] = replace(
+                    out[p.name],
+                    keywords=kw_share,
+                    keyword_best=kw_best,
+                    phrases=None if held is None else held.get(p.namespace, ()),
+                )
         return out
 
     def needs_keywords(self, found: Mapping[str, Evidence]) -> bool:
         """Whether a keyword rule could change this decision: the runner-up rule is on, or
-        the lead rule is and a second collection scores within ``keyword_lead_margin`` of
-        the best (else the keyword search is skipped: it could only confirm the best)."""
+        a lead rule is and a second collection scores within its margin of the best
+        (``keyword_lead_margin``, ``phrase_margin``; else the keyword search is skipped: it
+        could only confirm the best)."""
         if self.keyword_share <= 1.0:
             return True
-        if self.keyword_lead <= 0 or len(found) < 2:
+        margins = [self.keyword_lead_margin] if self.keyword_lead > 0 else []
+        margins += [self.phrase_margin] if self.phrase_lead > 0 else []
+        if not margins or len(found) < 2:
             return False
         first, second = sorted((e.score for e in found.values()), reverse=True)[:2]
-        return second >= first - self.keyword_lead_margin
+        return second >= first - max(margins)
+
+    def phrase_leader(
+        self, found: Mapping[str, Evidence], top_score: float
+    ) -> tuple[str, tuple[str, ...]] | None:
+        """(name, its phrases) of the collection the query's phrases single out (rule 3):
+        its keyword matches hold at least ``phrase_lead`` of the query's phrases and no
+        other collection's hold any, and its score is within ``phrase_margin`` of the best;
+        else None."""
+        if self.phrase_lead <= 0:
+            return None
+        holding = {n: e.phrases for n, e in found.items() if e.phrases}
+        if len(holding) != 1:
+            return None
+        ((name, held),) = holding.items()
+        if len(held) < self.phrase_lead or found[name].score < top_score - self.phrase_margin:
+            return None
+        return name, held
 
     def keyword_leader(
         self, found: Mapping[str, Evidence], top_score: float
@@ -624,9 +723,26 @@ class SemanticRouter:
         ranked = sorted(found.items(), key=lambda kv: -kv[1].score)
         top, top_e = ranked[0]
         why = {top: f"best score {top_e.score:.2f}{_detail(top_e)}"}
-        lead = self.keyword_leader(found, top_e.score)
+        phrased = self.phrase_leader(found, top_e.score)
+        lead = self.keyword_leader(found, top_e.score) if phrased is None else None
         demoted = None
-        if lead is not None and lead[0] != top:
+        singled = "keywords"
+        if phrased is not None and phrased[0] != top:
+            name, held = phrased
+            demoted, singled = top, "phrases"
+            why[demoted] = (
+                f"left out: best score {top_e.score:.2f}, but the query's phrases single out "
+                f"{name}{_detail(top_e)}"
+            )
+            ranked = [(name, found[name])] + [kv for kv in ranked if kv[0] != name]
+            top, top_e = ranked[0]
+            shown = ", ".join(repr(p) for p in held[:4])
+            why[top] = (
+                f"taken: its keyword matches hold {len(held)} of the query's phrases ({shown}) "
+                f"and no other collection's hold any, score {top_e.score:.2f} within "
+                f"{self.phrase_margin:.2f} of the best{_detail(top_e)}"
+            )
+        elif lead is not None and lead[0] != top:
             name, best_kw, other_kw = lead
             demoted = top
             why[demoted] = (
@@ -683,7 +799,7 @@ class SemanticRouter:
                 why[n] = f"left out: already {self.max_collections} collections"
         reason = f"best {top} {top_e.score:.2f}"
         if demoted is not None:
-            reason = f"{top} singled out by the keywords over {demoted} ({scores[demoted]:.2f})"
+            reason = f"{top} singled out by the {singled} over {demoted} ({scores[demoted]:.2f})"
         if len(chosen) > 1:
             reason += f"; also {', '.join(chosen[1:])} (within {self.margin:.2f})"
         return Route(chosen, self.name, scores, reason=reason, why=why)
@@ -702,6 +818,8 @@ SEMANTIC_OPTIONS = frozenset(
         "keyword_margin",
         "keyword_lead",
         "keyword_lead_margin",
+        "phrase_lead",
+        "phrase_margin",
         "size_penalty",
         "floor",
         "unsure_k",
@@ -750,6 +868,8 @@ def _detail(e: Evidence) -> str:
         parts.append(f"profile {e.profile:.2f}")
     if e.keywords is not None:
         parts.append(f"keywords {e.keywords:.0%}")
+    if e.phrases:
+        parts.append(f"phrases {len(e.phrases)}")
     return f" ({', '.join(parts)})" if parts else ""
 
 

@@ -19,7 +19,14 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["DEFAULT_RRF_K", "Fused", "convex_fusion", "reciprocal_rank_fusion", "rrf_score"]
+__all__ = [
+    "DEFAULT_RRF_K",
+    "Fused",
+    "convex_fusion",
+    "convex_scores",
+    "reciprocal_rank_fusion",
+    "rrf_score",
+]
 
 DEFAULT_RRF_K = 60.0
 
@@ -92,26 +99,40 @@ def convex_fusion(
     score: it ranked below everything listed. Weights default to 1; ranks are reported as in
     ``reciprocal_rank_fusion``.
     """
+    ranks: dict[T, dict[str, int]] = {}
+    for name, pairs in scored.items():
+        for position, (item, _) in enumerate(pairs, 1):
+            ranks.setdefault(item, {}).setdefault(name, position)
+    scores = convex_scores(scored, weights=weights, floors=floors)
+    return _sorted([Fused(item, scores[item], r) for item, r in ranks.items()], limit)
+
+
+def convex_scores(
+    scored: Mapping[str, Sequence[tuple[T, float]]],
+    *,
+    weights: Mapping[str, float] | None = None,
+    floors: Mapping[str, float] | None = None,
+) -> dict[T, float]:
+    """The fused score of every item of ``scored``, as :func:`convex_fusion` gives it, in
+    order of first appearance: for a caller that ranks them its own way (recall, which
+    adds to the scores first) and needs no ranks."""
     weights = weights or {}
     floors = floors or {}
-    ranks: dict[T, dict[str, int]] = {}
-    scaled: dict[str, dict[T, float]] = {}
-    lowest: dict[str, float] = {}
+    parts: list[tuple[float, dict[T, float], float]] = []
     for name, pairs in scored.items():
         if not pairs:
             continue
         values = _scaled([score for _, score in pairs], floors.get(name, 0.0))
-        scaled[name] = {}
-        for position, ((item, _), value) in enumerate(zip(pairs, values, strict=True), 1):
-            ranks.setdefault(item, {}).setdefault(name, position)
-            scaled[name].setdefault(item, value)
-        lowest[name] = min(values)
+        scaled: dict[T, float] = {}
+        for (item, _), value in zip(pairs, values, strict=True):
+            scaled.setdefault(item, value)
+        parts.append((weights.get(name, 1.0), scaled, min(values)))
+    items = dict.fromkeys(item for _, scaled, _ in parts for item in scaled)
     # sum(weight * scaled score) over the lists, in their order (as sum() would add them)
-    parts = [(weights.get(n, 1.0), scaled[n], lowest[n]) for n in scaled]
-    fused = []
-    for item, r in ranks.items():
+    out: dict[T, float] = {}
+    for item in items:
         score = 0.0
         for weight, values, low in parts:
             score += weight * values.get(item, low)
-        fused.append(Fused(item, score, r))
-    return _sorted(fused, limit)
+        out[item] = score
+    return out

@@ -304,6 +304,12 @@ class ChunkIndex(Protocol):
         """The chunks with these ids (missing ones left out)."""
         ...
 
+    def labels(self, ids: Sequence[int], field: str) -> dict[int, tuple[str, str, Any]]:
+        """(namespace, key, the value of metadata ``field`` or None) of the chunks with these
+        ids (missing ones left out): what ranking many candidates needs of them, without
+        their text or the rest of their metadata (``fetch`` reads those for the few kept)."""
+        ...
+
     def preload(self, namespaces: Sequence[str]) -> None:
         """Make the first search of ``namespaces`` fast (a no-op where nothing is cached)."""
         ...

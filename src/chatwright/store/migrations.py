@@ -93,11 +93,12 @@ def m002_memory(db: sqlite3.Connection) -> None:
 
 
 # The search index's tables (retrieval/): ``chunks`` holds every indexed piece of text, one row
-# per (namespace, key), with its metadata (JSON, for filters) and embedding (float16 bytes,
-# NULL without an embedder); ``chunks_fts`` is an external-content FTS5 index over its text
-# (``porter unicode61 remove_diacritics 2``), kept in step by triggers; ``chunk_namespaces``
-# counts each namespace's chunks and bumps a version on every write, so a process caching a
-# namespace in memory notices writes made by another.
+# per (namespace, key), with its metadata (JSON, for filters) and embedding (bytes: 8-bit from
+# schema 12, float16 before; NULL without an embedder; see sqlite_chunks.py); ``chunks_fts`` is
+# an external-content FTS5 index over its text (``porter unicode61 remove_diacritics 2``), kept
+# in step by triggers (from schema 12 only where the FTS5 backend is used: ``ensure_fts``);
+# ``chunk_namespaces`` counts each namespace's chunks and bumps a version on every write, so a
+# process caching a namespace in memory notices writes made by another.
 _SEARCH_INDEX: tuple[str, ...] = (
     """
     CREATE TABLE chunks (
@@ -290,6 +291,85 @@ def m011_branches(db: sqlite3.Connection) -> None:
     )
 
 
+# FTS5's index of chunks.text (about 10% of a collection's bytes, 180 of a recall unit's) is
+# read only by SQLiteChunks(keyword_backend="fts5"); the default ranks BM25 in memory. So it
+# exists only where that backend was opened (``ensure_fts``), kept by triggers of its own.
+_COUNTERS: tuple[str, ...] = (
+    """
+    CREATE TRIGGER chunks_after_insert AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunk_namespaces (namespace, version, chunks) VALUES (new.namespace, 1, 1)
+            ON CONFLICT (namespace) DO UPDATE SET version = version + 1, chunks = chunks + 1;
+    END
+    """,
+    """
+    CREATE TRIGGER chunks_after_delete AFTER DELETE ON chunks BEGIN
+        UPDATE chunk_namespaces SET version = version + 1, chunks = chunks - 1
+            WHERE namespace = old.namespace;
+    END
+    """,
+    """
+    CREATE TRIGGER chunks_after_update AFTER UPDATE ON chunks BEGIN
+        UPDATE chunk_namespaces SET version = version + 1, chunks = chunks - 1
+            WHERE namespace = old.namespace;
+        INSERT INTO chunk_namespaces (namespace, version, chunks) VALUES (new.namespace, 1, 1)
+            ON CONFLICT (namespace) DO UPDATE SET version = version + 1, chunks = chunks + 1;
+    END
+    """,
+)
+_FTS: tuple[str, ...] = (
+    """
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+        text, content = 'chunks', content_rowid = 'pk',
+        tokenize = 'porter unicode61 remove_diacritics 2'
+    )
+    """,
+    """
+    CREATE TRIGGER chunks_fts_after_insert AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunks_fts (rowid, text) VALUES (new.pk, new.text);
+    END
+    """,
+    """
+    CREATE TRIGGER chunks_fts_after_delete AFTER DELETE ON chunks BEGIN
+        INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.pk, old.text);
+    END
+    """,
+    """
+    CREATE TRIGGER chunks_fts_after_update AFTER UPDATE ON chunks BEGIN
+        INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.pk, old.text);
+        INSERT INTO chunks_fts (rowid, text) VALUES (new.pk, new.text);
+    END
+    """,
+)
+
+
+def m012_fts_on_demand(db: sqlite3.Connection) -> None:
+    # Vectors are written in 8 bits from this version on (sqlite_chunks.py), which older
+    # versions cannot read: this migration also keeps them from opening the database.
+    # (IF EXISTS: run again over its own result, it changes nothing)
+    for name in ("chunks_after_insert", "chunks_after_delete", "chunks_after_update"):
+        db.execute(f"DROP TRIGGER IF EXISTS {name}")
+    for statement in _COUNTERS:
+        db.execute(statement)
+    for name in ("chunks_fts_after_insert", "chunks_fts_after_delete", "chunks_fts_after_update"):
+        db.execute(f"DROP TRIGGER IF EXISTS {name}")
+    db.execute("DROP TABLE IF EXISTS chunks_fts")
+
+
+def ensure_fts(db: sqlite3.Connection) -> bool:
+    """Create the FTS5 index of chunks.text and its triggers if the database has none (a
+    database at schema 3..11 has it, kept by the counters' triggers); the caller holds a
+    transaction. Returns whether it was created (and filled from the rows)."""
+    found = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks_fts'"
+    ).fetchone()
+    if found:
+        return False
+    for statement in _FTS:
+        db.execute(statement)
+    db.execute("INSERT INTO chunks_fts (chunks_fts) VALUES ('rebuild')")
+    return True
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_memory,
@@ -302,6 +382,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m009_streams,
     m010_memory_trust,
     m011_branches,
+    m012_fts_on_demand,
 ]
 
 

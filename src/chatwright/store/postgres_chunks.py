@@ -366,6 +366,17 @@ class PostgresChunks:
             ).fetchall()
         return {row[0]: _record(row[1:]) for row in rows}
 
+    def labels(self, ids: Sequence[int], field: str) -> dict[int, tuple[str, str, Any]]:
+        if not ids:
+            return {}
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT id, namespace, key, metadata -> %s FROM chunks"
+                " WHERE id = ANY(%s::bigint[])",
+                (field, [int(i) for i in ids]),
+            ).fetchall()
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
     # -- rankings -------------------------------------------------------------------------
     def keyword(
         self,

@@ -1,12 +1,13 @@
 """The SQLite store's chunks and their search (:class:`~chatwright.store.base.ChunkIndex`).
 
 The rows of ``chunks`` are the truth (tables in ``migrations.py``, ``m003_search_index``);
-FTS5 keeps an on-disk keyword index beside them. For speed each namespace is also held in
-memory once searched (a *segment*): BM25 postings (``search/bm25.py``) and a float32 matrix of
-its vectors. A segment is extended in place when this object adds chunks, and rebuilt from
-SQLite when the namespace's version (bumped by triggers on every write, from any connection)
-no longer matches. The store builds one of these, so every bot of a process shares its
-segments.
+with ``keyword_backend="fts5"``, FTS5 keeps an on-disk keyword index beside them (made the
+first time that backend searches: the default needs none, ``m012_fts_on_demand``). For
+speed each namespace is also held in memory once searched (a *segment*): BM25 postings
+(``search/bm25.py``) and a float32 matrix of its vectors. A segment is extended in place when
+this object adds chunks, and rebuilt from SQLite when the namespace's version (bumped by
+triggers on every write, from any connection) no longer matches. The store builds one of
+these, so every bot of a process shares its segments.
 
 Vector search is exact (one matrix-vector product per namespace): p50 5.9 ms over 100,000
 384-dimensional vectors (``benchmarks/search.py``), recall 1.0, nothing to build. An ANN
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import struct
 import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +45,7 @@ from chatwright.search.bm25 import Grow, Postings, score_bm25
 from chatwright.search.filters import MetadataIndex, Scalar
 from chatwright.search.text import analyze, fts5_query
 from chatwright.store.base import ChunkRecord, IndexedChunk
+from chatwright.store.migrations import ensure_fts
 from chatwright.store.segment_files import FORMAT, SegmentFiles
 
 __all__ = ["KeywordBackend", "SQLiteChunks"]
@@ -51,10 +54,16 @@ log = logging.getLogger(__name__)
 
 KeywordBackend = Literal["memory", "fts5"]
 
-# Vectors are stored as float16 (half the bytes of float32; unit vectors lose ~1e-3 of cosine,
-# which does not change SciFact's nDCG@10 at 3 decimals) and searched as float32.
-_STORED_VECTOR = np.float16
-_VECTOR_BYTES = 2
+# Vectors are stored in 8 bits (a unit vector's components in int8 steps of its largest
+# magnitude / 127, and the scale that makes the decoded vector unit length again: 1 byte a
+# dimension and 5 of header, half float16's bytes; a cosine moves by ~1e-3 typically,
+# by sqrt(dim) * max|v| / 254 at worst; SciFact nDCG@10 hybrid 0.7348 against 0.7346, LoCoMo
+# recall@5 0.618 either way: benchmarks/README.md) and searched as float32.
+# Rows written before are float16 (2 bytes a dimension) and read as they are: a blob of odd
+# length is 8-bit, of even length float16 (so vectors of an odd dimension, which only tests
+# make, stay float16).
+_INT8_HEADER = struct.Struct("<Bf")  # a format byte (1), the scale (float32)
+_INT8_FORMAT = 1
 _SQL_BATCH = 500
 
 
@@ -85,7 +94,7 @@ class _Segment:
         self.has_vector.extend(present)
         if self.vectors is None and present.any():
             first = next(v for v in vectors if v is not None)
-            self.vectors = Grow(np.float32, len(first) // _VECTOR_BYTES)
+            self.vectors = Grow(np.float32, _blob_dim(len(first)))
             self.vectors.reserve(max(self.expected, self.pks.size))
             self.vectors.extend(np.zeros((self.pks.size - len(pks), self.vectors_dim), np.float32))
         if self.vectors is not None:
@@ -147,23 +156,65 @@ class _Segment:
 # One file per persisted segment: magic, the header's length (8 bytes, little-endian), the
 # header (JSON), then each array's bytes at a 64-byte-aligned offset from the aligned end of
 # the header. One file, so that replacing it (os.replace) is atomic for readers.
-def _matrix(blobs: Sequence[bytes | None], dim: int) -> np.ndarray:
-    out = np.zeros((len(blobs), dim), dtype=np.float32)
-    for i, blob in enumerate(blobs):
-        if blob is not None:
-            if len(blob) != _VECTOR_BYTES * dim:
-                got = len(blob) // _VECTOR_BYTES
-                raise UserError(f"a stored vector has {got} dimensions, not {dim}")
-            out[i] = np.frombuffer(blob, dtype=_STORED_VECTOR)
-    return out
+def _blob_dim(size: int) -> int:
+    """The dimension of a stored vector of ``size`` bytes."""
+    return size - _INT8_HEADER.size if size % 2 else size // 2
 
 
 def _blob(vector: np.ndarray | None) -> bytes | None:
-    return None if vector is None else np.asarray(vector).astype(_STORED_VECTOR).tobytes()
+    if vector is None:
+        return None
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if not np.all(np.isfinite(v)):
+        raise UserError("a vector to store holds NaN or infinite values")
+    if len(v) % 2:
+        return v.astype(np.float16).tobytes()
+    top = float(np.max(np.abs(v))) if len(v) else 0.0
+    q = np.clip(np.rint(v / (top / 127.0 if top > 0 else 1.0)), -127, 127).astype(np.int8)
+    # The scale gives the decoded vector the input's length, exactly 1 for a unit vector (all
+    # the index stores): a function of q alone then, so a vector read back, normalized and
+    # written again (ingest reuses unchanged chunks' vectors) is stored byte for byte the same.
+    length = float(np.linalg.norm(v.astype(np.float64)))
+    if abs(length - 1.0) < 1e-4:
+        length = 1.0
+    q_length = float(np.linalg.norm(q.astype(np.float64)))
+    scale = length / q_length if q_length > 0 else 1.0
+    return _INT8_HEADER.pack(_INT8_FORMAT, scale) + q.tobytes()
 
 
 def _unblob(blob: bytes | None) -> np.ndarray | None:
-    return None if blob is None else np.frombuffer(blob, dtype=_STORED_VECTOR).astype(np.float32)
+    if blob is None:
+        return None
+    if len(blob) % 2 == 0:
+        return np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+    form, scale = _INT8_HEADER.unpack_from(blob)
+    if form != _INT8_FORMAT:
+        raise StoreError(f"a stored vector has an unknown format ({form})")
+    return np.frombuffer(blob, dtype=np.int8, offset=_INT8_HEADER.size).astype(np.float32) * scale
+
+
+def _matrix(blobs: Sequence[bytes | None], dim: int) -> np.ndarray:
+    """The vectors of ``blobs`` as rows of float32 (zeros where None)."""
+    out = np.zeros((len(blobs), dim), dtype=np.float32)
+    int8 = []
+    for i, blob in enumerate(blobs):
+        if blob is None:
+            continue
+        if _blob_dim(len(blob)) != dim:
+            raise UserError(f"a stored vector has {_blob_dim(len(blob))} dimensions, not {dim}")
+        if len(blob) % 2:
+            int8.append(i)
+        else:
+            out[i] = np.frombuffer(blob, dtype=np.float16)
+    if int8:  # all at once: one buffer of rows (header + dim bytes each)
+        rows = np.frombuffer(b"".join(blobs[i] for i in int8), dtype=np.uint8)  # type: ignore[misc]
+        header = _INT8_HEADER.size
+        rows = rows.reshape(len(int8), header + dim)
+        if np.any(rows[:, 0] != _INT8_FORMAT):
+            raise StoreError("a stored vector has an unknown format")
+        scales = rows[:, 1:header].copy().view("<f4").reshape(-1)
+        out[int8] = rows[:, header:].view(np.int8).astype(np.float32) * scales[:, None]
+    return out
 
 
 def _placeholders(n: int) -> str:
@@ -222,6 +273,7 @@ class SQLiteChunks:
         self.segments_dir = None if segments_dir is None else Path(segments_dir)
         self._segment_files: SegmentFiles | None = None
         self._segment_files_known = False
+        self._fts_ready = False
 
     # -- writing --------------------------------------------------------------------------
     @contextmanager
@@ -277,15 +329,15 @@ class SQLiteChunks:
         self._persist_grown(namespace)
 
     def _check_dim(self, namespace: str, blobs: Sequence[bytes | None]) -> None:
-        sizes = {len(b) for b in blobs if b is not None}
+        sizes = {_blob_dim(len(b)) for b in blobs if b is not None}
         row = self.db.execute(
             "SELECT length(vector) FROM chunks WHERE namespace = ? AND vector IS NOT NULL LIMIT 1",
             (namespace,),
         ).fetchone()
         if row:
-            sizes.add(row[0])
+            sizes.add(_blob_dim(row[0]))
         if len(sizes) > 1:
-            dims = sorted(s // _VECTOR_BYTES for s in sizes)
+            dims = sorted(sizes)
             raise UserError(
                 f"vectors of different sizes {dims} in namespace {namespace!r}",
                 hint="use one embedding model per namespace (clear it to change model)",
@@ -338,7 +390,7 @@ class SQLiteChunks:
                 " WHERE namespace = ? AND vector IS NOT NULL LIMIT 1",
                 (namespace,),
             ).fetchone()
-        return row[0] // _VECTOR_BYTES if row else 0
+        return _blob_dim(row[0]) if row else 0
 
     def vectors(self, namespace: str, prefix: str) -> dict[str, np.ndarray | None]:
         # keys starting with the prefix: a range of the (namespace, key) index
@@ -384,7 +436,7 @@ class SQLiteChunks:
                 "SELECT vector FROM chunks WHERE namespace = ? AND vector IS NOT NULL",
                 (namespace,),
             ):
-                v = np.frombuffer(blob, dtype=_STORED_VECTOR).astype(np.float32)
+                v = _unblob(blob)
                 if total is None:
                     total = np.zeros_like(v)
                 if v.shape == total.shape:
@@ -417,6 +469,21 @@ class SQLiteChunks:
                     out[pk] = ChunkRecord(ns, key, text, json.loads(meta) if meta else {})
         return out
 
+    def labels(self, ids: Sequence[int], field: str) -> dict[int, tuple[str, str, Any]]:
+        if '"' in field:
+            raise UserError(f"invalid metadata field {field!r}")
+        out: dict[int, tuple[str, str, Any]] = {}
+        with self._lock:
+            for start in range(0, len(ids), _SQL_BATCH):
+                batch = list(ids[start : start + _SQL_BATCH])
+                for pk, ns, key, value in self.db.execute(
+                    "SELECT pk, namespace, key, json_extract(metadata, ?) FROM chunks"
+                    f" WHERE pk IN ({_placeholders(len(batch))})",
+                    [f'$."{field}"', *batch],
+                ):
+                    out[pk] = (ns, key, value)
+        return out
+
     # -- rankings -------------------------------------------------------------------------
     def keyword(
         self,
@@ -447,6 +514,7 @@ class SQLiteChunks:
                 match = fts5_query(query)
                 if not match:
                     return 0
+                self._ensure_fts()
                 row = self.db.execute(
                     "SELECT count(*) FROM chunks_fts JOIN chunks AS c ON c.pk = chunks_fts.rowid"
                     " WHERE chunks_fts MATCH ? AND c.namespace = ?",
@@ -462,6 +530,16 @@ class SQLiteChunks:
                 return sum(len(docs) for docs in lists)
             return len(np.unique(np.concatenate(lists))) if lists else 0
 
+    def _ensure_fts(self) -> None:
+        """The FTS5 index exists (made and filled from the rows the first time: the default
+        backend needs none, so a database has it only once this backend was used)."""
+        if self._fts_ready:
+            return
+        with self._transaction() as db:
+            if ensure_fts(db):
+                log.info("built the FTS5 keyword index of the chunks (keyword_backend fts5)")
+        self._fts_ready = True
+
     def _keyword_fts5(
         self,
         query: str,
@@ -472,6 +550,7 @@ class SQLiteChunks:
         match = fts5_query(query)
         if not match:
             return []
+        self._ensure_fts()
         where, params = filter_sql(filters or {}, "c.metadata")
         rows = self.db.execute(
             "SELECT c.pk, bm25(chunks_fts) AS s FROM chunks_fts JOIN chunks AS c"

@@ -15,7 +15,7 @@ even while a server keeps writing to it.
 
 Tables are streamed with ``COPY`` (100,000 messages take seconds). Chunks go through
 ``PostgresStore.chunks.write`` in batches (which checks dimensions and keeps the namespace
-counters), their float16 vectors made float32 unit vectors again; each dimension's HNSW index
+counters), their stored vectors made float32 unit vectors again; each dimension's HNSW index
 is built once its vectors are in (:func:`_index_afterwards`). What is transient is not copied:
 turn event streams, the job queue, the SQLite search index's segment files (PostgreSQL
 searches in SQL and needs none).
@@ -38,7 +38,7 @@ import numpy as np
 from chatwright.errors import StoreError, UserError
 from chatwright.store.base import IndexedChunk
 from chatwright.store.sqlite import SQLiteStore, _decode
-from chatwright.store.sqlite_chunks import _unblob
+from chatwright.store.sqlite_chunks import _blob_dim, _unblob
 from chatwright.types import dump_json
 
 if TYPE_CHECKING:
@@ -357,8 +357,8 @@ def _restart_identity(conn: psycopg.Connection, table: _Table) -> None:
 
 
 def _unit(blob: bytes | None) -> np.ndarray | None:
-    """A stored float16 vector as the float32 unit vector the chunk index takes (rounding
-    to float16 moved its length off 1 by up to ~1e-3)."""
+    """A stored vector as the float32 unit vector the chunk index takes (8 bits or float16
+    moved its length off 1 by up to ~1e-3)."""
     vector = _unblob(blob)
     if vector is None:
         return None
@@ -405,9 +405,9 @@ def _copy_chunks(
 
 
 def _dimensions(db: sqlite3.Connection) -> set[int]:
-    """The dimensions of the source's vectors (float16: two bytes each)."""
+    """The dimensions of the source's vectors (8-bit or, written before, float16)."""
     rows = db.execute("SELECT DISTINCT length(vector) FROM chunks WHERE vector IS NOT NULL")
-    return {int(size) // 2 for (size,) in rows}
+    return {_blob_dim(int(size)) for (size,) in rows}
 
 
 @contextlib.contextmanager
