@@ -307,12 +307,11 @@ class ThreadRecall:
     def _units(self, pks: list[int], namespace: str) -> dict[int, _Unit]:
         """The units of these chunk ids that are this namespace's (a pk that another
         namespace reuses is not this thread's), read from their keys and ``created_at``
-        alone where the index can (``labels``): their text is read for the few recalled."""
+        alone (``labels``; a key of an older form: the whole row): their text is read for the
+        few recalled."""
         units: dict[int, _Unit] = {}
         unlabelled = []
-        labels = getattr(self.index.chunks, "labels", None)
-        found = labels(pks, "created_at") if labels is not None else {}
-        for pk, (ns, key, when) in found.items():
+        for pk, (ns, key, when) in self.index.chunks.labels(pks, "created_at").items():
             if ns != namespace:
                 continue
             unit = _Unit.labelled(key, when)
@@ -320,8 +319,6 @@ class ThreadRecall:
                 unlabelled.append(pk)
             else:
                 units[pk] = unit
-        if labels is None:
-            unlabelled = pks
         if unlabelled:
             rows = self.index.chunks.fetch(unlabelled)
             units |= {pk: _Unit.of(row) for pk, row in rows.items() if row.namespace == namespace}

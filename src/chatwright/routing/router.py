@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
+from chatwright.search.text import analyze
+
 if TYPE_CHECKING:
     from chatwright.models.base import Model
     from chatwright.models.embeddings import Embedder
@@ -103,8 +105,6 @@ def phrases(text: str) -> list[tuple[str, str]]:
     """The phrases of ``text``: each two neighbouring words as keyword search indexes them
     (case-folded, stemmed, stopwords dropped, so "parent or guardian" is ``("parent",
     "guardian")``), in order, without repeats."""
-    from chatwright.search.text import analyze
-
     terms = analyze(text)
     return list(dict.fromkeys(itertools.pairwise(terms)))
 
@@ -173,8 +173,6 @@ class KeywordEvidence:
         self._found = {n: (m / total if total > 0 else 0.0, best[n]) for n, m in mass.items()}
         if self.query is None or any(len(hit) < 3 for hit in hits):
             return
-        from chatwright.search.text import analyze
-
         held: dict[str, set[tuple[str, str]]] = {n: set() for n in mass}
         wanted = set(phrases(self.query))
         read: dict[str, int] = {}

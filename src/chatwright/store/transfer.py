@@ -357,8 +357,8 @@ def _restart_identity(conn: psycopg.Connection, table: _Table) -> None:
 
 
 def _unit(blob: bytes | None) -> np.ndarray | None:
-    """A stored vector as the float32 unit vector the chunk index takes (8 bits or float16
-    moved its length off 1 by up to ~1e-3)."""
+    """A stored vector as the float32 unit vector the chunk index takes (an 8-bit one decodes
+    to unit length already; rounding to float16 moved a length off 1 by up to ~1e-3)."""
     vector = _unblob(blob)
     if vector is None:
         return None
