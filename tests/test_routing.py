@@ -35,6 +35,7 @@ from chatwright.routing import (
     is_chitchat,
     merge_clauses,
     phrases,
+    vocabulary_fit,
     with_evidence,
 )
 from chatwright.routing.router import PHRASE_TEXTS
@@ -385,6 +386,79 @@ def test_phrases_found_by_the_routes_keyword_search(index: SearchIndex) -> None:
         "collection:2": (),
     }
     assert search.searched
+
+
+def test_vocabulary_fit_prefers_the_collection_whose_chunks_hold_the_words() -> None:
+    counts = {
+        "space": (100, (30, 5)),  # 30% of its chunks say "moxie", 5% "oxygen"
+        "health": (100, (0, 20)),
+        "unknown": None,  # an external source or an empty collection: the prior
+    }
+    fit = vocabulary_fit(counts, smoothing=2.0)
+    assert fit["space"] == 0.0 and fit["health"] < fit["unknown"] < 0.0
+    # the prior is a collection holding the words as often as all of them together
+    prior = vocabulary_fit({"space": (100, (30, 5)), "health": (100, (0, 20)), "x": (1, (0, 0))})
+    assert abs(prior["x"] - fit["unknown"]) < 0.05
+    # heavier smoothing pulls every collection toward the prior: smaller differences
+    assert vocabulary_fit(counts, smoothing=50.0)["health"] > fit["health"]
+    # a tiny collection's one lucky chunk counts less than a big one's steady share
+    lucky = vocabulary_fit({"tiny": (2, (1,)), "big": (1000, (300,)), "other": (1000, (0,))})
+    assert lucky["big"] == 0.0 and lucky["other"] < lucky["tiny"] < 0.0
+    assert vocabulary_fit({}) == {} and vocabulary_fit({"a": None}) == {}
+    assert vocabulary_fit({"a": (5, ()), "b": (5, ())}) == {}  # no keywords
+    assert vocabulary_fit({"a": (5, (1,)), "b": (5, (1, 2))}) == {}  # not the same keywords
+
+
+def test_semantic_vocabulary_decides_a_near_tie(profiles: list[CollectionProfile]) -> None:
+    """The vocabulary term: devices' best chunk is a little nearer, but the query's words are
+    common in hr's chunks and rare in devices': hr is taken, and the trace shows why."""
+    q = "pension salary"
+    hits = [("collection:devices", 0.62), ("collection:hr", 0.61), ("collection:recipes", 0.1)]
+    counts = {
+        "collection:devices": (100, (1, 0)),
+        "collection:hr": (100, (40, 35)),
+        "collection:recipes": (100, (0, 0)),
+    }
+    seen = evidence_from_hits(profiles, hits, 40, term_counts=counts)
+    assert {p.name: p.term_counts for p in seen}["hr"] == (100, (40, 35))
+    options = {**_PLAIN, "keyword_lead": 0.0, "phrase_lead": 0}
+    route = SemanticRouter(vocabulary_weight=0.06, **options).route(q, vec(q), seen)
+    assert route is not None and route.collections == ["hr"]
+    assert "vocabulary +0.00" in route.why["hr"] and "vocabulary -" in route.why["devices"]
+    off = SemanticRouter(vocabulary_weight=0.0, **options).route(q, vec(q), seen)
+    assert off is not None and off.collections == ["devices"]
+    unknown = evidence_from_hits(profiles, hits, 40)  # no counts: the term is left out
+    plain = SemanticRouter(vocabulary_weight=0.06, **options).route(q, vec(q), unknown)
+    assert plain is not None and plain.collections == ["devices"]
+    assert "vocabulary" not in plain.why["devices"]
+    with pytest.raises(ValueError, match="vocabulary"):
+        SemanticRouter(vocabulary_smoothing=0.0)
+    with pytest.raises(ValueError, match="vocabulary"):
+        SemanticRouter(vocabulary_weight=-1.0)
+
+
+@pytest.mark.parametrize("backend", ["memory", "fts5"])
+def test_with_evidence_counts_the_querys_words(tmp_path: Path, backend: str) -> None:
+    """with_evidence reads each collection's keyword counts from the index (both SQLite
+    keyword backends), only when asked; a query without keywords has none."""
+    db = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
+    m003_retrieval(db)
+    index = SearchIndex(SQLiteChunks(db, keyword_backend=backend), EMB)  # type: ignore[arg-type]
+    index.add(
+        "collection:1", [{"key": "a", "text": "pension and salary"}, {"key": "b", "text": "salary"}]
+    )
+    index.add("collection:2", [{"key": "c", "text": "printer"}])
+    profiles = build_profiles(index, [info("hr", 1), info("devices", 2)], EMB, cache=ProfileCache())
+    q = "pension salary"
+    seen = {p.name: p.term_counts for p in with_evidence(index, profiles, q, vec(q))}
+    assert seen["hr"] is not None and seen["devices"] is not None
+    assert seen["hr"][0] == 2 and sorted(seen["hr"][1]) == [1, 2]
+    assert seen["devices"] == (1, (0, 0))
+    off = with_evidence(index, profiles, q, vec(q), vocabulary=False)
+    assert all(p.term_counts is None for p in off)
+    none = with_evidence(index, profiles, "the and", vec("the and"))
+    assert all(p.term_counts is None for p in none)
+    db.close()
 
 
 def test_semantic_size_penalty_stops_a_big_collection_winning_by_chance(

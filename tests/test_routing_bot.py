@@ -272,6 +272,21 @@ def test_a_turns_route_takes_the_collection_the_phrases_single_out(store):
     assert "'skylink router'" in route.why["manuals"]
 
 
+def test_a_turns_route_weighs_how_common_the_querys_words_are(store):
+    """[routing] vocabulary_weight reaches the turn's router: each collection's score holds
+    its vocabulary fit (the keyword index's counts of the query's words), shown in the trace;
+    0 turns it off."""
+    q = "how many days of sick leave"
+    route, _, _ = asyncio.run(make_bot(store, clauses=False).route(q))
+    assert route.collections == ["hr"]
+    assert "vocabulary +0.00" in route.why["hr"] and "vocabulary -" in route.why["manuals"]
+    for info in store.list_collections("local"):
+        store.delete_collection("local", info.name)
+    off, _, _ = asyncio.run(make_bot(store, clauses=False, vocabulary_weight=0.0).route(q))
+    assert off.collections == ["hr"] and not any("vocabulary" in w for w in off.why.values())
+    assert off.scores["manuals"] > route.scores["manuals"]  # the term lowered the rival
+
+
 def test_the_eval_command_reports_every_figure(tmp_path):
     """``chatwright eval routing`` prints exact set, small talk → none, over- and
     under-inclusion, p50/p95 and exact set per expected collection."""

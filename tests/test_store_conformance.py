@@ -459,6 +459,33 @@ def test_labels_read_a_field_of_the_chunks_without_their_text(store: Store) -> N
     assert chunks.labels([], "created_at") == {}
 
 
+def test_term_counts_count_the_chunks_holding_each_keyword(store: Store) -> None:
+    """Routing's vocabulary evidence: per namespace with chunks, its chunk count and how many
+    of them hold each of the query's keywords, the same keywords in the same order for every
+    namespace (each backend analyzes the query as its keyword search does)."""
+    chunks = store.chunks
+    chunks.write(
+        "collection:1",
+        [
+            IndexedChunk("a", "printer ink and toner", None, None),
+            IndexedChunk("b", "printer cable", None, None),
+            IndexedChunk("c", "bread", None, None),
+        ],
+    )
+    chunks.write("collection:2", [IndexedChunk("d", "ink drawing", None, None)])
+    chunks.write("collection:3", [IndexedChunk("e", "x", None, None)])
+    chunks.delete("collection:3", ["e"])  # no chunks left: not listed
+    got = chunks.term_counts("printer ink", ["collection:1", "collection:2", "collection:3"])
+    assert set(got) == {"collection:1", "collection:2"}
+    assert got["collection:1"][0] == 3 and got["collection:2"][0] == 1
+    one, two = got["collection:1"][1], got["collection:2"][1]
+    assert len(one) == len(two) == 2
+    assert sorted(zip(one, two, strict=True)) == [(1, 1), (2, 0)]  # ink: 1 and 1; printer: 2, 0
+    assert chunks.term_counts("printer", ["collection:2"]) == {"collection:2": (1, (0,))}
+    assert chunks.term_counts("the and of", ["collection:1"]) == {}  # stopwords only
+    assert chunks.term_counts("printer", []) == {}
+
+
 # -- the engine on each backend -------------------------------------------------------------
 def test_ingest_is_idempotent(store: Store, tmp_path: Path) -> None:
     docs = tmp_path / "docs"

@@ -734,6 +734,7 @@ class Chatbot:
                     k,
                     keywords=semantic.uses_keywords,
                     nearest=nearest,
+                    vocabulary=semantic.uses_vocabulary,
                 )
             route = await achain(routers, profiles, query, vector)
             route.search = nearest

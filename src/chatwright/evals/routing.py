@@ -59,6 +59,7 @@ from chatwright.routing import (
     route_clauses,
     with_evidence,
 )
+from chatwright.routing.profiles import KEYWORD_CHARS
 
 __all__ = ["DEFAULT_DIR", "evaluate", "load_questions", "main", "score", "strategies_for"]
 
@@ -103,6 +104,7 @@ def strategies_for(
     sem = SemanticRouter(chitchat=embed_exemplars(embedder), **options)
     plain = {"mix": 0.0, "chunk_weight": 0.0, "vote_weight": 0.0, "size_penalty": 0.0}
     plain |= {"margin": 0.0, "floor": -1.0, "keyword_lead": 0.0, "phrase_lead": 0}
+    plain |= {"vocabulary_weight": 0.0}
     baseline = SemanticRouter(clauses=False, keyword_share=2.0, **plain)
     out: dict[str, list[Router]] = {
         "semantic": [ChitChatRouter(), sem],
@@ -154,12 +156,15 @@ def score(
 
 
 def _query_vectors(embedder: Any, texts: list[str], cache_dir: Path | None) -> list[np.ndarray]:
-    """The questions' embeddings, kept in ``cache_dir`` between runs."""
-    digest = hashlib.sha1("\n".join([getattr(embedder, "name", ""), *texts]).encode()).hexdigest()
+    """The questions' embeddings, each embedded alone as a turn embeds its message (in a batch,
+    the padding and the quantized model's per-batch scales move a vector enough to change a
+    close route), kept in ``cache_dir`` between runs."""
+    key = "\n".join([getattr(embedder, "name", ""), "one by one", *texts])
+    digest = hashlib.sha1(key.encode()).hexdigest()
     path = None if cache_dir is None else cache_dir / f"queries-{digest[:16]}.npy"
     if path is not None and path.exists():
         return list(np.load(path))
-    vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
+    vectors = np.asarray([embedder.embed([t])[0] for t in texts], dtype=np.float32)
     if path is not None:
         np.save(path, vectors)
     return list(vectors)
@@ -180,7 +185,9 @@ def route_one(
     seen = profiles
     if sem is not None:
         kw = sem.uses_keywords
-        seen = with_evidence(index, profiles, text, vector, vote_k, keywords=kw)
+        seen = with_evidence(
+            index, profiles, text, vector, vote_k, keywords=kw, vocabulary=sem.uses_vocabulary
+        )
     route = chain(routers, seen, text, vector)
     if sem is not None and sem.clauses:
         parts = route_clauses(index, sem, profiles, text, vote_k)
@@ -377,6 +384,7 @@ class _Prepared:
             ]
             for t in texts
         ]
+        self.term_counts = [index.term_counts(t[:KEYWORD_CHARS], namespaces) for t in texts]
 
     @staticmethod
     def _search(index: Any, namespaces: list[str], text: str, embedder: Any) -> Any:
@@ -386,20 +394,29 @@ class _Prepared:
             v,
             index.nearest(v, namespaces, _SEARCH_K),
             [(h.namespace, float(h.scores["keyword"]), h.text) for h in kw],
+            index.term_counts(text[:KEYWORD_CHARS], namespaces),
         )
 
     def _evidence(
-        self, nearest: Nearest, k: int, keywords: Any, query: str
+        self, nearest: Nearest, k: int, keywords: Any, query: str, counts: Any
     ) -> list[CollectionProfile]:
         return evidence_from_hits(
-            self.profiles, nearest.top(k), k, keywords, best=nearest.best(), query=query
+            self.profiles,
+            nearest.top(k),
+            k,
+            keywords,
+            best=nearest.best(),
+            query=query,
+            term_counts=counts,
         )
 
     def accuracy(self, routers: Sequence[Router], vote_k: int) -> tuple[float, list[Route]]:
         if vote_k not in self._seen:
             self._seen[vote_k] = [
-                self._evidence(n, vote_k, kw, q["question"])
-                for n, kw, q in zip(self.nearest, self.keyword_hits, self.questions, strict=True)
+                self._evidence(n, vote_k, kw, q["question"], tc)
+                for n, kw, q, tc in zip(
+                    self.nearest, self.keyword_hits, self.questions, self.term_counts, strict=True
+                )
             ]
         sem = next(r for r in routers if isinstance(r, SemanticRouter))
         routes = []
@@ -409,8 +426,8 @@ class _Prepared:
             route = chain(routers, seen, q["question"], v)
             if parts and sem.clauses:
                 routed = [
-                    (c, sem.route(c, pv, self._evidence(n, vote_k, kw, c)))
-                    for c, (pv, n, kw) in parts
+                    (c, sem.route(c, pv, self._evidence(n, vote_k, kw, c, tc)))
+                    for c, (pv, n, kw, tc) in parts
                 ]
                 route = merge_clauses(route, routed, min_score=sem.clause_score)
             routes.append(route)

@@ -277,6 +277,13 @@ class SearchIndex:
             return bool(counted(query, namespace) >= at_least)
         return len(self.chunks.keyword(query, [namespace], None, at_least)) >= at_least
 
+    def term_counts(
+        self, query: str, namespaces: Sequence[str]
+    ) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """Per namespace with chunks: (its chunks, how many hold each of the query's keywords):
+        counts from the keyword index (``ChunkIndex.term_counts``), no scoring."""
+        return self.chunks.term_counts(query, list(dict.fromkeys(namespaces)))
+
     # -- searching ------------------------------------------------------------------------
     def search(
         self,

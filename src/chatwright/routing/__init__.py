@@ -29,6 +29,7 @@ from chatwright.routing.router import (
     is_chitchat,
     merge_clauses,
     phrases,
+    vocabulary_fit,
 )
 
 __all__ = [
@@ -57,5 +58,6 @@ __all__ = [
     "phrases",
     "route_clauses",
     "searched",
+    "vocabulary_fit",
     "with_evidence",
 ]

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_VOTE_K",
+    "KEYWORD_CHARS",
     "ProfileCache",
     "build_profiles",
     "evidence_from_hits",
@@ -140,7 +141,8 @@ def source_profiles(
 
 #: How many of the query's nearest chunks (across all collections) vote.
 DEFAULT_VOTE_K = 40
-_KEYWORD_CHARS = 1000
+#: How much of a message the keyword evidence reads (its first characters).
+KEYWORD_CHARS = 1000
 
 
 def searched(profiles: Sequence[CollectionProfile]) -> list[str]:
@@ -157,29 +159,35 @@ def with_evidence(
     *,
     keywords: bool = True,
     nearest: Nearest | None = None,
+    vocabulary: bool = True,
 ) -> list[CollectionProfile]:
     """``profiles`` carrying this query's evidence, from ONE exact vector search across all
     the collections (``nearest``, made here when not given: ``SearchIndex.nearest`` over
     :func:`searched`; retrieval reuses it): each collection's best chunk and the ``k``
-    nearest chunks over all; and (``keywords``) one keyword search of the ``k`` best matches,
-    made only if the router asks (:class:`KeywordEvidence`, see :class:`CollectionProfile`)."""
+    nearest chunks over all; (``keywords``) one keyword search of the ``k`` best matches,
+    made only if the router asks (:class:`KeywordEvidence`, see :class:`CollectionProfile`);
+    and (``vocabulary``) how many chunks of each collection hold each of the query's keywords
+    (``SearchIndex.term_counts``: counts, no scoring)."""
     namespaces = searched(profiles)
     if not namespaces:
         return list(profiles)
     if nearest is None:
         nearest = index.nearest(query_vector, namespaces, k)
+    # a message's first words say what it is about; a 30,000-character paste must not cost a
+    # BM25 pass (or counts) over thousands of terms
+    text = query[:KEYWORD_CHARS]
+    counts = index.term_counts(text, namespaces) if vocabulary else None
     matched = None
     if keywords:
-        # a message's first words say what it is about; a 30,000-character paste must not
-        # cost a BM25 pass over thousands of terms
-        text = query[:_KEYWORD_CHARS]
 
         def search() -> list[tuple[str, float, str]]:
             hits = index.search(text, namespaces, k=k, mode="keyword")
             return [(h.namespace, float(h.scores.get("keyword", h.score)), h.text) for h in hits]
 
         matched = KeywordEvidence(search, k, query=text)
-    return evidence_from_hits(profiles, nearest.top(k), k, matched, best=nearest.best())
+    return evidence_from_hits(
+        profiles, nearest.top(k), k, matched, best=nearest.best(), term_counts=counts
+    )
 
 
 def evidence_from_hits(
@@ -190,13 +198,15 @@ def evidence_from_hits(
     *,
     best: Mapping[str, float] | None = None,
     query: str | None = None,
+    term_counts: Mapping[str, tuple[int, tuple[int, ...]]] | None = None,
 ) -> list[CollectionProfile]:
     """``profiles`` with the evidence of ``hits`` ((namespace, cosine), best first) and
     ``keyword_hits`` ((namespace, BM25), or with the chunk's text as a third item: then the
     ``query``'s phrases each collection's matches hold), of which the first ``k`` count, or a
     :class:`KeywordEvidence` the router asks when it needs it; ``best``: each namespace's
-    best cosine where known (else bounded by the k-th hit). Pure: the evaluation reuses one
-    search for several ``k``."""
+    best cosine where known (else bounded by the k-th hit); ``term_counts``: per namespace,
+    (its chunks, how many hold each of the query's keywords) (``SearchIndex.term_counts``).
+    Pure: the evaluation reuses one search for several ``k``."""
     hits = list(hits)[:k]
     lazy: KeywordEvidence | None = None
     found: dict[str, tuple[float, float]] | None = None
@@ -208,14 +218,19 @@ def evidence_from_hits(
         found, held = matched.get(), matched.phrases_found()
 
     def keyword(p: CollectionProfile) -> dict[str, Any]:
+        counted = {} if term_counts is None else {"term_counts": term_counts.get(p.namespace)}
         if found is None:
-            return {"keyword_search": lazy}
+            return {"keyword_search": lazy} | counted
         share, kw_best = found.get(p.namespace, (0.0, 0.0))
         phrases = None if held is None else held.get(p.namespace, ())
-        return {"keyword_share": share, "keyword_best": kw_best, "keyword_phrases": phrases}
+        return {
+            "keyword_share": share,
+            "keyword_best": kw_best,
+            "keyword_phrases": phrases,
+        } | counted
 
     if not hits:
-        if found is None and lazy is None:
+        if found is None and lazy is None and term_counts is None:
             return list(profiles)
         return [dataclasses.replace(p, **keyword(p)) for p in profiles]
     top = hits[0][1]
@@ -250,6 +265,14 @@ def route_clauses(
     out: list[tuple[str, Route | None]] = []
     for part in clauses(query):
         vector = index.embed_query(part)
-        seen = with_evidence(index, profiles, part, vector, k, keywords=router.uses_keywords)
+        seen = with_evidence(
+            index,
+            profiles,
+            part,
+            vector,
+            k,
+            keywords=router.uses_keywords,
+            vocabulary=router.uses_vocabulary,
+        )
         out.append((part, router.route(part, vector, seen)))
     return out

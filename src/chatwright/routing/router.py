@@ -60,6 +60,7 @@ __all__ = [
     "is_chitchat",
     "merge_clauses",
     "phrases",
+    "vocabulary_fit",
 ]
 
 T = TypeVar("T")
@@ -83,6 +84,8 @@ class CollectionProfile:
     it: a :class:`KeywordEvidence` that the router asks only when its decision needs it).
     ``keyword_phrases``: the query's phrases (:func:`phrases`) that its best
     :data:`PHRASE_TEXTS` keyword matches among those ``k`` hold (None: not known).
+    ``term_counts``: (its chunks, how many of them hold each of the query's keywords), from
+    the keyword index (``SearchIndex.term_counts``; None: not known, or no keywords).
     """
 
     name: str
@@ -99,6 +102,42 @@ class CollectionProfile:
     keyword_best: float | None = None
     keyword_search: KeywordEvidence | None = None
     keyword_phrases: tuple[str, ...] | None = None
+    term_counts: tuple[int, tuple[int, ...]] | None = None
+
+
+def vocabulary_fit(
+    counts: Mapping[str, tuple[int, tuple[int, ...]] | None], smoothing: float = 2.0
+) -> dict[str, float]:
+    """How well each collection's words fit the query, relative to the best (<= 0; {}: not
+    known): the mean over the query's keywords of the log-probability that a chunk of the
+    collection holds the keyword, each collection smoothed toward all of them together
+    (Dirichlet, ``mu = smoothing * the mean collection's chunks``), less the best collection's.
+
+    ``counts``: per collection, (its chunks, how many hold each keyword), or None where not
+    known (an empty collection, an external source): those count as holding the keywords as
+    often as the collections together do (the prior). This is the language-model view of
+    federated search's collection selection: a word common in one collection and rare in
+    the others names it even when no single chunk matches the question well, and it needs
+    no scoring, only the counts the keyword index keeps.
+    """
+    known = {n: c for n, c in counts.items() if c is not None and c[0] > 0}
+    widths = {len(held) for _, held in known.values()}
+    if not known or len(widths) != 1 or 0 in widths or smoothing <= 0:
+        return {}
+    terms = widths.pop()
+    total = sum(size for size, _ in known.values())
+    mu = smoothing * total / len(known)
+    held_all = [sum(held[i] for _, held in known.values()) for i in range(terms)]
+    background = [(h + 0.5) / (total + 1.0) for h in held_all]
+    prior = sum(math.log(b) for b in background) / terms
+
+    def fit(size: int, held: tuple[int, ...]) -> float:
+        logs = (math.log((h + mu * b) / (size + mu)) for h, b in zip(held, background, strict=True))
+        return sum(logs) / terms
+
+    raw = {n: fit(*known[n]) if n in known else prior for n in counts}
+    top = max(raw.values())
+    return {n: v - top for n, v in raw.items()}
 
 
 def phrases(text: str) -> list[tuple[str, str]]:
@@ -423,6 +462,7 @@ class Evidence:
     score: float  # the weighted sum the decision ranks by
     keyword_best: float | None = None  # BM25 of its best keyword match (0.0: none)
     phrases: tuple[str, ...] | None = None  # the query's phrases its keyword matches hold
+    vocabulary: float | None = None  # its vocabulary fit less the best one's (vocabulary_fit)
 
 
 class SemanticRouter:
@@ -436,7 +476,12 @@ class SemanticRouter:
     score is ``chunk_weight * best + vote_weight * votes + (1 - chunk_weight - vote_weight) *
     profile`` (a missing part's weight goes to the others), less ``size_penalty * ln(chunks)``:
     the best of many chunks is high by chance alone (the maximum of N draws grows with N), so a
-    big collection of generic text would otherwise win questions that belong elsewhere.
+    big collection of generic text would otherwise win questions that belong elsewhere. Plus
+    ``vocabulary_weight * vocabulary``: how common the query's keywords are in the collection
+    against the others (:func:`vocabulary_fit`, <= 0, 0 for the best fit; smoothed by
+    ``vocabulary_smoothing``), from the keyword index's counts. The embedding sees a topic;
+    the counts see that "MOXIE" or "OTS" are words of one collection, though no single chunk
+    of it is near the question.
 
     The decision, in order (each rule says why in ``Route.why``):
 
@@ -492,6 +537,8 @@ class SemanticRouter:
         phrase_lead: int = 2,
         phrase_margin: float = 0.15,
         size_penalty: float = 0.06,
+        vocabulary_weight: float = 0.06,
+        vocabulary_smoothing: float = 2.0,
         floor: float = 0.0,
         unsure_k: int = 2,
         clauses: bool = True,
@@ -508,6 +555,11 @@ class SemanticRouter:
             raise ValueError(f"vote_weight must be within [0, 1 - chunk_weight], not {vote_weight}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, not {temperature}")
+        if vocabulary_weight < 0 or vocabulary_smoothing <= 0:
+            raise ValueError(
+                "vocabulary_weight must be >= 0 and vocabulary_smoothing > 0, not "
+                f"{vocabulary_weight} and {vocabulary_smoothing}"
+            )
         self.margin = margin
         self.min_share = min_share
         self.mix = mix
@@ -515,6 +567,8 @@ class SemanticRouter:
         self.vote_weight = vote_weight
         self.temperature = temperature
         self.size_penalty = size_penalty
+        self.vocabulary_weight = vocabulary_weight
+        self.vocabulary_smoothing = vocabulary_smoothing
         self.keyword_share = keyword_share
         self.keyword_margin = keyword_margin
         self.keyword_lead = keyword_lead
@@ -535,6 +589,11 @@ class SemanticRouter:
     def uses_keywords(self) -> bool:
         """Whether a keyword rule can fire (else the keyword search is not worth making)."""
         return self.keyword_share <= 1.0 or self.keyword_lead > 0 or self.phrase_lead > 0
+
+    @property
+    def uses_vocabulary(self) -> bool:
+        """Whether the vocabulary term counts (else the keyword counts are not worth reading)."""
+        return self.vocabulary_weight > 0
 
     def vector(self, profile: CollectionProfile) -> np.ndarray | None:
         """``normalize(mix * description + (1 - mix) * centroid)``, remembered while the
@@ -580,6 +639,11 @@ class SemanticRouter:
         """Each collection's evidence and score (collections with none are left out)."""
         q = _unit(query_vector)
         votes = self._votes(profiles)
+        fits = (
+            vocabulary_fit({p.name: p.term_counts for p in profiles}, self.vocabulary_smoothing)
+            if self.vocabulary_weight > 0 and any(p.term_counts for p in profiles)
+            else {}
+        )
         out: dict[str, Evidence] = {}
         for p in profiles:
             v = self.vector(p)
@@ -601,6 +665,9 @@ class SemanticRouter:
             )
             if self.size_penalty and p.chunks > 1:
                 score -= self.size_penalty * math.log(p.chunks)
+            fit = fits.get(p.name)
+            if fit is not None:
+                score += self.vocabulary_weight * fit
             out[p.name] = Evidence(
                 p.best_chunk,
                 share,
@@ -609,6 +676,7 @@ class SemanticRouter:
                 round(score, 4),
                 p.keyword_best,
                 p.keyword_phrases,
+                None if fit is None else round(fit, 4),
             )
         pending = [
             p
@@ -790,7 +858,9 @@ class SemanticRouter:
                     f"{self.keyword_margin:.2f} of the best{_detail(e)}"
                 )
             elif not close:
-                why[n] = f"left out: {e.score:.2f} < {top_e.score:.2f} - {self.margin:.2f}"
+                why[n] = (
+                    f"left out: {e.score:.2f} < {top_e.score:.2f} - {self.margin:.2f}{_detail(e)}"
+                )
             elif share < self.min_share:
                 why[n] = f"left out: close ({e.score:.2f}) but {share:.0%} of the nearest chunks"
             else:
@@ -819,6 +889,8 @@ SEMANTIC_OPTIONS = frozenset(
         "phrase_lead",
         "phrase_margin",
         "size_penalty",
+        "vocabulary_weight",
+        "vocabulary_smoothing",
         "floor",
         "unsure_k",
         "clauses",
@@ -868,6 +940,8 @@ def _detail(e: Evidence) -> str:
         parts.append(f"keywords {e.keywords:.0%}")
     if e.phrases:
         parts.append(f"phrases {len(e.phrases)}")
+    if e.vocabulary is not None:
+        parts.append(f"vocabulary {e.vocabulary:+.2f}")
     return f" ({', '.join(parts)})" if parts else ""
 
 

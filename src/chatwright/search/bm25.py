@@ -185,8 +185,13 @@ class Postings:
         return [p for p in found if p is not None]
 
     def df(self, term: str) -> int:
-        """How many documents contain ``term``."""
-        return sum(len(docs) for docs, _ in self.postings(term))
+        """How many documents contain ``term`` (offsets only: no postings are sliced)."""
+        n = 0
+        for block in self._blocks:
+            tid = block.vocab.get(term)
+            if tid is not None:
+                n += int(block.indptr[tid + 1]) - int(block.indptr[tid])
+        return n
 
 
 def score_bm25(

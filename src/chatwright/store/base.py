@@ -300,6 +300,16 @@ class ChunkIndex(Protocol):
         """The ``depth`` nearest chunks by cosine similarity to the unit vector ``query``."""
         ...
 
+    def term_counts(
+        self, query: str, namespaces: Sequence[str]
+    ) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """Per namespace with chunks: (how many chunks it has, how many of them hold each of
+        the query's keywords), the keywords as keyword search finds them (stemmed, stopwords
+        dropped, without repeats) and in the same order for every namespace; ``{}`` when the
+        query has no keyword. Routing weighs how common the query's words are in each
+        collection from these: counts from the keyword index, no scoring."""
+        ...
+
     def fetch(self, ids: Sequence[int]) -> dict[int, ChunkRecord]:
         """The chunks with these ids (missing ones left out)."""
         ...

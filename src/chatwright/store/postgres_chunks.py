@@ -417,6 +417,38 @@ class PostgresChunks:
             ).fetchall()
         return [(int(i), float(s)) for i, s in rows if s > 0]
 
+    def term_counts(
+        self, query: str, namespaces: Sequence[str]
+    ) -> dict[str, tuple[int, tuple[int, ...]]]:
+        if not namespaces:
+            return {}
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT array(SELECT lexeme FROM unnest(to_tsvector('english', %s::text)))",
+                (query,),
+            ).fetchone()
+            terms = list(row[0]) if row is not None and row[0] else []
+            if not terms:
+                return {}
+            sizes = {
+                str(n): int(c)
+                for n, c in conn.execute(
+                    "SELECT namespace, chunks FROM chunk_namespaces"
+                    " WHERE namespace = ANY(%s::text[]) AND chunks > 0",
+                    (list(namespaces),),
+                )
+            }
+            held: dict[tuple[str, str], int] = {
+                (str(n), str(t)): int(c)
+                for n, t, c in conn.execute(
+                    "SELECT namespace, lexeme, count(*) FROM chunk_terms"
+                    " WHERE namespace = ANY(%s::text[]) AND lexeme = ANY(%s::text[])"
+                    " GROUP BY namespace, lexeme",
+                    (list(sizes), terms),
+                )
+            }
+        return {n: (size, tuple(held.get((n, t), 0) for t in terms)) for n, size in sizes.items()}
+
     def vector(
         self,
         query: np.ndarray,
