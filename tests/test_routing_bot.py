@@ -314,6 +314,23 @@ def test_the_eval_command_reports_every_figure(tmp_path):
         assert column in proc.stdout
     assert "exact set by expected collection" in proc.stdout
     assert "manuals" in proc.stdout and "(small talk)" in proc.stdout
+    # the semantic router is the one the user configured ([routing] settings), not the default
+    every_message_is_small_talk = {
+        "CHATWRIGHT_ROUTING__CHITCHAT_THRESHOLD": "-1",
+        "CHATWRIGHT_ROUTING__CHITCHAT_MARGIN": "-2",
+    }
+    accuracy = {}
+    for label, extra in (("default", {}), ("configured", every_message_is_small_talk)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "chatwright", "eval", "routing", str(questions), "--json"],
+            capture_output=True,
+            text=True,
+            env=env | extra,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        accuracy[label] = json.loads(proc.stdout)["semantic"]["accuracy"]
+    assert accuracy["default"] == 1.0 and accuracy["configured"] == 1 / 3
 
 
 def test_a_follow_up_is_routed_with_the_previous_message(store, tmp_path):

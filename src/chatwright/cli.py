@@ -913,6 +913,7 @@ def eval_routing(
     """Routing per strategy on your collections: exact-set accuracy, per expected collection,
     small talk → none, over- and under-inclusion, fallbacks and routing time p50/p95."""
     from chatwright.evals import routing as routing_eval
+    from chatwright.routing import SEMANTIC_OPTIONS
 
     with _bot("test:echo", data_dir, config, user) as bot:
         collections = bot.candidate_collections(bot.owner)
@@ -922,9 +923,17 @@ def eval_routing(
                 hint="ingest documents first: chatwright ingest PATH --collection NAME",
             )
         embedder = bot.index.embedder
-        strategies = routing_eval.strategies_for(embedder, bot.settings.routing.rules or None)
+        routing = bot.settings.routing  # the semantic router as the user configured it
+        semantic = routing.model_dump(include=SEMANTIC_OPTIONS)
+        strategies = routing_eval.strategies_for(embedder, routing.rules or None, **semantic)
         result = routing_eval.evaluate(
-            questions, bot.index, collections, embedder, strategies, split=split
+            questions,
+            bot.index,
+            collections,
+            embedder,
+            strategies,
+            split=split,
+            vote_k=routing.vote_k,
         )
     if as_json:
         out.file.write(json.dumps(result, indent=2) + "\n")
