@@ -396,9 +396,12 @@ def test_vocabulary_fit_prefers_the_collection_whose_chunks_hold_the_words() -> 
     }
     fit = vocabulary_fit(counts, smoothing=2.0)
     assert fit["space"] == 0.0 and fit["health"] < fit["unknown"] < 0.0
-    # the prior is a collection holding the words as often as all of them together
-    prior = vocabulary_fit({"space": (100, (30, 5)), "health": (100, (0, 20)), "x": (1, (0, 0))})
-    assert abs(prior["x"] - fit["unknown"]) < 0.05
+    # a collection without counts sits at the mean of the others: neither favoured nor hurt
+    assert abs(fit["unknown"] - (fit["space"] + fit["health"]) / 2) < 1e-9
+    # a keyword no chunk holds says nothing: the same fits with it, whatever the sizes
+    held_nowhere = {"space": (100, (30, 5, 0)), "health": (100, (0, 20, 0)), "unknown": None}
+    assert vocabulary_fit(held_nowhere) == fit
+    assert vocabulary_fit({"big": (5000, (0,)), "small": (20, (0,))}) == {}
     # heavier smoothing pulls every collection toward the prior: smaller differences
     assert vocabulary_fit(counts, smoothing=50.0)["health"] > fit["health"]
     # a tiny collection's one lucky chunk counts less than a big one's steady share
@@ -437,13 +440,12 @@ def test_semantic_vocabulary_decides_a_near_tie(profiles: list[CollectionProfile
         SemanticRouter(vocabulary_weight=-1.0)
 
 
-@pytest.mark.parametrize("backend", ["memory", "fts5"])
-def test_with_evidence_counts_the_querys_words(tmp_path: Path, backend: str) -> None:
-    """with_evidence reads each collection's keyword counts from the index (both SQLite
-    keyword backends), only when asked; a query without keywords has none."""
+def test_with_evidence_counts_the_querys_words(tmp_path: Path) -> None:
+    """with_evidence reads each collection's keyword counts from the index, only when asked;
+    a query without keywords has none."""
     db = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
     m003_retrieval(db)
-    index = SearchIndex(SQLiteChunks(db, keyword_backend=backend), EMB)  # type: ignore[arg-type]
+    index = SearchIndex(SQLiteChunks(db), EMB)
     index.add(
         "collection:1", [{"key": "a", "text": "pension and salary"}, {"key": "b", "text": "salary"}]
     )
@@ -458,6 +460,38 @@ def test_with_evidence_counts_the_querys_words(tmp_path: Path, backend: str) -> 
     assert all(p.term_counts is None for p in off)
     none = with_evidence(index, profiles, "the and", vec("the and"))
     assert all(p.term_counts is None for p in none)
+    db.close()
+
+
+def test_routing_goes_without_counts_where_the_index_has_none(tmp_path: Path) -> None:
+    """The fts5 keyword backend counts no words (a MATCH per word, on every turn, would cost
+    more than the route), nor does a chunk index without ``term_counts``: the route is made
+    without the vocabulary term, never an error."""
+    db = sqlite3.connect(tmp_path / "f.db", isolation_level=None)
+    m003_retrieval(db)
+
+    class Plain:  # a ChunkIndex without term_counts
+        def __init__(self, inner: SQLiteChunks) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            if name == "term_counts":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    fts5 = SQLiteChunks(db, keyword_backend="fts5")
+    for chunks in (fts5, Plain(fts5)):
+        index = SearchIndex(chunks, EMB)  # type: ignore[arg-type]
+        index.add("collection:1", [{"key": "a", "text": "pension and salary"}])
+        index.add("collection:2", [{"key": "c", "text": "printer"}])
+        assert index.term_counts("pension salary", ["collection:1", "collection:2"]) == {}
+        profiles = build_profiles(index, [info("hr", 1), info("d", 2)], EMB, cache=ProfileCache())
+        q = "pension salary"
+        seen = with_evidence(index, profiles, q, vec(q))
+        assert all(p.term_counts is None for p in seen)
+        route = SemanticRouter().route(q, vec(q), seen)
+        assert route is not None and route.collections == ["hr"]
+        assert not any("vocabulary" in why for why in route.why.values())
     db.close()
 
 
@@ -768,3 +802,28 @@ def test_evaluation_tables_report_every_figure() -> None:
         ["devices", "1", "100.0%"],
         ["hr", "1", "0.0%"],
     ]
+
+
+def test_the_eval_embeds_each_question_alone(tmp_path: Path) -> None:
+    """A turn embeds its one message; in a batch, padding and the quantized model's per-batch
+    scales move a vector enough to change a close route, so the eval embeds one by one (and
+    keeps the vectors for the next run)."""
+    from chatwright.evals.routing import _query_vectors
+
+    class Counting:
+        name = "counting"
+
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            self.batches.append(len(texts))
+            return EMB.embed(texts)
+
+    embedder = Counting()
+    texts = ["reset the router", "bake bread", "annual leave"]
+    vectors = _query_vectors(embedder, texts, tmp_path)
+    assert embedder.batches == [1, 1, 1] and len(vectors) == 3
+    assert np.allclose(vectors[1], vec("bake bread"))
+    again = _query_vectors(embedder, texts, tmp_path)
+    assert embedder.batches == [1, 1, 1] and np.allclose(np.stack(again), np.stack(vectors))

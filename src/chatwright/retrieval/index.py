@@ -281,8 +281,12 @@ class SearchIndex:
         self, query: str, namespaces: Sequence[str]
     ) -> dict[str, tuple[int, tuple[int, ...]]]:
         """Per namespace with chunks: (its chunks, how many hold each of the query's keywords):
-        counts from the keyword index (``ChunkIndex.term_counts``), no scoring."""
-        return self.chunks.term_counts(query, list(dict.fromkeys(namespaces)))
+        counts from the keyword index (``ChunkIndex.term_counts``), no scoring; ``{}`` where
+        the backend has no such counts (routing then goes without them)."""
+        counted = getattr(self.chunks, "term_counts", None)
+        if counted is None:
+            return {}
+        return dict(counted(query, list(dict.fromkeys(map(_check_namespace, namespaces)))))
 
     # -- searching ------------------------------------------------------------------------
     def search(

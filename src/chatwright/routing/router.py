@@ -114,30 +114,35 @@ def vocabulary_fit(
     (Dirichlet, ``mu = smoothing * the mean collection's chunks``), less the best collection's.
 
     ``counts``: per collection, (its chunks, how many hold each keyword), or None where not
-    known (an empty collection, an external source): those count as holding the keywords as
-    often as the collections together do (the prior). This is the language-model view of
-    federated search's collection selection: a word common in one collection and rare in
-    the others names it even when no single chunk matches the question well, and it needs
-    no scoring, only the counts the keyword index keeps.
+    known (an empty collection, an external source): those sit at the mean of the others, so
+    that the term neither favours nor hurts them. A keyword that no chunk holds says nothing
+    of any collection and is left out ({} when none is held anywhere). This is the
+    language-model view of federated search's collection selection: a word common in one
+    collection and rare in the others names it even when no single chunk matches the
+    question well, and it needs no scoring, only the counts the keyword index keeps.
     """
     known = {n: c for n, c in counts.items() if c is not None and c[0] > 0}
     widths = {len(held) for _, held in known.values()}
-    if not known or len(widths) != 1 or 0 in widths or smoothing <= 0:
+    if not known or len(widths) != 1 or smoothing <= 0:
         return {}
-    terms = widths.pop()
+    width = widths.pop()
     total = sum(size for size, _ in known.values())
+    held_all = [sum(held[i] for _, held in known.values()) for i in range(width)]
+    used = [i for i in range(width) if held_all[i] > 0]
+    if not used:
+        return {}
     mu = smoothing * total / len(known)
-    held_all = [sum(held[i] for _, held in known.values()) for i in range(terms)]
-    background = [(h + 0.5) / (total + 1.0) for h in held_all]
-    prior = sum(math.log(b) for b in background) / terms
+    background = {i: held_all[i] / total for i in used}
 
     def fit(size: int, held: tuple[int, ...]) -> float:
-        logs = (math.log((h + mu * b) / (size + mu)) for h, b in zip(held, background, strict=True))
-        return sum(logs) / terms
+        logs = (math.log((held[i] + mu * background[i]) / (size + mu)) for i in used)
+        return sum(logs) / len(used)
 
-    raw = {n: fit(*known[n]) if n in known else prior for n in counts}
+    raw = {n: fit(*c) for n, c in known.items()}
     top = max(raw.values())
-    return {n: v - top for n, v in raw.items()}
+    fits = {n: v - top for n, v in raw.items()}
+    neutral = sum(fits.values()) / len(fits)
+    return {n: fits.get(n, neutral) for n in counts}
 
 
 def phrases(text: str) -> list[tuple[str, str]]:
@@ -862,9 +867,12 @@ class SemanticRouter:
                     f"left out: {e.score:.2f} < {top_e.score:.2f} - {self.margin:.2f}{_detail(e)}"
                 )
             elif share < self.min_share:
-                why[n] = f"left out: close ({e.score:.2f}) but {share:.0%} of the nearest chunks"
+                why[n] = (
+                    f"left out: close ({e.score:.2f}) but {share:.0%} of the nearest chunks"
+                    f"{_detail(e)}"
+                )
             else:
-                why[n] = f"left out: already {self.max_collections} collections"
+                why[n] = f"left out: already {self.max_collections} collections{_detail(e)}"
         reason = f"best {top} {top_e.score:.2f}"
         if demoted is not None:
             reason = f"{top} singled out by the {singled} over {demoted} ({scores[demoted]:.2f})"

@@ -306,8 +306,9 @@ class ChunkIndex(Protocol):
         """Per namespace with chunks: (how many chunks it has, how many of them hold each of
         the query's keywords), the keywords as keyword search finds them (stemmed, stopwords
         dropped, without repeats) and in the same order for every namespace; ``{}`` when the
-        query has no keyword. Routing weighs how common the query's words are in each
-        collection from these: counts from the keyword index, no scoring."""
+        query has no keyword, or where the backend cannot count them cheaply. Routing weighs
+        how common the query's words are in each collection from these: counts from the
+        keyword index, no scoring."""
         ...
 
     def fetch(self, ids: Sequence[int]) -> dict[int, ChunkRecord]:

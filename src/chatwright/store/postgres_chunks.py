@@ -422,32 +422,14 @@ class PostgresChunks:
     ) -> dict[str, tuple[int, tuple[int, ...]]]:
         if not namespaces:
             return {}
-        with self.db.read() as conn:
-            row = conn.execute(
-                "SELECT array(SELECT lexeme FROM unnest(to_tsvector('english', %s::text)))",
-                (query,),
-            ).fetchone()
-            terms = list(row[0]) if row is not None and row[0] else []
-            if not terms:
-                return {}
-            sizes = {
-                str(n): int(c)
-                for n, c in conn.execute(
-                    "SELECT namespace, chunks FROM chunk_namespaces"
-                    " WHERE namespace = ANY(%s::text[]) AND chunks > 0",
-                    (list(namespaces),),
-                )
-            }
-            held: dict[tuple[str, str], int] = {
-                (str(n), str(t)): int(c)
-                for n, t, c in conn.execute(
-                    "SELECT namespace, lexeme, count(*) FROM chunk_terms"
-                    " WHERE namespace = ANY(%s::text[]) AND lexeme = ANY(%s::text[])"
-                    " GROUP BY namespace, lexeme",
-                    (list(sizes), terms),
-                )
-            }
-        return {n: (size, tuple(held.get((n, t), 0) for t in terms)) for n, size in sizes.items()}
+        with self.db.read() as conn:  # one statement: one snapshot of counts and sizes
+            rows = conn.execute(_TERM_COUNTS_SQL, (query, list(namespaces))).fetchall()
+        sizes: dict[str, int] = {}
+        held: dict[str, list[int]] = {}
+        for namespace, size, _, count in rows:  # ordered by namespace, then lexeme
+            sizes[namespace] = int(size)
+            held.setdefault(namespace, []).append(int(count))
+        return {n: (sizes[n], tuple(held[n])) for n in sizes}
 
     def vector(
         self,
@@ -551,6 +533,22 @@ def approximate_sql(dim: int, where: str) -> str:
 # BM25 over the chunks matching any query lexeme. Parameters: namespaces, tsquery, lexemes,
 # N, k1, k1, b, b, average length, the filters', depth. `length(tsv)` (distinct lexemes) is
 # the document length, as in chunk_namespaces.lexemes.
+#: Per namespace with chunks, for each of the query's lexemes (sorted): its chunks that hold it
+#: (an index range of chunk_terms' primary key each).
+_TERM_COUNTS_SQL = """
+WITH t AS (
+    SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s::text))
+), n AS (
+    SELECT namespace, chunks FROM chunk_namespaces
+    WHERE namespace = ANY(%s::text[]) AND chunks > 0
+)
+SELECT n.namespace, n.chunks, t.lexeme, (
+    SELECT count(*) FROM chunk_terms c WHERE c.namespace = n.namespace AND c.lexeme = t.lexeme
+)
+FROM n CROSS JOIN t
+ORDER BY n.namespace, t.lexeme
+"""
+
 _BM25_SQL = """
 WITH p AS MATERIALIZED (
     SELECT chunk_id, lexeme, tf, dl FROM chunk_terms
