@@ -333,6 +333,8 @@ CHITCHAT_EXEMPLARS: tuple[str, ...] = (
     "what's your name? are you a bot?",
     "are you a real person?",
     "what can you help me with?",
+    "what kinds of questions can you answer?",
+    "what topics do you know about?",
     "how do you work?",
     "who created you?",
     "which languages can you speak?",
