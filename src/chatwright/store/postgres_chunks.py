@@ -530,9 +530,6 @@ def approximate_sql(dim: int, where: str) -> str:
     )
 
 
-# BM25 over the chunks matching any query lexeme. Parameters: namespaces, tsquery, lexemes,
-# N, k1, k1, b, b, average length, the filters', depth. `length(tsv)` (distinct lexemes) is
-# the document length, as in chunk_namespaces.lexemes.
 #: Per namespace with chunks, for each of the query's lexemes (sorted): its chunks that hold it
 #: (an index range of chunk_terms' primary key each).
 _TERM_COUNTS_SQL = """
@@ -549,6 +546,9 @@ FROM n CROSS JOIN t
 ORDER BY n.namespace, t.lexeme
 """
 
+# BM25 over the chunks matching any query lexeme. Parameters: namespaces, tsquery, lexemes,
+# N, k1, k1, b, b, average length, the filters', depth. `length(tsv)` (distinct lexemes) is
+# the document length, as in chunk_namespaces.lexemes.
 _BM25_SQL = """
 WITH p AS MATERIALIZED (
     SELECT chunk_id, lexeme, tf, dl FROM chunk_terms
