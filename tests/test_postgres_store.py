@@ -384,3 +384,53 @@ async def test_the_store_recovers_when_the_database_drops_its_connections(
     async with store.locks.hold("o", "t"):  # the lock connection reconnects at once
         pass
     assert [m.message.text for m in store.messages("o", "t")] == ["before", "after"]
+
+
+def test_term_counts_are_kept_by_triggers_and_match_the_postings(store: PostgresStore) -> None:
+    """chunk_term_counts (routing's word counts) stays equal to a recount of chunk_terms'
+    postings through inserts, rewrites under a key and deletes, and keeps no rows at 0 (a
+    deleted thread's words leave nothing behind)."""
+    chunks = store.chunks
+    chunks.write(
+        "collection:1",
+        [IndexedChunk(f"k{i}", f"printer ink {i % 3}", None, None) for i in range(30)],
+    )
+    chunks.write("collection:2", [IndexedChunk("a", "ink drawing", None, None)])
+    chunks.write("collection:1", [IndexedChunk("k1", "bread oven", None, None)])
+    chunks.delete("collection:1", ["k2", "k3"])
+    with store._pool.connection() as conn:
+        kept = conn.execute(
+            "SELECT namespace, lexeme, chunks FROM chunk_term_counts ORDER BY 1, 2"
+        ).fetchall()
+        recount = conn.execute(
+            "SELECT namespace, lexeme, count(*) FROM chunk_terms GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+        assert kept == recount and ("collection:1", "bread", 1) in kept
+        chunks.clear("collection:1")
+        left = conn.execute(
+            "SELECT count(*) FROM chunk_term_counts WHERE namespace = 'collection:1'"
+        ).fetchone()
+        assert left == (0,)
+
+
+def test_the_term_counts_migration_counts_the_chunks_already_there(url: str) -> None:
+    """A database at schema 7 with chunks: opening it with this chatwright (schema 8) fills
+    chunk_term_counts from the postings already stored, so routing counts them at once."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE chatwright_schema (version integer PRIMARY KEY)")
+        for version, step in enumerate(MIGRATIONS[:7], start=1):
+            with conn.transaction():
+                step(conn)
+                conn.execute("INSERT INTO chatwright_schema (version) VALUES (%s)", (version,))
+        conn.execute(
+            "INSERT INTO chunk_namespaces (namespace) VALUES ('collection:1');"
+            " INSERT INTO chunks (namespace, key, text) VALUES"
+            " ('collection:1', 'a', 'printer ink'), ('collection:1', 'b', 'printer cable')"
+        )
+        assert conn.execute("SELECT to_regclass('chunk_term_counts')").fetchone() == (None,)
+    store = PostgresStore(url)
+    try:
+        got = store.chunks.term_counts("printer ink", ["collection:1"])
+        assert got == {"collection:1": (2, (1, 2))}  # lexemes sorted: ink, printer
+    finally:
+        store.close()

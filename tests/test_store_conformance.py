@@ -482,6 +482,14 @@ def test_term_counts_count_the_chunks_holding_each_keyword(store: Store) -> None
     assert len(one) == len(two) == 2
     assert sorted(zip(one, two, strict=True)) == [(1, 1), (2, 0)]  # ink: 1 and 1; printer: 2, 0
     assert chunks.term_counts("printer", ["collection:2"]) == {"collection:2": (1, (0,))}
+    # a chunk written again under its key counts with its new text; a cleared namespace, none
+    chunks.write("collection:1", [IndexedChunk("b", "bread", None, None)])  # was "printer cable"
+    assert chunks.term_counts("printer", ["collection:1"]) == {"collection:1": (3, (1,))}
+    assert chunks.term_counts("bread", ["collection:1"]) == {"collection:1": (3, (2,))}
+    chunks.clear("collection:1")
+    assert chunks.term_counts("printer bread", ["collection:1", "collection:2"]) == {
+        "collection:2": (1, (0, 0))
+    }
     assert chunks.term_counts("the and of", ["collection:1"]) == {}  # stopwords only
     assert chunks.term_counts("printer", []) == {}
 

@@ -531,7 +531,7 @@ def approximate_sql(dim: int, where: str) -> str:
 
 
 #: Per namespace with chunks, for each of the query's lexemes (sorted): its chunks that hold it
-#: (an index range of chunk_terms' primary key each).
+#: (chunk_term_counts, kept by triggers: one index lookup each).
 _TERM_COUNTS_SQL = """
 WITH t AS (
     SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %s::text))
@@ -539,10 +539,9 @@ WITH t AS (
     SELECT namespace, chunks FROM chunk_namespaces
     WHERE namespace = ANY(%s::text[]) AND chunks > 0
 )
-SELECT n.namespace, n.chunks, t.lexeme, (
-    SELECT count(*) FROM chunk_terms c WHERE c.namespace = n.namespace AND c.lexeme = t.lexeme
-)
+SELECT n.namespace, n.chunks, t.lexeme, coalesce(c.chunks, 0)
 FROM n CROSS JOIN t
+LEFT JOIN chunk_term_counts c ON c.namespace = n.namespace AND c.lexeme = t.lexeme
 ORDER BY n.namespace, t.lexeme
 """
 
