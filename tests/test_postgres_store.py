@@ -396,7 +396,12 @@ def test_term_counts_are_kept_by_triggers_and_match_the_postings(store: Postgres
         [IndexedChunk(f"k{i}", f"printer ink {i % 3}", None, None) for i in range(30)],
     )
     chunks.write("collection:2", [IndexedChunk("a", "ink drawing", None, None)])
-    chunks.write("collection:1", [IndexedChunk("k1", "bread oven", None, None)])
+    # one statement that rewrites a key and adds a new one (both the UPDATE and the INSERT
+    # triggers fire, each with its own rows)
+    chunks.write(
+        "collection:1",
+        [IndexedChunk("k1", "bread oven", None, None), IndexedChunk("new", "oven", None, None)],
+    )
     chunks.delete("collection:1", ["k2", "k3"])
     with store._pool.connection() as conn:
         kept = conn.execute(
@@ -406,9 +411,19 @@ def test_term_counts_are_kept_by_triggers_and_match_the_postings(store: Postgres
             "SELECT namespace, lexeme, count(*) FROM chunk_terms GROUP BY 1, 2 ORDER BY 1, 2"
         ).fetchall()
         assert kept == recount and ("collection:1", "bread", 1) in kept
+        assert ("collection:1", "oven", 2) in kept
         chunks.clear("collection:1")
         left = conn.execute(
             "SELECT count(*) FROM chunk_term_counts WHERE namespace = 'collection:1'"
+        ).fetchone()
+        assert left == (0,)
+        # a collection deleted: its chunks go with it (drop_namespace), their counts too
+        info = store.create_collection("alice", "docs")
+        chunks.write(info.namespace, [IndexedChunk("a", "printer manual", None, None)])
+        assert chunks.term_counts("printer", [info.namespace]) == {info.namespace: (1, (1,))}
+        store.delete_collection("alice", "docs")
+        left = conn.execute(
+            "SELECT count(*) FROM chunk_term_counts WHERE namespace = %s", (info.namespace,)
         ).fetchone()
         assert left == (0,)
 

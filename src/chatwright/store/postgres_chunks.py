@@ -262,6 +262,7 @@ class PostgresChunks:
         if not keys:
             return 0
         with self.db.write() as conn:
+            self._lock_namespace(conn, namespace)
             cur = conn.execute(
                 "DELETE FROM chunks WHERE namespace = %s AND key = ANY(%s::text[])",
                 (namespace, list(keys)),
@@ -270,7 +271,15 @@ class PostgresChunks:
 
     def clear(self, namespace: str) -> int:
         with self.db.write() as conn:
+            self._lock_namespace(conn, namespace)
             return conn.execute("DELETE FROM chunks WHERE namespace = %s", (namespace,)).rowcount
+
+    @staticmethod
+    def _lock_namespace(conn: psycopg.Connection, namespace: str) -> None:
+        """Take the namespace's counter row before its chunks, as writers do: a deleter that
+        locked the chunks first and a writer of the same keys would deadlock on the triggers
+        that count them."""
+        conn.execute("SELECT 1 FROM chunk_namespaces WHERE namespace = %s FOR UPDATE", (namespace,))
 
     # -- reading --------------------------------------------------------------------------
     def count(self, namespace: str) -> int:

@@ -335,9 +335,12 @@ def m008_term_counts(conn: psycopg.Connection) -> None:
     # How many chunks of each namespace hold each lexeme, for routing (ChunkIndex.term_counts):
     # counting chunk_terms' postings per query cost 68 ms a turn at 20,000 chunks; this is one
     # index lookup per (namespace, lexeme). Kept by statement-level triggers whose names sort
-    # after the chunks_after_* counters', so that a writer and a deleter of one namespace both
-    # lock its chunk_namespaces row first and these rows second (never a deadlock); writers of
-    # one namespace already take turns on that row. Rows that reach 0 are dropped.
+    # after the chunks_after_* counters', so that every writer and deleter of a namespace
+    # locks its chunk_namespaces row before these rows: the table adds no lock cycle. Deleters
+    # now take that row before the chunks too, as writers do (drop_namespace here, delete and
+    # clear in postgres_chunks.py): a writer and a deleter of the same keys could otherwise
+    # deadlock (PostgreSQL aborts one). Rows that reach 0 are dropped. Upgrading holds a lock
+    # on chunks while the counts are filled from chunk_terms: writes wait for it.
     _run(
         conn,
         """
@@ -389,6 +392,15 @@ def m008_term_counts(conn: psycopg.Connection) -> None:
             REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
             FOR EACH STATEMENT EXECUTE FUNCTION chunk_term_counts_sync();
 
+        CREATE OR REPLACE FUNCTION drop_namespace() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE ns text := TG_ARGV[0] || ':' || OLD.pk;
+        BEGIN
+            PERFORM 1 FROM chunk_namespaces WHERE namespace = ns FOR UPDATE;
+            DELETE FROM chunks WHERE namespace = ns;
+            DELETE FROM chunk_namespaces WHERE namespace = ns;
+            RETURN NULL;
+        END $$;
+
         INSERT INTO chunk_term_counts (namespace, lexeme, chunks)
         SELECT namespace, lexeme, count(*) FROM chunk_terms GROUP BY 1, 2;
         """,
@@ -423,6 +435,9 @@ def migrate(conn: psycopg.Connection) -> int:
         return latest
     while True:
         with conn.transaction():
+            # READ COMMITTED whatever the server's default: each step's statements (a backfill
+            # after its triggers exist) must see what other replicas committed meanwhile
+            conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS chatwright_schema (version integer PRIMARY KEY)"
