@@ -487,7 +487,7 @@ class SemanticRouter:
     ``vocabulary_weight * vocabulary``: how common the query's keywords are in the collection
     against the others (:func:`vocabulary_fit`, <= 0, 0 for the best fit; smoothed by
     ``vocabulary_smoothing``), from the keyword index's counts. The embedding sees a topic;
-    the counts see that "MOXIE" or "OTS" are words of one collection, though no single chunk
+    the counts see that "OTS" or "viewership" are words of one collection, though no single chunk
     of it is near the question.
 
     The decision, in order (each rule says why in ``Route.why``):
