@@ -114,15 +114,29 @@ class _Portal:
 
     def _finish(self) -> None:
         loop = self.loop
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
+        for task in asyncio.all_tasks(loop):
             task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._drain()
         loop.run_until_complete(loop.shutdown_asyncgens())
+        self._drain()
         loop.run_until_complete(loop.shutdown_default_executor())
         asyncio.set_event_loop(None)
         loop.close()
+
+    def _drain(self, rounds: int = 5) -> None:
+        """Run the loop's tasks to their end, and those their ending starts: a cancelled
+        session's cleanup may start tasks of its own (an HTTP client's ``aclose``), which
+        must finish before the loop closes, or they fail on a closed loop. Each round waits
+        at most CLOSE_TIMEOUT_S, then cancels what is left."""
+        for _ in range(rounds):
+            pending = asyncio.all_tasks(self.loop)
+            if not pending:
+                return
+            gathered = asyncio.gather(*pending, return_exceptions=True)
+            try:
+                self.loop.run_until_complete(asyncio.wait_for(gathered, CLOSE_TIMEOUT_S))
+            except TimeoutError:
+                logger.warning("MCP tasks still running after %.0f s: cancelled", CLOSE_TIMEOUT_S)
 
     @property
     def in_portal(self) -> bool:
