@@ -458,6 +458,8 @@ def test_with_evidence_counts_the_querys_words(tmp_path: Path) -> None:
     assert seen["devices"] == (1, (0, 0))
     off = with_evidence(index, profiles, q, vec(q), vocabulary=False)
     assert all(p.term_counts is None for p in off)
+    alone = with_evidence(index, profiles[:1], q, vec(q))  # one collection: nothing to rank
+    assert alone[0].term_counts is None
     none = with_evidence(index, profiles, "the and", vec("the and"))
     assert all(p.term_counts is None for p in none)
     db.close()

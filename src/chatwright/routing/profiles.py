@@ -176,7 +176,8 @@ def with_evidence(
     # a message's first words say what it is about; a 30,000-character paste must not cost a
     # BM25 pass (or counts) over thousands of terms
     text = query[:KEYWORD_CHARS]
-    counts = index.term_counts(text, namespaces) if vocabulary else None
+    # the counts only rank collections against each other: with one, they cannot move it
+    counts = index.term_counts(text, namespaces) if vocabulary and len(namespaces) > 1 else None
     matched = None
     if keywords:
 
